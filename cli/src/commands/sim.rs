@@ -1,0 +1,13 @@
+//! `vasticlaude sim` (placeholder until its issue lands).
+
+use crate::context::Context;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Not available in this build yet.
+    Placeholder,
+}
+
+pub async fn run(_cmd: Command, _ctx: &Context) -> anyhow::Result<()> {
+    anyhow::bail!("`vasticlaude sim` is not available in this build yet")
+}

@@ -1,0 +1,1 @@
+//! Decimal-exact money for vasticlaude (skeleton; the ledger helper fills it in).

@@ -1,0 +1,1 @@
+//! TODO(vast helper): module client

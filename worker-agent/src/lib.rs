@@ -1,0 +1,1 @@
+//! The vasticlaude agent protocol (skeleton; the agent helper fills it in).
