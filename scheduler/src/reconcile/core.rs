@@ -1,0 +1,1098 @@
+//! The pure reconciler: `reconcile(world, observations, now, config) -> actions`.
+//!
+//! One pass looks at the market listing (adopt, orphans, boot timeouts, failures, outbid
+//! pauses), then the agents' heartbeats (progress, checkpoints to pull, ends, silence), then
+//! budgets, then places queued work on free slots or new offers, then tears down idle
+//! instances. Each emitted action is applied to a working copy with [`Outcome::Planned`], so
+//! later decisions in the pass see earlier ones. Nothing here reads a clock or a random source.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::clock::EpochMs;
+
+use super::model::*;
+use super::transition::{Outcome, apply};
+
+/// Knobs of the control loop. Times in milliseconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReconcileConfig {
+    /// Booting (and waiting for SSH) longer than this fails the instance.
+    pub boot_timeout_ms: i64,
+    /// Setting up (key, agent, code) longer than this fails the instance.
+    pub setup_timeout_ms: i64,
+    pub max_setup_failures: u32,
+    /// The agents' heartbeat interval: silence for two of them is a lost attempt.
+    pub heartbeat_interval_ms: i64,
+    /// A started attempt with no first heartbeat for this long is lost.
+    pub start_timeout_ms: i64,
+    /// An empty instance is destroyed after this long.
+    pub idle_timeout_ms: i64,
+    /// A journaled purchase that never shows up in the listing is given up after this long.
+    pub provision_grace_ms: i64,
+    /// A booting instance missing from the listing is only called gone after this long
+    /// (the listing can lag a fresh purchase).
+    pub listing_grace_ms: i64,
+    /// Destroy again when the listing still shows an instance this long after the destroy.
+    pub destroy_retry_ms: i64,
+    pub max_instances: usize,
+    /// Most $/h for all our instances together.
+    pub max_total_dph: Option<Decimal>,
+    pub max_provisions_per_pass: usize,
+    pub backoff_initial_ms: i64,
+    pub backoff_max_ms: i64,
+    /// A job interrupted this many times is failed.
+    pub max_interruptions: u32,
+    /// Bid = min_bid × (1 + margin).
+    pub bid_margin: Decimal,
+    /// Longest wait for an outbid instance that holds unpulled work.
+    pub outbid_max_wait_ms: i64,
+    pub accrual_interval_ms: i64,
+    /// Worst-case cost reserved per job = share price × estimated hours × this.
+    pub reservation_factor: Decimal,
+    /// Interruptible cost penalty for expected lost work (0.1 = +10 %).
+    pub interruptible_penalty: Decimal,
+    pub min_reliability: f64,
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        Self {
+            boot_timeout_ms: 600_000,
+            setup_timeout_ms: 300_000,
+            max_setup_failures: 3,
+            heartbeat_interval_ms: 10_000,
+            start_timeout_ms: 120_000,
+            idle_timeout_ms: 300_000,
+            provision_grace_ms: 120_000,
+            listing_grace_ms: 60_000,
+            destroy_retry_ms: 30_000,
+            max_instances: 8,
+            max_total_dph: None,
+            max_provisions_per_pass: 8,
+            backoff_initial_ms: 30_000,
+            backoff_max_ms: 600_000,
+            max_interruptions: 20,
+            bid_margin: Decimal::new(10, 2),
+            outbid_max_wait_ms: 600_000,
+            accrual_interval_ms: 10_000,
+            reservation_factor: Decimal::new(15, 1),
+            interruptible_penalty: Decimal::new(10, 2),
+            min_reliability: 0.0,
+        }
+    }
+}
+
+impl ReconcileConfig {
+    /// Retry delay before failed attempt number `n` (1-based) is retried: doubling, capped.
+    pub fn backoff_ms(&self, n: u32) -> i64 {
+        let shift = n.saturating_sub(1).min(30);
+        self.backoff_initial_ms
+            .saturating_mul(1_i64 << shift)
+            .min(self.backoff_max_ms)
+    }
+}
+
+/// How the market's status fields read for us.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// Null, created, loading, scheduling, rebooting, …: wait (with a timeout).
+    Provisioning,
+    Running,
+    /// Stopped (or frozen): outbid when interruptible.
+    Paused,
+    /// Will never reach running.
+    Failed(String),
+    Gone,
+}
+
+/// Read Vast's `actual_status` / `intended_status` / `status_msg` (vast-api.md §4.5–4.6).
+/// Unknown values are treated as still provisioning, as Vast adds states without notice.
+pub fn classify(m: &MarketInstance) -> Health {
+    let actual = m.actual_status.as_deref().unwrap_or("").to_ascii_lowercase();
+    let msg = m.status_msg.as_deref().unwrap_or("").to_ascii_lowercase();
+    let oci = msg.contains("oci runtime") || msg.contains("oci error");
+    match actual.as_str() {
+        "running" if m.intended_status.as_deref() == Some("stopped") => Health::Paused,
+        "running" => Health::Running,
+        "stopped" | "frozen" => Health::Paused,
+        "exited" | "unknown" | "offline" => Health::Failed(format!(
+            "instance {} is {actual}{}",
+            m.vast_id,
+            if msg.is_empty() { String::new() } else { format!(": {msg}") }
+        )),
+        "destroyed" => Health::Gone,
+        _ if oci => Health::Failed(format!("instance {} failed to start: {msg}", m.vast_id)),
+        _ => Health::Provisioning,
+    }
+}
+
+/// Round a price up to Vast's 3 decimals.
+fn price_up(d: Decimal) -> Decimal {
+    d.round_dp_with_strategy(3, rust_decimal::RoundingStrategy::AwayFromZero)
+}
+
+/// The outbid judgement for a paused interruptible instance: raise the bid within the cap,
+/// wait while the paused instance still holds work we have not pulled, or move on.
+///
+/// `cap` is the most we would pay for the whole instance per hour; `min_bid` the market's
+/// current winning price (if it tells us); `unpulled_work` whether its disk has a checkpoint
+/// newer than the one we pulled.
+pub fn outbid_decision(
+    current_bid: Option<Decimal>,
+    cap: Decimal,
+    min_bid: Option<Decimal>,
+    paused_for_ms: i64,
+    unpulled_work: bool,
+    cfg: &ReconcileConfig,
+) -> BidMove {
+    if let Some(mb) = min_bid {
+        let target = price_up(mb * (Decimal::ONE + cfg.bid_margin));
+        let target = if target > cap && mb < cap { cap } else { target };
+        if target <= cap && current_bid.is_none_or(|b| target > b) {
+            return BidMove::Raise(target);
+        }
+    }
+    let wait_limit = if unpulled_work {
+        cfg.outbid_max_wait_ms
+    } else {
+        cfg.outbid_max_wait_ms / 4
+    };
+    if paused_for_ms < wait_limit {
+        BidMove::Wait
+    } else {
+        BidMove::Move
+    }
+}
+
+/// The pass under construction: the emitted actions and the working copy they were applied to.
+struct Pass<'a> {
+    w: WorldView,
+    now: EpochMs,
+    cfg: &'a ReconcileConfig,
+    out: Vec<Action>,
+}
+
+impl Pass<'_> {
+    fn emit(&mut self, a: Action) {
+        apply(&mut self.w, &a, &Outcome::Planned, self.now);
+        self.out.push(a);
+    }
+
+    fn inst(&self, key: InstanceKey) -> Option<&InstanceView> {
+        self.w.instances.get(&key)
+    }
+
+    /// End the attempts of every job running on an instance that was lost or paused.
+    fn interrupt_jobs_on(&mut self, key: InstanceKey, reason: &str, hold: bool) {
+        let jobs: Vec<(JobId, JobState, u32)> = self
+            .w
+            .jobs_on(key)
+            .map(|j| (j.id, j.state, j.interruptions))
+            .collect();
+        for (id, state, interruptions) in jobs {
+            if !matches!(state, JobState::Starting | JobState::Running) {
+                continue;
+            }
+            let give_up = interruptions + 1 >= self.cfg.max_interruptions;
+            self.emit(Action::EndAttempt {
+                job: id,
+                end: AttemptEnd::Interrupted {
+                    reason: reason.to_string(),
+                },
+                requeue_at: if give_up { None } else { Some(self.now) },
+                hold: hold && !give_up,
+            });
+        }
+    }
+
+    fn fail_instance(&mut self, key: InstanceKey, reason: String, blacklist: bool) {
+        let Some(inst) = self.inst(key) else { return };
+        let (machine_id, vast_id) = (inst.offer.machine_id, inst.vast_id);
+        self.interrupt_jobs_on(key, &reason, false);
+        self.emit(Action::MarkInstance {
+            key,
+            state: InstState::Failed,
+            reason: Some(reason.clone()),
+        });
+        if blacklist && !self.w.blacklist.contains(&machine_id) {
+            self.emit(Action::Blacklist {
+                machine_id,
+                reason: reason.clone(),
+            });
+        }
+        if vast_id.is_some() {
+            self.emit(Action::Destroy {
+                key,
+                vast_id,
+                reason,
+            });
+        }
+    }
+
+    // ---- 1. the market listing ---------------------------------------------------------------
+
+    fn market(&mut self, listing: &[MarketInstance]) {
+        let ws = self.w.workspace.clone();
+        let prefix = label_prefix(&ws);
+        let mut listed: Vec<&MarketInstance> = listing
+            .iter()
+            .filter(|m| m.label.as_deref().is_some_and(|l| l.starts_with(&prefix)))
+            .collect();
+        listed.sort_by_key(|m| m.vast_id);
+        let mut seen: BTreeSet<InstanceKey> = BTreeSet::new();
+        for m in listed {
+            let label = m.label.clone().unwrap_or_default();
+            let Some(key) = parse_label(&ws, &label) else {
+                self.emit(Action::DestroyOrphan {
+                    vast_id: m.vast_id,
+                    label,
+                });
+                continue;
+            };
+            let Some(inst) = self.inst(key).cloned() else {
+                self.emit(Action::DestroyOrphan {
+                    vast_id: m.vast_id,
+                    label,
+                });
+                continue;
+            };
+            match inst.vast_id {
+                None => self.emit(Action::Adopt {
+                    key,
+                    vast_id: m.vast_id,
+                }),
+                Some(v) if v != m.vast_id => {
+                    // A second purchase under one label: never ours to keep.
+                    self.emit(Action::DestroyOrphan {
+                        vast_id: m.vast_id,
+                        label,
+                    });
+                    continue;
+                }
+                Some(_) => {}
+            }
+            seen.insert(key);
+            self.observe_instance(key, m);
+        }
+        let keys: Vec<InstanceKey> = self.w.instances.keys().copied().collect();
+        for key in keys {
+            if seen.contains(&key) {
+                continue;
+            }
+            let Some(inst) = self.inst(key).cloned() else { continue };
+            match (inst.state, inst.vast_id) {
+                (InstState::Gone, _) => {}
+                (InstState::Destroying | InstState::Failed, _) => {
+                    self.emit(Action::MarkInstance {
+                        key,
+                        state: InstState::Gone,
+                        reason: None,
+                    });
+                }
+                (InstState::Requested, None) => {
+                    if self.now - inst.created_ms >= self.cfg.provision_grace_ms {
+                        self.emit(Action::MarkInstance {
+                            key,
+                            state: InstState::Gone,
+                            reason: Some("the purchase never appeared on the account".into()),
+                        });
+                    }
+                }
+                (InstState::Requested | InstState::Booting, Some(_))
+                    if self.now - inst.created_ms < self.cfg.listing_grace_ms => {}
+                (_, _) => {
+                    let reason = format!(
+                        "instance {} vanished from the account",
+                        inst.vast_id.unwrap_or_default()
+                    );
+                    self.interrupt_jobs_on(key, &reason, false);
+                    self.emit(Action::MarkInstance {
+                        key,
+                        state: InstState::Gone,
+                        reason: Some(reason),
+                    });
+                }
+            }
+        }
+    }
+
+    fn observe_instance(&mut self, key: InstanceKey, m: &MarketInstance) {
+        let Some(inst) = self.inst(key).cloned() else { return };
+        let health = classify(m);
+        let now = self.now;
+        match inst.state {
+            InstState::Gone => {
+                // Resurrected after a destroy.
+                self.emit(Action::Destroy {
+                    key,
+                    vast_id: Some(m.vast_id),
+                    reason: "listed again after destroy".into(),
+                });
+            }
+            InstState::Destroying => {
+                if now - inst.state_since_ms >= self.cfg.destroy_retry_ms {
+                    self.emit(Action::Destroy {
+                        key,
+                        vast_id: Some(m.vast_id),
+                        reason: "still listed after destroy".into(),
+                    });
+                }
+            }
+            InstState::Failed => {
+                self.emit(Action::Destroy {
+                    key,
+                    vast_id: Some(m.vast_id),
+                    reason: inst.reason.clone().unwrap_or_else(|| "failed".into()),
+                });
+            }
+            _ => match health {
+                Health::Gone => {
+                    let reason = format!("instance {} was destroyed", m.vast_id);
+                    self.interrupt_jobs_on(key, &reason, false);
+                    self.emit(Action::MarkInstance {
+                        key,
+                        state: InstState::Gone,
+                        reason: Some(reason),
+                    });
+                }
+                Health::Failed(reason) => {
+                    let blacklist = matches!(inst.state, InstState::Requested | InstState::Booting);
+                    self.fail_instance(key, reason, blacklist);
+                }
+                Health::Provisioning => match inst.state {
+                    InstState::Requested | InstState::Booting => {
+                        if now - inst.created_ms >= self.cfg.boot_timeout_ms {
+                            let reason = format!(
+                                "instance {} did not boot within {} s",
+                                m.vast_id,
+                                self.cfg.boot_timeout_ms / 1000
+                            );
+                            self.fail_instance(key, reason, true);
+                        }
+                    }
+                    // Rebooting/restarting under us: the agent died with the container.
+                    _ => {
+                        if now - inst.state_since_ms >= self.cfg.boot_timeout_ms {
+                            self.fail_instance(
+                                key,
+                                format!("instance {} stuck restarting", m.vast_id),
+                                false,
+                            );
+                        }
+                    }
+                },
+                Health::Running => self.running(&inst, m),
+                Health::Paused => self.paused(&inst, m),
+            },
+        }
+    }
+
+    fn running(&mut self, inst: &InstanceView, m: &MarketInstance) {
+        let key = inst.key;
+        let now = self.now;
+        match inst.state {
+            InstState::Requested | InstState::Booting => {
+                if m.ssh_ready {
+                    self.emit(Action::MarkInstance {
+                        key,
+                        state: InstState::Ready,
+                        reason: None,
+                    });
+                    self.emit(Action::Setup { key });
+                } else if now - inst.created_ms >= self.cfg.boot_timeout_ms {
+                    let reason = format!("instance {} never answered on SSH", m.vast_id);
+                    self.fail_instance(key, reason, true);
+                }
+            }
+            InstState::Ready => {
+                if inst.setup_failures >= self.cfg.max_setup_failures
+                    || now - inst.state_since_ms >= self.cfg.setup_timeout_ms
+                {
+                    let reason = format!(
+                        "setup of instance {} failed: {}",
+                        m.vast_id,
+                        inst.reason.clone().unwrap_or_else(|| "timed out".into())
+                    );
+                    self.fail_instance(key, reason, true);
+                } else {
+                    self.emit(Action::Setup { key });
+                }
+            }
+            InstState::Paused => {
+                // Priority came back: the container restarted, the agent did not.
+                self.emit(Action::MarkInstance {
+                    key,
+                    state: InstState::Ready,
+                    reason: Some("resumed after outbid".into()),
+                });
+                self.emit(Action::Setup { key });
+            }
+            InstState::Up => {
+                // Resume held jobs here, pulling first what the instance wrote while paused.
+                let held: Vec<(JobId, bool)> = self
+                    .w
+                    .jobs_on(key)
+                    .filter(|j| j.state == JobState::Interrupted)
+                    .map(|j| (j.id, j.checkpoint_reported_ms > j.checkpoint_pulled_ms))
+                    .collect();
+                for (job, unpulled) in held {
+                    if unpulled {
+                        self.emit(Action::Pull {
+                            job,
+                            key,
+                            kind: PullKind::Checkpoint,
+                        });
+                    }
+                    self.emit(Action::Place { job, key });
+                }
+            }
+            InstState::Destroying | InstState::Gone | InstState::Failed => {}
+        }
+    }
+
+    fn paused(&mut self, inst: &InstanceView, m: &MarketInstance) {
+        let key = inst.key;
+        if !m.is_bid {
+            // An on-demand rental stopped by the host (its duration ran out): it will not
+            // come back by itself.
+            let reason = format!("instance {} was stopped by the host", m.vast_id);
+            self.fail_instance(key, reason, false);
+            return;
+        }
+        if inst.state != InstState::Paused {
+            let reason = format!("instance {} was outbid", m.vast_id);
+            self.interrupt_jobs_on(key, &reason, true);
+            self.emit(Action::MarkInstance {
+                key,
+                state: InstState::Paused,
+                reason: Some(reason),
+            });
+        }
+        let Some(inst) = self.inst(key).cloned() else { return };
+        let held: Vec<&JobView> = self.w.jobs_on(key).collect();
+        if held.is_empty() {
+            self.emit(Action::Destroy {
+                key,
+                vast_id: inst.vast_id,
+                reason: "outbid with nothing to resume".into(),
+            });
+            return;
+        }
+        // The cap: never above on-demand, nor above what the jobs allow for their shares.
+        let mut cap = inst.offer.dph;
+        let gpus = Decimal::from(inst.offer.gpus.max(1));
+        for j in &held {
+            if let Some(max) = j.req.max_dph {
+                let whole = max * gpus / Decimal::from(j.req.gpus.max(1));
+                cap = cap.min(whole);
+            }
+        }
+        let unpulled = held
+            .iter()
+            .any(|j| j.checkpoint_reported_ms > j.checkpoint_pulled_ms);
+        let decision = outbid_decision(
+            inst.offer.bid,
+            cap,
+            m.min_bid,
+            self.now - inst.state_since_ms,
+            unpulled,
+            self.cfg,
+        );
+        match decision {
+            BidMove::Raise(bid) => self.emit(Action::ChangeBid {
+                key,
+                vast_id: m.vast_id,
+                bid,
+            }),
+            BidMove::Wait => {}
+            BidMove::Move => self.emit(Action::Destroy {
+                key,
+                vast_id: Some(m.vast_id),
+                reason: "outbid: moving the work elsewhere".into(),
+            }),
+        }
+    }
+
+    // ---- 2. heartbeats ------------------------------------------------------------------------
+
+    fn heartbeats(&mut self, hbs: &[HeartbeatObs]) {
+        let mut hbs: Vec<&HeartbeatObs> = hbs.iter().collect();
+        hbs.sort_by_key(|h| (h.job, h.seq));
+        for hb in hbs {
+            let Some(j) = self.w.jobs.get(&hb.job) else { continue };
+            let Some(a) = &j.attempt else { continue };
+            if a.token != hb.token || (hb.seq <= a.last_seq && a.phase.is_some()) {
+                continue;
+            }
+            self.emit(Action::Heartbeat(hb.clone()));
+        }
+        let active: Vec<JobView> = self
+            .w
+            .jobs
+            .values()
+            .filter(|j| matches!(j.state, JobState::Starting | JobState::Running))
+            .cloned()
+            .collect();
+        for j in active {
+            let Some(a) = &j.attempt else { continue };
+            let key = a.instance;
+            let inst_up = self.inst(key).is_some_and(|i| i.state == InstState::Up);
+            match &a.phase {
+                Some(AgentPhase::Exited { code: 0, .. }) => {
+                    self.emit(Action::Pull {
+                        job: j.id,
+                        key,
+                        kind: PullKind::Final,
+                    });
+                    self.emit(Action::EndAttempt {
+                        job: j.id,
+                        end: AttemptEnd::Succeeded,
+                        requeue_at: None,
+                        hold: false,
+                    });
+                }
+                Some(AgentPhase::Exited { code, disk_full }) => {
+                    let reason = if *disk_full {
+                        format!("exit code {code}: disk full")
+                    } else {
+                        format!("exit code {code}")
+                    };
+                    self.emit(Action::Pull {
+                        job: j.id,
+                        key,
+                        kind: PullKind::Final,
+                    });
+                    self.fail_attempt(&j, reason, *disk_full);
+                }
+                Some(AgentPhase::StartFailed { reason }) => {
+                    self.fail_attempt(&j, format!("could not start: {reason}"), false);
+                }
+                Some(AgentPhase::Running) | None => {
+                    if j.checkpoint_reported_ms > j.checkpoint_pulled_ms && inst_up {
+                        self.emit(Action::Pull {
+                            job: j.id,
+                            key,
+                            kind: PullKind::Checkpoint,
+                        });
+                    }
+                    let last = a.last_heartbeat_ms.unwrap_or(a.started_ms);
+                    let limit = if a.last_heartbeat_ms.is_none() {
+                        self.cfg.start_timeout_ms
+                    } else {
+                        2 * self.cfg.heartbeat_interval_ms
+                    };
+                    if inst_up && self.now - last > limit {
+                        let reason = format!(
+                            "no heartbeat for {} s",
+                            (self.now - last) / 1000
+                        );
+                        self.emit(Action::StopAttempt {
+                            job: j.id,
+                            key,
+                            token: a.token,
+                        });
+                        let give_up = j.interruptions + 1 >= self.cfg.max_interruptions;
+                        self.emit(Action::EndAttempt {
+                            job: j.id,
+                            end: AttemptEnd::Interrupted { reason },
+                            requeue_at: if give_up { None } else { Some(self.now) },
+                            hold: false,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    fn fail_attempt(&mut self, j: &JobView, reason: String, disk_full: bool) {
+        let n = j.failures + 1;
+        let requeue_at = (n < j.max_attempts).then(|| self.now + self.cfg.backoff_ms(n));
+        self.emit(Action::EndAttempt {
+            job: j.id,
+            end: AttemptEnd::Failed { reason, disk_full },
+            requeue_at,
+            hold: false,
+        });
+    }
+
+    // ---- 3. budgets ---------------------------------------------------------------------------
+
+    fn budgets(&mut self, spend: &BTreeMap<String, Decimal>) {
+        let budgets: Vec<(String, BudgetView)> = self
+            .w
+            .budgets
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (exp, b) in budgets {
+            let spent = spend.get(&exp).copied().unwrap_or_default();
+            let has_work = self
+                .w
+                .jobs
+                .values()
+                .any(|j| j.experiment == exp && j.instance.is_some() && !j.state.is_terminal());
+            if spent >= b.limit && (has_work || !b.hard_stopped) {
+                if !b.hard_stopped {
+                    self.emit(Action::BudgetHardStop {
+                        experiment: exp.clone(),
+                        spent,
+                        limit: b.limit,
+                    });
+                }
+                self.hard_stop(&exp);
+            } else if !b.warned && spent >= b.limit * b.warn_fraction {
+                self.emit(Action::BudgetWarn {
+                    experiment: exp,
+                    spent,
+                    limit: b.limit,
+                });
+            }
+        }
+    }
+
+    /// Checkpoint and pull, stop, requeue (held), and destroy what only this experiment used.
+    fn hard_stop(&mut self, exp: &str) {
+        let jobs: Vec<JobView> = self
+            .w
+            .jobs
+            .values()
+            .filter(|j| j.experiment == exp && j.instance.is_some() && !j.state.is_terminal())
+            .cloned()
+            .collect();
+        let mut touched: BTreeSet<InstanceKey> = BTreeSet::new();
+        for j in jobs {
+            let key = j.instance.unwrap_or_default();
+            touched.insert(key);
+            let up = self.inst(key).is_some_and(|i| i.state == InstState::Up);
+            if let Some(a) = &j.attempt {
+                if up {
+                    self.emit(Action::Pull {
+                        job: j.id,
+                        key,
+                        kind: PullKind::Checkpoint,
+                    });
+                    self.emit(Action::StopAttempt {
+                        job: j.id,
+                        key,
+                        token: a.token,
+                    });
+                }
+            }
+            self.emit(Action::EndAttempt {
+                job: j.id,
+                end: AttemptEnd::BudgetStopped,
+                requeue_at: None,
+                hold: false,
+            });
+        }
+        let keys: Vec<InstanceKey> = self
+            .w
+            .instances
+            .values()
+            .filter(|i| {
+                !matches!(i.state, InstState::Gone | InstState::Destroying)
+                    && (touched.contains(&i.key) || i.experiment == exp)
+            })
+            .map(|i| i.key)
+            .collect();
+        for key in keys {
+            if self.w.jobs_on(key).next().is_some() {
+                continue; // another experiment still uses it
+            }
+            let Some(inst) = self.inst(key) else { continue };
+            let vast_id = inst.vast_id;
+            if vast_id.is_some() {
+                self.emit(Action::Destroy {
+                    key,
+                    vast_id,
+                    reason: format!("budget of {exp} exhausted"),
+                });
+            }
+        }
+    }
+
+    // ---- 4. start what is placed ------------------------------------------------------------
+
+    fn start_placed(&mut self) {
+        let placed: Vec<(JobId, InstanceKey, bool)> = self
+            .w
+            .jobs
+            .values()
+            .filter(|j| j.state == JobState::Placed)
+            .filter_map(|j| j.instance.map(|k| (j.id, k, j.checkpoint_pulled_ms.is_some())))
+            .collect();
+        for (job, key, resume) in placed {
+            if self.inst(key).is_some_and(|i| i.state == InstState::Up) {
+                self.emit(Action::StartAttempt { job, key, resume });
+            }
+        }
+    }
+
+    // ---- 5. placement -------------------------------------------------------------------------
+
+    fn reserved(&self, exp: &str) -> Decimal {
+        self.w
+            .jobs
+            .values()
+            .filter(|j| j.experiment == exp && j.instance.is_some() && !j.state.is_terminal())
+            .filter_map(|j| {
+                let inst = self.inst(j.instance?)?;
+                Some(self.worst_case(j, share_price(inst, j.req.gpus), inst.offer.dlperf))
+            })
+            .sum()
+    }
+
+    fn worst_case(&self, j: &JobView, share: Decimal, dlperf: f64) -> Decimal {
+        share * hours(j.req.est_runtime_s, dlperf) * self.cfg.reservation_factor
+    }
+
+    fn budget_allows(
+        &self,
+        j: &JobView,
+        extra: Decimal,
+        spend: &BTreeMap<String, Decimal>,
+    ) -> bool {
+        let Some(b) = self.w.budgets.get(&j.experiment) else {
+            return true;
+        };
+        let spent = spend.get(&j.experiment).copied().unwrap_or_default();
+        spent + self.reserved(&j.experiment) + extra <= b.limit
+    }
+
+    fn place(&mut self, offers: &[OfferObs], spend: &BTreeMap<String, Decimal>) {
+        let queued: Vec<JobView> = self
+            .w
+            .jobs
+            .values()
+            .filter(|j| j.state == JobState::Queued && j.not_before_ms <= self.now)
+            .cloned()
+            .collect();
+        let mut unplaced: Vec<JobView> = Vec::new();
+        // (a) free slots on instances we have (warm beats new).
+        for j in queued {
+            let mut best: Option<(Decimal, InstanceKey)> = None;
+            for inst in self.w.instances.values() {
+                if !matches!(
+                    inst.state,
+                    InstState::Requested | InstState::Booting | InstState::Ready | InstState::Up
+                ) || !fits_instance(&j, inst)
+                {
+                    continue;
+                }
+                if inst.offer.gpus < self.w.gpus_used(inst.key) + j.req.gpus {
+                    continue;
+                }
+                let share = share_price(inst, j.req.gpus);
+                if j.req.max_dph.is_some_and(|m| share > m) {
+                    continue;
+                }
+                // Warm instances first, then the cheapest share.
+                let warm = if inst.state == InstState::Up {
+                    Decimal::ZERO
+                } else {
+                    Decimal::ONE_THOUSAND
+                };
+                let rank = warm + share;
+                if best.is_none_or(|(r, _)| rank < r) {
+                    best = Some((rank, inst.key));
+                }
+            }
+            match best {
+                Some((_, key)) => {
+                    let inst = self.inst(key).cloned();
+                    let ok = inst.as_ref().is_some_and(|i| {
+                        self.budget_allows(
+                            &j,
+                            self.worst_case(&j, share_price(i, j.req.gpus), i.offer.dlperf),
+                            spend,
+                        )
+                    });
+                    if ok {
+                        self.emit(Action::Place { job: j.id, key });
+                    }
+                }
+                None => unplaced.push(j),
+            }
+        }
+        // (b) new offers, cheapest per job, packing jobs of one class onto multi-GPU offers.
+        let mut provisions = 0usize;
+        let mut remaining = unplaced;
+        while let Some(first) = remaining.first().cloned() {
+            if provisions >= self.cfg.max_provisions_per_pass || !self.room_for_instance() {
+                break;
+            }
+            let (class, rest): (Vec<JobView>, Vec<JobView>) =
+                remaining.into_iter().partition(|j| same_class(j, &first));
+            remaining = rest;
+            let mut class = class;
+            while !class.is_empty()
+                && provisions < self.cfg.max_provisions_per_pass
+                && self.room_for_instance()
+            {
+                let Some((offer, k)) = self.best_offer(&class, offers) else {
+                    break;
+                };
+                // Take jobs while their worst-case cost fits their budgets.
+                let price = offer.price();
+                let mut take: Vec<JobView> = Vec::new();
+                let mut skipped: Vec<JobView> = Vec::new();
+                for j in class.drain(..) {
+                    if take.len() < k {
+                        let share = price / Decimal::from(k as u64);
+                        let extra_same_exp: Decimal = take
+                            .iter()
+                            .filter(|t| t.experiment == j.experiment)
+                            .map(|t| self.worst_case(t, share, offer.dlperf))
+                            .sum();
+                        if self.budget_allows(
+                            &j,
+                            extra_same_exp + self.worst_case(&j, share, offer.dlperf),
+                            spend,
+                        ) {
+                            take.push(j);
+                            continue;
+                        }
+                    }
+                    skipped.push(j);
+                }
+                if take.is_empty() {
+                    break;
+                }
+                class = skipped
+                    .into_iter()
+                    .filter(|j| self.budget_allows(j, Decimal::ZERO, spend))
+                    .collect();
+                if let Some(max) = self.cfg.max_total_dph {
+                    if self.total_dph() + price > max {
+                        break;
+                    }
+                }
+                let key = self.w.next_instance_key();
+                let label = instance_label(&self.w.workspace, key);
+                self.emit(Action::Provision {
+                    key,
+                    label,
+                    offer,
+                    experiment: take[0].experiment.clone(),
+                });
+                for j in take {
+                    self.emit(Action::Place { job: j.id, key });
+                }
+                provisions += 1;
+            }
+        }
+    }
+
+    fn room_for_instance(&self) -> bool {
+        self.w
+            .instances
+            .values()
+            .filter(|i| i.state != InstState::Gone)
+            .count()
+            < self.cfg.max_instances
+    }
+
+    fn total_dph(&self) -> Decimal {
+        self.w
+            .instances
+            .values()
+            .filter(|i| i.state != InstState::Gone)
+            .map(|i| i.offer.price())
+            .sum()
+    }
+
+    /// The offer with the lowest expected cost per job for this class of jobs, and how many of
+    /// them it takes.
+    fn best_offer(&self, class: &[JobView], offers: &[OfferObs]) -> Option<(OfferChoice, usize)> {
+        let j = class.first()?;
+        let claimed: BTreeSet<i64> = self
+            .w
+            .instances
+            .values()
+            .filter(|i| i.state != InstState::Gone)
+            .map(|i| i.offer.offer_id)
+            .collect();
+        let claimed_machines: BTreeSet<i64> = self
+            .w
+            .instances
+            .values()
+            .filter(|i| i.state != InstState::Gone)
+            .map(|i| i.offer.machine_id)
+            .collect();
+        let mut best: Option<(Decimal, OfferChoice, usize)> = None;
+        let mut sorted: Vec<&OfferObs> = offers.iter().collect();
+        sorted.sort_by_key(|o| o.offer_id);
+        for o in sorted {
+            if claimed.contains(&o.offer_id)
+                || claimed_machines.contains(&o.machine_id)
+                || self.w.blacklist.contains(&o.machine_id)
+                || o.reliability < self.cfg.min_reliability
+                || o.num_gpus < j.req.gpus
+                || o.disk_space_gb < j.disk_gb()
+                || j.req.gpu_name.as_deref().is_some_and(|g| !gpu_matches(g, &o.gpu_name))
+                || j.req.min_gpu_ram_gb.is_some_and(|r| o.gpu_ram_gb < r)
+            {
+                continue;
+            }
+            let slots = (o.num_gpus / j.req.gpus.max(1)) as usize;
+            let k = slots.min(class.len()).max(1);
+            let bid = if j.req.interruptible {
+                let b = price_up(o.min_bid * (Decimal::ONE + self.cfg.bid_margin));
+                (b < o.dph_total).then_some(b)
+            } else {
+                None
+            };
+            let price = bid.unwrap_or(o.dph_total);
+            let share = price / Decimal::from(k as u64);
+            if j.req.max_dph.is_some_and(|m| share > m) {
+                continue;
+            }
+            let penalty = if bid.is_some() {
+                Decimal::ONE + self.cfg.interruptible_penalty
+            } else {
+                Decimal::ONE
+            };
+            let per_job = share * hours(j.req.est_runtime_s, o.dlperf) * penalty;
+            let choice = OfferChoice {
+                offer_id: o.offer_id,
+                machine_id: o.machine_id,
+                gpus: o.num_gpus,
+                gpu_name: o.gpu_name.clone(),
+                dph: o.dph_total,
+                bid,
+                disk_gb: j.disk_gb(),
+                image: j.req.image.clone(),
+                dlperf: o.dlperf,
+            };
+            if best.as_ref().is_none_or(|(c, _, _)| per_job < *c) {
+                best = Some((per_job, choice, k));
+            }
+        }
+        best.map(|(_, c, k)| (c, k))
+    }
+
+    // ---- 6. idle teardown -----------------------------------------------------------------------
+
+    fn idle(&mut self) {
+        let idle: Vec<(InstanceKey, Option<VastId>)> = self
+            .w
+            .instances
+            .values()
+            .filter(|i| {
+                matches!(
+                    i.state,
+                    InstState::Booting | InstState::Ready | InstState::Up
+                ) && i.vast_id.is_some()
+            })
+            .filter(|i| self.w.jobs_on(i.key).next().is_none())
+            .filter(|i| {
+                self.now - i.idle_since_ms.unwrap_or(i.state_since_ms) >= self.cfg.idle_timeout_ms
+            })
+            .map(|i| (i.key, i.vast_id))
+            .collect();
+        for (key, vast_id) in idle {
+            self.emit(Action::Destroy {
+                key,
+                vast_id,
+                reason: "idle".into(),
+            });
+        }
+    }
+
+    // ---- 7. reports and accrual ---------------------------------------------------------------
+
+    fn reports(&mut self) {
+        let mut exps: BTreeMap<String, bool> = BTreeMap::new();
+        for j in self.w.jobs.values() {
+            let done = exps.entry(j.experiment.clone()).or_insert(true);
+            *done &= j.state.is_terminal();
+        }
+        for (exp, done) in exps {
+            if !done || self.w.reported.contains(&exp) {
+                continue;
+            }
+            let busy = self
+                .w
+                .instances
+                .values()
+                .any(|i| i.state != InstState::Gone && i.experiment == exp);
+            if !busy {
+                self.emit(Action::FinalReport { experiment: exp });
+            }
+        }
+    }
+}
+
+fn gpu_matches(wanted: &str, have: &str) -> bool {
+    let norm = |s: &str| s.replace([' ', '_'], "").to_ascii_lowercase();
+    norm(wanted) == norm(have)
+}
+
+fn fits_instance(j: &JobView, inst: &InstanceView) -> bool {
+    inst.offer.image == j.req.image
+        && inst.offer.disk_gb >= j.disk_gb()
+        && (j.req.interruptible || inst.offer.bid.is_none())
+        && j
+            .req
+            .gpu_name
+            .as_deref()
+            .is_none_or(|g| gpu_matches(g, &inst.offer.gpu_name))
+}
+
+fn share_price(inst: &InstanceView, gpus: u32) -> Decimal {
+    inst.offer.price() * Decimal::from(gpus) / Decimal::from(inst.offer.gpus.max(1))
+}
+
+/// Estimated hours on a GPU of this dlperf (reference: 100).
+fn hours(est_runtime_s: u64, dlperf: f64) -> Decimal {
+    let speed = if dlperf > 0.0 { dlperf / 100.0 } else { 1.0 };
+    let h = est_runtime_s as f64 / 3600.0 / speed;
+    Decimal::from_f64_retain(h)
+        .unwrap_or_default()
+        .round_dp(6)
+}
+
+fn same_class(a: &JobView, b: &JobView) -> bool {
+    a.req.gpus == b.req.gpus
+        && a.req.gpu_name == b.req.gpu_name
+        && a.req.image == b.req.image
+        && a.req.interruptible == b.req.interruptible
+        && a.req.max_dph == b.req.max_dph
+        && a.disk_gb() == b.disk_gb()
+}
+
+/// One reconcile pass: the actions to take now, in order.
+pub fn reconcile(
+    world: &WorldView,
+    obs: &Observations,
+    now: EpochMs,
+    cfg: &ReconcileConfig,
+) -> Vec<Action> {
+    let mut p = Pass {
+        w: world.clone(),
+        now,
+        cfg,
+        out: Vec::new(),
+    };
+    if let Some(listing) = &obs.market {
+        p.market(listing);
+    }
+    p.heartbeats(&obs.heartbeats);
+    p.budgets(&obs.spend);
+    p.start_placed();
+    p.place(&obs.offers, &obs.spend);
+    p.start_placed();
+    p.idle();
+    if p
+        .w
+        .last_accrual_ms
+        .is_none_or(|t| now - t >= cfg.accrual_interval_ms)
+    {
+        p.emit(Action::Accrue);
+    }
+    p.reports();
+    p.out
+}
