@@ -1,0 +1,719 @@
+//! The packing planner: [`plan`].
+//!
+//! Jobs are taken in priority order (then longest first, then id; see [`job_order`]). Each one goes, in this order of preference, to
+//! 1. a warm idle instance of ours that satisfies its class and runs its image (no boot, no pull);
+//! 2. a free GPU slot of a rental planned earlier in this same plan for its group (packing);
+//! 3. a new rental: the offer with the lowest expected cost *for this job*.
+//!
+//! "Cost for this job" is the offer's hourly price × (boot + the job's runtime on that offer's
+//! speed + expected preemption losses) divided by the number of jobs the offer will carry: a
+//! multi-GPU offer with `s` slots is assumed to be filled by the group's remaining jobs, so its
+//! $/GPU-hour is what counts, and a faster GPU with a higher hourly price wins when it finishes
+//! the job for less.
+//!
+//! Speed: instead of scoring all 20,000 offers for each of 10,000 jobs, the candidates of each
+//! group (requirement class + GPUs + disk + image) are sorted once per (kind, slot count) by the
+//! cost of the group's mean job. For each job only the first few unused candidates of each list
+//! are priced exactly; a cursor skips offers already taken. This is why the plan is fast and why
+//! it is a heuristic: a job whose runtime is far from its group's mean may miss an offer further
+//! down a list (see `GOOD_PER_LIST`).
+
+use std::collections::BTreeMap;
+
+use super::cost;
+use super::types::*;
+
+/// Candidates priced exactly per list and job once they pass the job's filters.
+const GOOD_PER_LIST: u32 = 4;
+/// Candidates looked at per list and job at most (filters included).
+const SCAN_PER_LIST: u32 = 64;
+
+/// Plans `input`. Pure and deterministic: the same input gives the same plan.
+pub fn plan(input: &PlanInput) -> Plan {
+    Planner::new(input).run()
+}
+
+/// Whether a job may go on an interruptible instance under its policy.
+pub fn interruptible_allowed(job: &PlanJob) -> bool {
+    match job.interruptible {
+        InterruptiblePolicy::Never => false,
+        InterruptiblePolicy::Auto => job.checkpoints,
+        InterruptiblePolicy::Always => true,
+    }
+}
+
+/// Job indices in planning order: priority descending, then the longest estimate first, then id
+/// (then input position). Longest-first within a priority means the jobs that end up sharing a
+/// multi-GPU instance have similar runtimes, so few GPUs sit idle waiting for the longest one.
+pub fn job_order(jobs: &[PlanJob]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..jobs.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (ja, jb) = (&jobs[a], &jobs[b]);
+        jb.priority
+            .cmp(&ja.priority)
+            .then(jb.est_runtime_s.cmp(&ja.est_runtime_s))
+            .then(ja.id.cmp(&jb.id))
+            .then(a.cmp(&b))
+    });
+    order
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Usable {
+    Ok,
+    Blacklisted,
+    Unreliable,
+}
+
+/// What the planner derives from one offer, once.
+#[derive(Clone, Copy)]
+pub(crate) struct OfferInfo {
+    pub usable: Usable,
+    pub speed_ppm: i64,
+    pub boot_s: i64,
+    pub rate_ppm: i64,
+    pub bid: Option<NanoPerHour>,
+}
+
+pub(crate) fn offer_info(input: &PlanInput, o: &PlanOffer) -> OfferInfo {
+    let cfg = &input.config;
+    let usable = if input.blacklist.blocks(o.machine_id, o.host_id, input.now_ms) {
+        Usable::Blacklisted
+    } else if !(o.reliability.is_finite() && o.reliability >= cfg.min_reliability) {
+        Usable::Unreliable
+    } else {
+        Usable::Ok
+    };
+    OfferInfo {
+        usable,
+        speed_ppm: speed_of(input, &o.gpu_name, o.dlperf, o.num_gpus),
+        boot_s: boot_of(cfg, o.boot_estimate_s),
+        // The offer's rate is for a bid of exactly `min_bid`; our margin buys a lower one.
+        rate_ppm: cost::mul_div_ceil(
+            cost::rate_ppm(o.preempt_per_h, cfg.default_preempt_per_h),
+            i64::from(cfg.margin_preempt_pct),
+            100,
+        ),
+        bid: cost::bid_for(o.min_bid, o.dph_base, cfg),
+    }
+}
+
+pub(crate) fn speed_of(input: &PlanInput, gpu_name: &str, dlperf: f64, num_gpus: u32) -> i64 {
+    let cfg = &input.config;
+    let prior = cost::prior_speed_ppm(dlperf, num_gpus, cfg.ref_dlperf_per_gpu);
+    cost::blended_speed_ppm(prior, input.throughput.by_gpu.get(gpu_name), cfg.throughput_prior_s)
+}
+
+pub(crate) fn boot_of(cfg: &PlanConfig, boot_estimate_s: u32) -> i64 {
+    let b = if boot_estimate_s == 0 { cfg.default_boot_s } else { boot_estimate_s };
+    i64::from(b) + i64::from(cfg.boot_overhead_s)
+}
+
+/// Slots an offer has for jobs of `gpus` GPUs and `disk_gb` GB each (0: it does not fit).
+pub(crate) fn slots_for(o: &PlanOffer, gpus: u32, disk_gb: u32) -> u32 {
+    if gpus == 0 {
+        return 0;
+    }
+    let by_gpu = o.num_gpus / gpus;
+    let by_disk = if disk_gb == 0 { u32::MAX } else { o.disk_space_gb / disk_gb };
+    by_gpu.min(by_disk)
+}
+
+/// Hourly price of renting `o` with `disk_gb` allocated, on demand or at `bid`.
+pub(crate) fn price_of(o: &PlanOffer, bid: Option<NanoPerHour>, disk_gb: u32) -> NanoPerHour {
+    let compute = bid.unwrap_or(o.dph_base);
+    compute.saturating_add(o.storage_gb_h.saturating_mul(i64::from(disk_gb)))
+}
+
+/// Runtime figures of one job on one machine.
+#[derive(Clone, Copy)]
+pub(crate) struct Run {
+    /// Expected wall seconds, preemption losses included (no boot).
+    pub expected_s: i64,
+    /// Worst-case wall seconds (no boot).
+    pub worst_s: i64,
+}
+
+pub(crate) fn run_of(cfg: &PlanConfig, job: &PlanJob, speed_ppm: i64, interruptible: bool, rate_ppm: i64) -> Run {
+    let wall = cost::wall_s(job.est_runtime_s, speed_ppm);
+    let worst_work = job.max_runtime_s.unwrap_or_else(|| {
+        (u128::from(job.est_runtime_s) * u128::from(cfg.runtime_safety_pct)).div_ceil(100).min(u64::MAX as u128) as u64
+    });
+    let worst_wall = cost::wall_s(worst_work.max(job.est_runtime_s), speed_ppm);
+    if !interruptible {
+        return Run { expected_s: wall, worst_s: worst_wall };
+    }
+    let ckpt = job.checkpoints.then(|| {
+        let c = if job.checkpoint_interval_s == 0 { cfg.default_checkpoint_interval_s } else { job.checkpoint_interval_s };
+        i64::from(c)
+    });
+    let restart = i64::from(cfg.restart_overhead_s);
+    let e = cost::exposure(wall, rate_ppm, ckpt, restart, cfg.worst_preempt_pct);
+    let w = cost::exposure(worst_wall, rate_ppm, ckpt, restart, cfg.worst_preempt_pct);
+    Run {
+        expected_s: wall.saturating_add(e.expected_extra_s),
+        worst_s: worst_wall.saturating_add(w.worst_extra_s),
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Cand {
+    offer: u32,
+    slots: u32,
+    price: NanoPerHour,
+    rank: i64,
+}
+
+struct SlotList {
+    slots: u32,
+    interruptible: bool,
+    cands: Vec<Cand>,
+    cursor: usize,
+}
+
+#[derive(Default)]
+struct Exclusions {
+    listed: u32,
+    too_small: u32,
+    blacklisted: u32,
+    unreliable: u32,
+}
+
+struct Group<'a> {
+    class: &'a str,
+    gpus: u32,
+    disk_gb: u32,
+    image: &'a str,
+    lists: Vec<SlotList>,
+    remaining: u32,
+    remaining_interruptible: u32,
+    /// Rentals of this plan with free slots, oldest first.
+    open: Vec<usize>,
+    excl: Exclusions,
+}
+
+/// A rental being built, with what is needed to add jobs.
+struct Building {
+    rental: Rental,
+    slots: u32,
+    free_slots: u32,
+    speed_ppm: i64,
+    boot_s: i64,
+    rate_ppm: i64,
+    opener_experiment: usize,
+    max_expected_s: i64,
+    max_worst_s: i64,
+}
+
+impl Building {
+    fn refresh_costs(&mut self) {
+        let p = self.rental.dph;
+        self.rental.expected_cost = cost::charge(p, self.boot_s.saturating_add(self.max_expected_s));
+        self.rental.worst_case_cost = cost::charge(p, self.boot_s.saturating_add(self.max_worst_s));
+    }
+}
+
+/// Notes on why a job could not be placed, for the deferral reason.
+#[derive(Default)]
+struct Notes {
+    over_budget: Option<Nano>,
+    over_max_dph: Option<NanoPerHour>,
+    over_total_dph: bool,
+    max_instances: bool,
+}
+
+impl Notes {
+    fn budget(&mut self, needed: Nano) {
+        self.over_budget = Some(self.over_budget.map_or(needed, |n| n.min(needed)));
+    }
+    fn max_dph(&mut self, share: NanoPerHour) {
+        self.over_max_dph = Some(self.over_max_dph.map_or(share, |n| n.min(share)));
+    }
+}
+
+struct Choice {
+    list: usize,
+    cand: Cand,
+    run: Run,
+    cost: Nano,
+    reserve: Nano,
+}
+
+struct Planner<'a> {
+    input: &'a PlanInput,
+    info: Vec<OfferInfo>,
+    used: Vec<bool>,
+    groups: Vec<Group<'a>>,
+    job_group: Vec<usize>,
+    /// Experiment names, and remaining budget per experiment (`None`: unlimited).
+    experiments: Vec<&'a str>,
+    budget: Vec<Option<Nano>>,
+    job_exp: Vec<usize>,
+    idle_by_class: BTreeMap<&'a str, Vec<usize>>,
+    idle_free_gpus: Vec<u32>,
+    idle_free_disk: Vec<u32>,
+    idle_speed: Vec<i64>,
+    idle_ok: Vec<bool>,
+    building: Vec<Building>,
+    new_dph: NanoPerHour,
+    plan: Plan,
+}
+
+impl<'a> Planner<'a> {
+    fn new(input: &'a PlanInput) -> Self {
+        let cfg = &input.config;
+        let info: Vec<OfferInfo> = input.offers.iter().map(|o| offer_info(input, o)).collect();
+
+        // Experiments and budgets, indexed.
+        let mut exp_index: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut experiments = Vec::new();
+        let mut job_exp = Vec::with_capacity(input.jobs.len());
+        for j in &input.jobs {
+            let next = experiments.len();
+            let i = *exp_index.entry(j.experiment.as_str()).or_insert_with(|| {
+                experiments.push(j.experiment.as_str());
+                next
+            });
+            job_exp.push(i);
+        }
+        let budget = experiments.iter().map(|e| input.budgets.get(*e).copied()).collect();
+
+        // Groups: jobs that can share an offer list and an instance.
+        let mut group_index: BTreeMap<(&str, u32, u32, &str), usize> = BTreeMap::new();
+        let mut groups: Vec<Group<'a>> = Vec::new();
+        let mut job_group = Vec::with_capacity(input.jobs.len());
+        let mut sums: Vec<(u128, u64, u128, u64)> = Vec::new(); // (runtime sum, n, ckpt sum, n ckpt)
+        for j in &input.jobs {
+            let key = (j.class.as_str(), j.gpus, j.disk_gb, j.image.as_str());
+            let next = groups.len();
+            let g = *group_index.entry(key).or_insert_with(|| {
+                groups.push(Group {
+                    class: key.0,
+                    gpus: key.1,
+                    disk_gb: key.2,
+                    image: key.3,
+                    lists: Vec::new(),
+                    remaining: 0,
+                    remaining_interruptible: 0,
+                    open: Vec::new(),
+                    excl: Exclusions::default(),
+                });
+                sums.push((0, 0, 0, 0));
+                next
+            });
+            job_group.push(g);
+            groups[g].remaining += 1;
+            let s = &mut sums[g];
+            s.0 += u128::from(j.est_runtime_s);
+            s.1 += 1;
+            if interruptible_allowed(j) {
+                groups[g].remaining_interruptible += 1;
+                if j.checkpoints {
+                    let c = if j.checkpoint_interval_s == 0 { cfg.default_checkpoint_interval_s } else { j.checkpoint_interval_s };
+                    s.2 += u128::from(c);
+                    s.3 += 1;
+                }
+            }
+        }
+
+        // Candidate lists per group, sorted once by the cost of the group's mean job.
+        for (gi, g) in groups.iter_mut().enumerate() {
+            let (rt_sum, n, ck_sum, n_ck) = sums[gi];
+            let rep = PlanJob {
+                id: 0,
+                experiment: String::new(),
+                class: String::new(),
+                image: String::new(),
+                gpus: g.gpus,
+                disk_gb: g.disk_gb,
+                max_dph: None,
+                interruptible: InterruptiblePolicy::Always,
+                checkpoints: n_ck > 0,
+                checkpoint_interval_s: if n_ck > 0 { (ck_sum / u128::from(n_ck)) as u32 } else { 0 },
+                est_runtime_s: (rt_sum / u128::from(n.max(1))) as u64,
+                max_runtime_s: None,
+                priority: 0,
+                attempts_so_far: 0,
+            };
+            let want_interruptible = g.remaining_interruptible > 0;
+            let mut by_key: BTreeMap<(bool, u32), Vec<Cand>> = BTreeMap::new();
+            let listed = input.offers_by_class.get(g.class).map(Vec::as_slice).unwrap_or(&[]);
+            for &oi in listed {
+                let Some(o) = input.offers.get(oi) else { continue };
+                g.excl.listed += 1;
+                let slots = slots_for(o, g.gpus, g.disk_gb);
+                if slots == 0 {
+                    g.excl.too_small += 1;
+                    continue;
+                }
+                let inf = &info[oi];
+                match inf.usable {
+                    Usable::Blacklisted => {
+                        g.excl.blacklisted += 1;
+                        continue;
+                    }
+                    Usable::Unreliable => {
+                        g.excl.unreliable += 1;
+                        continue;
+                    }
+                    Usable::Ok => {}
+                }
+                let disk = g.disk_gb.saturating_mul(slots);
+                let price = price_of(o, None, disk);
+                let run = run_of(cfg, &rep, inf.speed_ppm, false, 0);
+                let rank = cost::charge(price, inf.boot_s + run.expected_s) / i64::from(slots);
+                by_key.entry((false, slots)).or_default().push(Cand { offer: oi as u32, slots, price, rank });
+                if want_interruptible && let Some(bid) = inf.bid {
+                    let price = price_of(o, Some(bid), disk);
+                    let run = run_of(cfg, &rep, inf.speed_ppm, true, inf.rate_ppm);
+                    let rank = cost::charge(price, inf.boot_s + run.expected_s) / i64::from(slots);
+                    by_key.entry((true, slots)).or_default().push(Cand { offer: oi as u32, slots, price, rank });
+                }
+            }
+            for ((interruptible, slots), mut cands) in by_key {
+                cands.sort_unstable_by_key(|c| (c.rank, input.offers[c.offer as usize].id, c.offer));
+                g.lists.push(SlotList { slots, interruptible, cands, cursor: 0 });
+            }
+        }
+
+        // Idle instances by class.
+        let mut idle_by_class: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, inst) in input.idle.iter().enumerate() {
+            for c in &inst.classes {
+                idle_by_class.entry(c.as_str()).or_default().push(i);
+            }
+        }
+        for v in idle_by_class.values_mut() {
+            v.sort_unstable_by_key(|&i| (input.idle[i].id, i));
+            v.dedup();
+        }
+
+        Planner {
+            input,
+            used: vec![false; input.offers.len()],
+            info,
+            groups,
+            job_group,
+            experiments,
+            budget,
+            job_exp,
+            idle_by_class,
+            idle_free_gpus: input.idle.iter().map(|i| i.free_gpus.min(i.num_gpus)).collect(),
+            idle_free_disk: input.idle.iter().map(|i| i.disk_free_gb).collect(),
+            idle_speed: input.idle.iter().map(|i| speed_of(input, &i.gpu_name, i.dlperf, i.num_gpus)).collect(),
+            idle_ok: input.idle.iter().map(|i| !input.blacklist.blocks(i.machine_id, i.host_id, input.now_ms)).collect(),
+            building: Vec::new(),
+            new_dph: 0,
+            plan: Plan::default(),
+        }
+    }
+
+    fn run(mut self) -> Plan {
+        let input = self.input;
+        for ji in job_order(&input.jobs) {
+            let job = &input.jobs[ji];
+            let gi = self.job_group[ji];
+            if let Some(reason) = self.place(ji) {
+                self.plan.deferred.push(Deferred { job_id: job.id, reason });
+            }
+            let g = &mut self.groups[gi];
+            g.remaining -= 1;
+            if interruptible_allowed(job) {
+                g.remaining_interruptible -= 1;
+            }
+        }
+        self.plan.rent = self.building.into_iter().map(|b| b.rental).collect();
+        self.plan
+    }
+
+    fn fits_budget(&self, exp: usize, amount: Nano) -> bool {
+        self.budget[exp].is_none_or(|left| amount <= left)
+    }
+
+    fn spend(&mut self, exp: usize, amount: Nano) {
+        if let Some(left) = &mut self.budget[exp] {
+            *left -= amount;
+        }
+    }
+
+    /// Places job `ji`, or says why not.
+    fn place(&mut self, ji: usize) -> Option<DeferReason> {
+        let input = self.input;
+        let job = &input.jobs[ji];
+        if job.gpus == 0 {
+            return Some(DeferReason::Invalid { detail: format!("job {} asks for 0 GPUs", job.id) });
+        }
+        let mut notes = Notes::default();
+        if self.try_reuse(ji, &mut notes) || self.try_join(ji, &mut notes) || self.try_rent(ji, &mut notes) {
+            return None;
+        }
+        Some(self.reason(ji, notes))
+    }
+
+    fn try_reuse(&mut self, ji: usize, notes: &mut Notes) -> bool {
+        let input = self.input;
+        let cfg = &input.config;
+        let job = &input.jobs[ji];
+        let exp = self.job_exp[ji];
+        let allowed = interruptible_allowed(job);
+        let Some(cands) = self.idle_by_class.get(job.class.as_str()) else { return false };
+        let mut best: Option<(Nano, i64, usize, Run, Nano)> = None;
+        for &ii in cands {
+            let inst = &input.idle[ii];
+            if !self.idle_ok[ii]
+                || inst.image != job.image
+                || self.idle_free_gpus[ii] < job.gpus
+                || self.idle_free_disk[ii] < job.disk_gb
+                || (inst.interruptible && !allowed)
+            {
+                continue;
+            }
+            let share = cost::mul_div_ceil(inst.dph, i64::from(job.gpus), i64::from(inst.num_gpus.max(1)));
+            if let Some(cap) = job.max_dph
+                && share > cap
+            {
+                notes.max_dph(share);
+                continue;
+            }
+            let rate = cost::rate_ppm(inst.preempt_per_h, cfg.default_preempt_per_h);
+            let run = run_of(cfg, job, self.idle_speed[ii], inst.interruptible, rate);
+            let reserve = cost::charge(share, run.worst_s);
+            if !self.fits_budget(exp, reserve) {
+                notes.budget(reserve);
+                continue;
+            }
+            let c = cost::charge(share, run.expected_s);
+            if best.as_ref().is_none_or(|b| (c, inst.id) < (b.0, b.1)) {
+                best = Some((c, inst.id, ii, run, reserve));
+            }
+        }
+        let Some((c, id, ii, run, reserve)) = best else { return false };
+        self.idle_free_gpus[ii] -= job.gpus;
+        self.idle_free_disk[ii] -= job.disk_gb;
+        self.spend(exp, reserve);
+        self.plan.reuse.push(Reuse {
+            instance_id: id,
+            job: PlacedJob { job_id: job.id, gpus: job.gpus, expected_runtime_s: run.expected_s, expected_cost: c, reserved: reserve },
+        });
+        true
+    }
+
+    /// Reservation for a job joining a rental: the extension of the rental's worst case it
+    /// causes, plus its GPU share when it belongs to another experiment than the one that opened
+    /// the rental (whose reservation already covers the whole instance for its own duration).
+    fn join_reserve(&self, b: &Building, exp: usize, share: NanoPerHour, run: Run) -> Nano {
+        let ext = cost::charge(b.rental.dph, (run.worst_s - b.max_worst_s).max(0));
+        if exp == b.opener_experiment { ext } else { ext.saturating_add(cost::charge(share, b.boot_s + run.worst_s)) }
+    }
+
+    fn try_join(&mut self, ji: usize, notes: &mut Notes) -> bool {
+        let input = self.input;
+        let job = &input.jobs[ji];
+        let exp = self.job_exp[ji];
+        let gi = self.job_group[ji];
+        let allowed = interruptible_allowed(job);
+        let mut chosen = None;
+        for (pos, &bi) in self.groups[gi].open.iter().enumerate() {
+            let b = &self.building[bi];
+            let interruptible = matches!(b.rental.kind, RentalKind::Interruptible { .. });
+            if interruptible && !allowed {
+                continue;
+            }
+            let share = cost::mul_div_ceil(b.rental.dph, 1, i64::from(b.slots));
+            if let Some(cap) = job.max_dph
+                && share > cap
+            {
+                notes.max_dph(share);
+                continue;
+            }
+            let run = run_of(&input.config, job, b.speed_ppm, interruptible, b.rate_ppm);
+            let reserve = self.join_reserve(b, exp, share, run);
+            if !self.fits_budget(exp, reserve) {
+                notes.budget(reserve);
+                continue;
+            }
+            chosen = Some((pos, bi, share, run, reserve));
+            break;
+        }
+        let Some((pos, bi, share, run, reserve)) = chosen else { return false };
+        self.spend(exp, reserve);
+        let b = &mut self.building[bi];
+        b.rental.jobs.push(PlacedJob {
+            job_id: job.id,
+            gpus: job.gpus,
+            expected_runtime_s: run.expected_s,
+            expected_cost: cost::charge(share, b.boot_s + run.expected_s),
+            reserved: reserve,
+        });
+        b.max_expected_s = b.max_expected_s.max(run.expected_s);
+        b.max_worst_s = b.max_worst_s.max(run.worst_s);
+        b.refresh_costs();
+        b.free_slots -= 1;
+        if b.free_slots == 0 {
+            self.groups[gi].open.remove(pos);
+        }
+        true
+    }
+
+    fn try_rent(&mut self, ji: usize, notes: &mut Notes) -> bool {
+        let input = self.input;
+        let cfg = &input.config;
+        if self.building.len() >= cfg.max_instances as usize {
+            notes.max_instances = true;
+            return false;
+        }
+        let job = &input.jobs[ji];
+        let exp = self.job_exp[ji];
+        let gi = self.job_group[ji];
+        let allowed = interruptible_allowed(job);
+        let mut best: Option<Choice> = None;
+        let group = &mut self.groups[gi];
+        for (li, list) in group.lists.iter_mut().enumerate() {
+            if list.interruptible && !allowed {
+                continue;
+            }
+            while list.cursor < list.cands.len() && self.used[list.cands[list.cursor].offer as usize] {
+                list.cursor += 1;
+            }
+            let remaining = if list.interruptible { group.remaining_interruptible } else { group.remaining };
+            let k = list.slots.min(remaining.max(1));
+            let (mut examined, mut good) = (0, 0);
+            for c in &list.cands[list.cursor..] {
+                if examined >= SCAN_PER_LIST || good >= GOOD_PER_LIST {
+                    break;
+                }
+                if self.used[c.offer as usize] {
+                    continue;
+                }
+                examined += 1;
+                let share = cost::mul_div_ceil(c.price, 1, i64::from(k));
+                if let Some(cap) = job.max_dph
+                    && share > cap
+                {
+                    notes.max_dph(share);
+                    continue;
+                }
+                if let Some(cap) = cfg.max_total_dph
+                    && self.new_dph.saturating_add(c.price) > cap
+                {
+                    notes.over_total_dph = true;
+                    continue;
+                }
+                let inf = &self.info[c.offer as usize];
+                let run = run_of(cfg, job, inf.speed_ppm, list.interruptible, inf.rate_ppm);
+                let reserve = cost::charge(c.price, inf.boot_s + run.worst_s);
+                if !self.budget[exp].is_none_or(|left| reserve <= left) {
+                    notes.budget(reserve);
+                    continue;
+                }
+                good += 1;
+                let total = cost::charge(c.price, inf.boot_s + run.expected_s);
+                let per_job = cost::mul_div_ceil(total, 1, i64::from(k));
+                let better = best.as_ref().is_none_or(|b| {
+                    (per_job, input.offers[c.offer as usize].id) < (b.cost, input.offers[b.cand.offer as usize].id)
+                });
+                if better {
+                    best = Some(Choice { list: li, cand: *c, run, cost: per_job, reserve });
+                }
+            }
+        }
+        let Some(ch) = best else { return false };
+        let list = &group.lists[ch.list];
+        let o = &input.offers[ch.cand.offer as usize];
+        let inf = self.info[ch.cand.offer as usize];
+        self.used[ch.cand.offer as usize] = true;
+        self.new_dph = self.new_dph.saturating_add(ch.cand.price);
+        let kind = if list.interruptible {
+            RentalKind::Interruptible { bid: inf.bid.unwrap_or(o.dph_base) }
+        } else {
+            RentalKind::OnDemand
+        };
+        let share = cost::mul_div_ceil(ch.cand.price, 1, i64::from(ch.cand.slots));
+        let mut b = Building {
+            rental: Rental {
+                offer_id: o.id,
+                machine_id: o.machine_id,
+                class: group.class.to_string(),
+                image: group.image.to_string(),
+                kind,
+                disk_gb: group.disk_gb.saturating_mul(ch.cand.slots),
+                num_gpus: o.num_gpus,
+                dph: ch.cand.price,
+                jobs: vec![PlacedJob {
+                    job_id: job.id,
+                    gpus: job.gpus,
+                    expected_runtime_s: ch.run.expected_s,
+                    expected_cost: cost::charge(share, inf.boot_s + ch.run.expected_s),
+                    reserved: ch.reserve,
+                }],
+                expected_cost: 0,
+                worst_case_cost: 0,
+            },
+            slots: ch.cand.slots,
+            free_slots: ch.cand.slots - 1,
+            speed_ppm: inf.speed_ppm,
+            boot_s: inf.boot_s,
+            rate_ppm: inf.rate_ppm,
+            opener_experiment: exp,
+            max_expected_s: ch.run.expected_s,
+            max_worst_s: ch.run.worst_s,
+        };
+        b.refresh_costs();
+        let bi = self.building.len();
+        if b.free_slots > 0 {
+            group.open.push(bi);
+        }
+        self.building.push(b);
+        self.spend(exp, ch.reserve);
+        true
+    }
+
+    fn reason(&self, ji: usize, notes: Notes) -> DeferReason {
+        let job = &self.input.jobs[ji];
+        let g = &self.groups[self.job_group[ji]];
+        if let Some(needed) = notes.over_budget {
+            let exp = self.job_exp[ji];
+            return DeferReason::OverBudget {
+                experiment: self.experiments[exp].to_string(),
+                needed,
+                remaining: self.budget[exp].unwrap_or(0),
+            };
+        }
+        if let (Some(cheapest), Some(cap)) = (notes.over_max_dph, job.max_dph) {
+            return DeferReason::OverMaxDph { cheapest, cap };
+        }
+        let has_candidates = g.lists.iter().any(|l| !l.interruptible || interruptible_allowed(job));
+        if !has_candidates {
+            let e = &g.excl;
+            if e.listed == 0 {
+                return DeferReason::NoOfferFits {
+                    class: g.class.to_string(),
+                    detail: "the offer search returned no offers".into(),
+                };
+            }
+            if e.blacklisted + e.unreliable > 0 {
+                return DeferReason::BlacklistedOnly {
+                    class: g.class.to_string(),
+                    blacklisted: e.blacklisted,
+                    unreliable: e.unreliable,
+                };
+            }
+            return DeferReason::NoOfferFits {
+                class: g.class.to_string(),
+                detail: format!(
+                    "none of {} offers has {} GPU(s) and {} GB of disk",
+                    e.listed, job.gpus, job.disk_gb
+                ),
+            };
+        }
+        if notes.over_total_dph {
+            if let Some(limit) = self.input.config.max_total_dph {
+                return DeferReason::MaxTotalDph { limit };
+            }
+        }
+        if notes.max_instances {
+            return DeferReason::MaxInstances { limit: self.input.config.max_instances };
+        }
+        DeferReason::OffersExhausted { class: g.class.to_string() }
+    }
+}

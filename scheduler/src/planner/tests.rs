@@ -1,0 +1,410 @@
+//! Scenario tests and properties of the planner as a whole.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use proptest::prelude::*;
+
+use super::synth::{Shape, market};
+use super::*;
+
+const D: i64 = NANO_PER_DOLLAR;
+
+fn offer(id: i64, gpu: &str, num_gpus: u32, dph_cents: i64, dlperf: f64) -> PlanOffer {
+    PlanOffer {
+        id,
+        machine_id: id * 10,
+        host_id: id * 100,
+        gpu_name: gpu.into(),
+        num_gpus,
+        dph_base: dph_cents * D / 100,
+        storage_gb_h: 0,
+        disk_space_gb: 1000,
+        min_bid: None,
+        dlperf,
+        reliability: 0.99,
+        boot_estimate_s: 100,
+        preempt_per_h: 0.05,
+    }
+}
+
+fn job(id: i64, hours: u64) -> PlanJob {
+    PlanJob {
+        id,
+        experiment: "exp".into(),
+        class: "c".into(),
+        image: "img".into(),
+        gpus: 1,
+        disk_gb: 10,
+        max_dph: None,
+        interruptible: InterruptiblePolicy::Never,
+        checkpoints: false,
+        checkpoint_interval_s: 0,
+        est_runtime_s: hours * 3600,
+        max_runtime_s: None,
+        priority: 0,
+        attempts_so_far: 0,
+    }
+}
+
+fn input(jobs: Vec<PlanJob>, offers: Vec<PlanOffer>) -> PlanInput {
+    let all = (0..offers.len()).collect();
+    PlanInput {
+        now_ms: 1_000,
+        jobs,
+        offers,
+        offers_by_class: BTreeMap::from([("c".to_string(), all)]),
+        config: PlanConfig { boot_overhead_s: 0, ..PlanConfig::default() },
+        ..PlanInput::default()
+    }
+}
+
+fn rented_offers(p: &Plan) -> Vec<i64> {
+    p.rent.iter().map(|r| r.offer_id).collect()
+}
+
+#[test]
+fn a_faster_gpu_at_a_higher_hourly_price_wins_when_cheaper_per_job() {
+    // 10 reference hours: $0.30/h at reference speed costs $3.00; $0.50/h at 3× costs $1.67.
+    let inp = input(vec![job(1, 10)], vec![offer(1, "slow", 1, 30, 30.0), offer(2, "fast", 1, 50, 90.0)]);
+    let p = plan(&inp);
+    assert_eq!(rented_offers(&p), vec![2]);
+    assert!(p.deferred.is_empty());
+    // At $1.20/h the fast one costs $4.00 per job: the slow one wins.
+    let inp = input(vec![job(1, 10)], vec![offer(1, "slow", 1, 30, 30.0), offer(2, "fast", 1, 120, 90.0)]);
+    assert_eq!(rented_offers(&plan(&inp)), vec![1]);
+}
+
+#[test]
+fn measured_throughput_overrides_dlperf() {
+    let mut inp = input(vec![job(1, 10)], vec![offer(1, "slow", 1, 30, 30.0), offer(2, "fast", 1, 50, 90.0)]);
+    // Earlier attempts on "fast" ran at reference speed, with lots of evidence.
+    inp.throughput.by_gpu.insert("fast".into(), Measured { ref_work_s: 360_000, wall_s: 360_000 });
+    assert_eq!(rented_offers(&plan(&inp)), vec![1]);
+}
+
+#[test]
+fn packs_onto_a_multi_gpu_offer_when_its_gpu_hour_is_cheaper() {
+    let singles = (1..=4).map(|i| offer(i, "g", 1, 40, 30.0));
+    let offers: Vec<_> = singles.chain([offer(9, "g", 4, 120, 120.0)]).collect();
+    let jobs: Vec<_> = (1..=4).map(|i| job(i, 5)).collect();
+    let p = plan(&input(jobs.clone(), offers.clone()));
+    assert_eq!(rented_offers(&p), vec![9]);
+    assert_eq!(p.rent[0].jobs.len(), 4);
+    assert_eq!(p.rent[0].disk_gb, 40, "room for a job on every slot");
+
+    // At $0.50/GPU-hour the singles win.
+    let mut dear = offers.clone();
+    dear[4].dph_base = 200 * D / 100;
+    let p = plan(&input(jobs.clone(), dear));
+    assert_eq!(p.rent.len(), 4);
+    assert!(p.rent.iter().all(|r| r.num_gpus == 1 && r.jobs.len() == 1));
+
+    // One job alone does not rent four GPUs to use one.
+    let p = plan(&input(jobs[..1].to_vec(), offers));
+    assert_eq!(p.rent[0].num_gpus, 1);
+}
+
+#[test]
+fn reuses_a_warm_idle_instance_with_the_same_image_before_renting() {
+    let idle = IdleInstance {
+        id: 77,
+        machine_id: 5,
+        host_id: 6,
+        image: "img".into(),
+        gpu_name: "g".into(),
+        num_gpus: 2,
+        free_gpus: 1,
+        disk_free_gb: 100,
+        dph: 80 * D / 100,
+        dlperf: 60.0,
+        interruptible: false,
+        preempt_per_h: 0.0,
+        classes: vec!["c".into()],
+    };
+    let mut inp = input(vec![job(1, 2), job(2, 2)], vec![offer(1, "g", 1, 30, 30.0), offer(2, "g", 1, 30, 30.0)]);
+    inp.idle = vec![idle.clone()];
+    let p = plan(&inp);
+    assert_eq!(p.reuse.len(), 1, "only one GPU is free");
+    assert_eq!((p.reuse[0].instance_id, p.reuse[0].job.job_id), (77, 1));
+    // Its share: $0.40/h for 2 h.
+    assert_eq!(p.reuse[0].job.expected_cost, 80 * D / 100);
+    assert_eq!(p.rent.len(), 1);
+    // Another image: rent instead.
+    inp.idle[0].image = "other".into();
+    let p = plan(&inp);
+    assert!(p.reuse.is_empty());
+    assert_eq!(p.rent.len(), 2);
+}
+
+#[test]
+fn interruptible_only_for_jobs_that_may_be_interrupted_and_bids_over_min_bid() {
+    let mut o = offer(1, "g", 8, 800, 240.0);
+    o.min_bid = Some(300 * D / 100);
+    let mut jobs = Vec::new();
+    for (id, policy, ck) in [
+        (1, InterruptiblePolicy::Auto, true),
+        (2, InterruptiblePolicy::Auto, false),
+        (3, InterruptiblePolicy::Never, true),
+        (4, InterruptiblePolicy::Always, false),
+    ] {
+        let mut j = job(id, 1);
+        j.interruptible = policy;
+        j.checkpoints = ck;
+        j.class = format!("c{id}");
+        jobs.push(j);
+    }
+    let mut inp = input(jobs, vec![]);
+    inp.offers_by_class.clear();
+    for id in 1..=4 {
+        let mut oi = o.clone();
+        oi.id = id;
+        oi.machine_id = id;
+        inp.offers.push(oi);
+        inp.offers_by_class.insert(format!("c{id}"), vec![id as usize - 1]);
+    }
+    let p = plan(&inp);
+    let kind_of = |job_id| p.rent.iter().find(|r| r.jobs.iter().any(|j| j.job_id == job_id)).unwrap().kind;
+    let bid = RentalKind::Interruptible { bid: 330 * D / 100 };
+    assert_eq!(kind_of(1), bid);
+    assert_eq!(kind_of(2), RentalKind::OnDemand);
+    assert_eq!(kind_of(3), RentalKind::OnDemand);
+    assert_eq!(kind_of(4), bid, "a short job may gamble without checkpoints");
+
+    // A long job without checkpoints on a flaky market: the lost work makes on-demand cheaper.
+    let mut inp = inp.clone();
+    inp.jobs.retain(|j| j.id == 4);
+    inp.jobs[0].est_runtime_s = 48 * 3600;
+    inp.offers[3].preempt_per_h = 0.5;
+    assert_eq!(plan(&inp).rent[0].kind, RentalKind::OnDemand);
+}
+
+#[test]
+fn budgets_are_reservations_of_the_worst_case() {
+    // 10 h at $1/h, worst case 15 h + boot: needs a bit over $15.
+    let mut inp = input(vec![job(1, 10), job(2, 10)], vec![offer(1, "g", 1, 100, 30.0), offer(2, "g", 1, 100, 30.0)]);
+    inp.budgets.insert("exp".into(), 20 * D);
+    let p = plan(&inp);
+    assert_eq!(p.rent.len(), 1);
+    assert!(p.rent[0].jobs[0].reserved <= 20 * D);
+    assert_eq!(p.rent[0].worst_case_cost, p.rent[0].jobs[0].reserved);
+    let reason = &p.deferred[0].reason;
+    assert!(matches!(reason, DeferReason::OverBudget { .. }), "{reason:?}");
+    assert!(reason.to_string().starts_with("over budget: experiment \"exp\" has $4.97"), "{reason}");
+}
+
+#[test]
+fn deferral_reasons_say_what_blocked() {
+    // max-dph
+    let mut j = job(1, 1);
+    j.max_dph = Some(20 * D / 100);
+    let p = plan(&input(vec![j], vec![offer(1, "g", 1, 30, 30.0)]));
+    assert_eq!(p.deferred[0].reason, DeferReason::OverMaxDph { cheapest: 30 * D / 100, cap: 20 * D / 100 });
+    assert!(p.deferred[0].reason.to_string().contains("$0.3000/h"));
+
+    // nothing fits: too few GPUs
+    let mut j = job(1, 1);
+    j.gpus = 2;
+    let p = plan(&input(vec![j], vec![offer(1, "g", 1, 30, 30.0)]));
+    assert!(
+        matches!(&p.deferred[0].reason, DeferReason::NoOfferFits { detail, .. } if detail.contains("2 GPU")),
+        "{:?}",
+        p.deferred
+    );
+
+    // blacklisted only
+    let mut inp = input(vec![job(1, 1)], vec![offer(1, "g", 1, 30, 30.0)]);
+    inp.blacklist.machines.insert(10, Ban { until_ms: 5_000, reason: "boot".into() });
+    let p = plan(&inp);
+    assert_eq!(
+        p.deferred[0].reason,
+        DeferReason::BlacklistedOnly { class: "c".into(), blacklisted: 1, unreliable: 0 }
+    );
+    inp.now_ms = 5_000;
+    assert_eq!(plan(&inp).rent.len(), 1, "the ban expired");
+
+    // instance cap, then offers exhausted
+    let mut inp = input(vec![job(1, 1), job(2, 1)], vec![offer(1, "g", 1, 30, 30.0)]);
+    assert_eq!(plan(&inp).deferred[0].reason, DeferReason::OffersExhausted { class: "c".into() });
+    inp.offers.push(offer(2, "g", 1, 30, 30.0));
+    inp.offers_by_class.insert("c".into(), vec![0, 1]);
+    inp.config.max_instances = 1;
+    assert_eq!(plan(&inp).deferred[0].reason, DeferReason::MaxInstances { limit: 1 });
+    inp.config.max_instances = 10;
+    inp.config.max_total_dph = Some(50 * D / 100);
+    assert_eq!(plan(&inp).deferred[0].reason, DeferReason::MaxTotalDph { limit: 50 * D / 100 });
+
+    // no search results
+    let mut inp = input(vec![job(1, 1)], vec![]);
+    inp.offers_by_class.clear();
+    assert!(matches!(plan(&inp).deferred[0].reason, DeferReason::NoOfferFits { .. }));
+
+    // 0 GPUs
+    let mut j = job(1, 1);
+    j.gpus = 0;
+    assert!(matches!(plan(&input(vec![j], vec![])).deferred[0].reason, DeferReason::Invalid { .. }));
+}
+
+#[test]
+fn higher_priority_jobs_get_the_scarce_offer() {
+    let mut hi = job(2, 1);
+    hi.priority = 5;
+    let p = plan(&input(vec![job(1, 1), hi], vec![offer(1, "g", 1, 30, 30.0)]));
+    assert_eq!(p.rent[0].jobs[0].job_id, 2);
+    assert_eq!(p.deferred[0].job_id, 1);
+}
+
+#[test]
+fn the_baseline_ignores_speed_and_packing_and_bids_exactly_min_bid() {
+    let mut cheap_slow = offer(1, "slow", 1, 30, 30.0);
+    cheap_slow.min_bid = Some(10 * D / 100);
+    let offers = vec![cheap_slow, offer(2, "fast", 1, 50, 90.0), offer(3, "g", 4, 100, 120.0)];
+    let mut j = job(1, 10);
+    j.interruptible = InterruptiblePolicy::Auto;
+    j.checkpoints = true;
+    let inp = input(vec![j, job(2, 10)], offers);
+    let b = naive_baseline(&inp);
+    assert_eq!(b.rent.len(), 2);
+    assert_eq!(b.rent[0].kind, RentalKind::Interruptible { bid: 10 * D / 100 });
+    assert_eq!(b.rent[0].offer_id, 1);
+    assert_eq!(b.rent[1].offer_id, 2, "cheapest hourly left for job 2");
+    let lb = lower_bound(&inp);
+    assert_eq!(lb.per_job.len(), 2);
+    // Job 1 lower bound: min_bid $0.10/h × 10 h = $1. Job 2: 4-GPU at $0.25/GPU-h and speed 1: $2.50
+    // vs fast $0.50/h at speed 3: $1.666…
+    assert_eq!(lb.per_job[0], (1, D));
+    assert_eq!(lb.per_job[1], (2, 1_666_666_666));
+    assert!(plan(&inp).expected_cost() >= lb.total);
+}
+
+fn small_shape(jobs: usize) -> Shape {
+    Shape { jobs, offers: jobs * 2 + 5, classes: 4, experiments: 4, idle: 3 }
+}
+
+/// Checks every invariant the reconciler relies on.
+fn check_plan(inp: &PlanInput, p: &Plan) -> Result<(), TestCaseError> {
+    let jobs: BTreeMap<i64, &PlanJob> = inp.jobs.iter().map(|j| (j.id, j)).collect();
+    // Every job exactly once: placed or deferred.
+    let mut seen = BTreeSet::new();
+    for id in p.placed_job_ids().into_iter().chain(p.deferred.iter().map(|d| d.job_id)) {
+        prop_assert!(seen.insert(id), "job {} appears twice", id);
+    }
+    prop_assert_eq!(seen.len(), inp.jobs.len());
+    // Offers at most once, never blacklisted, GPU counts respected, caps respected.
+    let offers: BTreeMap<i64, &PlanOffer> = inp.offers.iter().map(|o| (o.id, o)).collect();
+    let mut used = BTreeSet::new();
+    prop_assert!(p.rent.len() <= inp.config.max_instances as usize);
+    if let Some(cap) = inp.config.max_total_dph {
+        prop_assert!(p.new_dph() <= cap);
+    }
+    let mut reserved: BTreeMap<&str, Nano> = BTreeMap::new();
+    for r in &p.rent {
+        prop_assert!(used.insert(r.offer_id), "offer {} rented twice", r.offer_id);
+        let o = offers[&r.offer_id];
+        prop_assert!(!inp.blacklist.blocks(o.machine_id, o.host_id, inp.now_ms));
+        prop_assert!(r.jobs.iter().map(|j| j.gpus).sum::<u32>() <= o.num_gpus);
+        prop_assert!(r.disk_gb <= o.disk_space_gb);
+        prop_assert!(r.worst_case_cost <= r.jobs.iter().map(|j| j.reserved).sum::<Nano>());
+        prop_assert!(r.expected_cost <= r.worst_case_cost);
+        if let RentalKind::Interruptible { bid } = r.kind {
+            prop_assert!(bid >= o.min_bid.unwrap());
+        }
+        for pj in &r.jobs {
+            let j = jobs[&pj.job_id];
+            prop_assert!(j.class == r.class && j.image == r.image);
+            if matches!(r.kind, RentalKind::Interruptible { .. }) {
+                prop_assert!(interruptible_allowed(j), "job {} may not be interrupted", j.id);
+            }
+            if let Some(cap) = j.max_dph {
+                prop_assert!(r.dph * i64::from(j.gpus) / i64::from(r.num_gpus) <= cap);
+            }
+            *reserved.entry(j.experiment.as_str()).or_default() += pj.reserved;
+        }
+    }
+    let idle: BTreeMap<i64, &IdleInstance> = inp.idle.iter().map(|i| (i.id, i)).collect();
+    let mut idle_gpus: BTreeMap<i64, u32> = BTreeMap::new();
+    for u in &p.reuse {
+        let i = idle[&u.instance_id];
+        let j = jobs[&u.job.job_id];
+        prop_assert!(i.image == j.image && i.classes.contains(&j.class));
+        prop_assert!(!i.interruptible || interruptible_allowed(j));
+        *idle_gpus.entry(i.id).or_default() += u.job.gpus;
+        prop_assert!(idle_gpus[&i.id] <= i.free_gpus);
+        *reserved.entry(j.experiment.as_str()).or_default() += u.job.reserved;
+    }
+    for (exp, r) in reserved {
+        if let Some(b) = inp.budgets.get(exp) {
+            prop_assert!(r <= *b, "experiment {} reserved {} of {}", exp, r, b);
+        }
+    }
+    // Never below the lower bound.
+    let lb = lower_bound(inp);
+    let placed: BTreeSet<i64> = p.placed_job_ids().into_iter().collect();
+    let lb_placed: Nano = lb.per_job.iter().filter(|(id, _)| placed.contains(id)).map(|(_, c)| *c).sum();
+    prop_assert!(p.expected_cost() >= lb_placed, "plan {} below lower bound {}", p.expected_cost(), lb_placed);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn plans_keep_every_invariant(seed in any::<u64>(), n in 1usize..120, tight in any::<bool>()) {
+        let mut inp = market(seed, small_shape(n));
+        if tight {
+            inp.config.max_instances = (n / 3) as u32;
+            inp.config.max_total_dph = Some(20 * D);
+            for b in inp.budgets.values_mut() {
+                *b /= 40;
+            }
+        }
+        let p = plan(&inp);
+        check_plan(&inp, &p)?;
+        // Deterministic, and independent of the order jobs are listed in.
+        prop_assert_eq!(&p, &plan(&inp.clone()));
+        let mut shuffled = inp.clone();
+        shuffled.jobs.reverse();
+        let k = seed as usize % shuffled.jobs.len();
+        shuffled.jobs.rotate_left(k);
+        prop_assert_eq!(&p, &plan(&shuffled));
+    }
+
+    #[test]
+    fn the_baseline_keeps_the_basic_invariants(seed in any::<u64>(), n in 1usize..80) {
+        let mut inp = market(seed, small_shape(n));
+        inp.budgets.clear();
+        inp.blacklist = Blacklist::default();
+        inp.config.min_reliability = 0.0;
+        let b = naive_baseline(&inp);
+        let mut seen = BTreeSet::new();
+        for id in b.placed_job_ids().into_iter().chain(b.deferred.iter().map(|d| d.job_id)) {
+            prop_assert!(seen.insert(id));
+        }
+        prop_assert_eq!(seen.len(), inp.jobs.len());
+        let offers: BTreeSet<i64> = b.rent.iter().map(|r| r.offer_id).collect();
+        prop_assert_eq!(offers.len(), b.rent.len());
+        prop_assert!(b.rent.iter().all(|r| r.jobs.len() == 1));
+        prop_assert!(b.reuse.is_empty());
+        let lb = lower_bound(&inp);
+        let placed: BTreeSet<i64> = b.placed_job_ids().into_iter().collect();
+        let lb_placed: Nano = lb.per_job.iter().filter(|(id, _)| placed.contains(id)).map(|(_, c)| *c).sum();
+        prop_assert!(b.expected_cost() >= lb_placed);
+    }
+
+    #[test]
+    fn a_faster_offer_wins_exactly_when_it_is_cheaper_per_job(
+        slow_cents in 10i64..200, fast_cents in 10i64..600, speedup in 1u32..5, hours in 1u64..48,
+    ) {
+        let mut inp = input(
+            vec![job(1, hours)],
+            vec![offer(1, "slow", 1, slow_cents, 30.0), offer(2, "fast", 1, fast_cents, 30.0 * f64::from(speedup))],
+        );
+        inp.offers[0].boot_estimate_s = 1;
+        inp.offers[1].boot_estimate_s = 1;
+        let p = plan(&inp);
+        let slow = slow_cents * i64::from(speedup);
+        let fast = fast_cents;
+        let chosen = p.rent[0].offer_id;
+        if slow < fast { prop_assert_eq!(chosen, 1); }
+        if fast < slow { prop_assert_eq!(chosen, 2); }
+    }
+}
