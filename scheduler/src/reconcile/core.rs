@@ -962,6 +962,8 @@ impl Pass<'_> {
                 gpus: o.num_gpus,
                 gpu_name: o.gpu_name.clone(),
                 dph: o.dph_total,
+                dph_base: o.dph_base,
+                storage_cost: o.storage_cost,
                 bid,
                 disk_gb: j.disk_gb(),
                 image: j.req.image.clone(),

@@ -100,6 +100,12 @@ pub struct AttemptView {
     /// The newest phase the agent reported.
     pub phase: Option<AgentPhase>,
     pub progress: Option<(u64, u64)>,
+    /// sha256 of the attempt's bearer token (to re-arm the collector after a restart).
+    #[serde(default)]
+    pub token_hash: Option<String>,
+    /// GPU indices on the instance.
+    #[serde(default)]
+    pub gpus: Vec<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -107,6 +113,10 @@ pub struct JobView {
     pub id: JobId,
     pub experiment: String,
     pub name: String,
+    /// The command (`sh -c`) and its environment: the engine's business, not the core's.
+    pub command: String,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
     pub state: JobState,
     pub req: JobReq,
     /// Failed attempts (non-zero exits) so far; infrastructure losses do not count.
@@ -188,6 +198,12 @@ pub struct OfferChoice {
     pub gpu_name: String,
     /// On-demand $/h of the whole instance (with the disk we ask for).
     pub dph: Decimal,
+    /// Compute part of the on-demand price (without storage), for the ledger.
+    #[serde(default)]
+    pub dph_base: Decimal,
+    /// Storage $/GB/month, for the ledger.
+    #[serde(default)]
+    pub storage_cost: Decimal,
     /// Our bid ($/h, whole instance) for an interruptible rental.
     pub bid: Option<Decimal>,
     pub disk_gb: f64,
@@ -241,6 +257,9 @@ pub struct WorldView {
     /// Experiments whose final report was already produced.
     pub reported: BTreeSet<String>,
     pub last_accrual_ms: Option<EpochMs>,
+    /// Last attempt id handed out (attempt ids double as fencing tokens when no store is used).
+    #[serde(default)]
+    pub attempt_seq: i64,
 }
 
 impl WorldView {
@@ -302,6 +321,8 @@ pub struct OfferObs {
     pub gpu_ram_gb: f64,
     /// On-demand $/h for the whole offer including `disk_gb` of storage.
     pub dph_total: Decimal,
+    /// Compute part of `dph_total`.
+    pub dph_base: Decimal,
     /// Storage $/GB/month, to price more disk.
     pub storage_cost: Decimal,
     pub min_bid: Decimal,

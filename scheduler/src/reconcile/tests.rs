@@ -27,6 +27,8 @@ fn job(id: JobId, exp: &str) -> JobView {
         id,
         experiment: exp.into(),
         name: format!("job{id}"),
+        command: "true".into(),
+        env: BTreeMap::new(),
         state: JobState::Queued,
         req: req(),
         failures: 0,
@@ -51,6 +53,7 @@ fn offer(id: i64, gpus: u32, dph: Decimal) -> OfferObs {
         gpu_name: "RTX 4090".into(),
         gpu_ram_gb: 24.0,
         dph_total: dph,
+        dph_base: dph,
         storage_cost: dec!(0.1),
         min_bid: dph / dec!(2),
         disk_space_gb: 100.0,
@@ -66,6 +69,8 @@ fn choice(offer_id: i64, gpus: u32, dph: Decimal, bid: Option<Decimal>) -> Offer
         gpus,
         gpu_name: "RTX 4090".into(),
         dph,
+        dph_base: dph,
+        storage_cost: dec!(0.1),
         bid,
         disk_gb: 10.0,
         image: "img".into(),
@@ -128,6 +133,8 @@ fn running_world() -> WorldView {
         last_seq: 1,
         phase: Some(AgentPhase::Running),
         progress: None,
+        token_hash: None,
+        gpus: vec![0],
     });
     w.jobs.insert(1, j);
     w

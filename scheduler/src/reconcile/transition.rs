@@ -145,6 +145,8 @@ pub fn apply(w: &mut WorldView, action: &Action, outcome: &Outcome, now: EpochMs
                         last_seq: 0,
                         phase: None,
                         progress: None,
+                        token_hash: None,
+                        gpus: Vec::new(),
                     });
                 }
                 Outcome::Planned => j.state = JobState::Starting,

@@ -1,0 +1,927 @@
+//! The imperative shell around [`reconcile`]: gather observations, execute the actions against
+//! the effects (market, runner, journal, cost book), record every outcome with [`apply`].
+//!
+//! Crash safety rests on two rules. The journal is written *before* an effect that creates
+//! something (a purchase is journaled with its label first), and again after every effect. And
+//! nothing is concluded from memory that the market can contradict: on each pass the listing
+//! by label prefix adopts purchases whose answer was lost, destroys what we do not know, and
+//! confirms destroys. A `kill -9` anywhere, then a restart with the same journal, converges.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use ledger::Reason;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::clock::{EpochMs, SharedClock};
+use crate::market::{CreateSpec, Endpoint, MarketError, OfferSearch, SharedMarket};
+
+use super::book::{CostBook, CostSummary, billing_state};
+use super::core::{ReconcileConfig, reconcile};
+use super::model::*;
+use super::runner::{ActiveAttempt, Runner, StartRequest};
+use super::transition::{Outcome, apply};
+
+/// What the engine persists: the world and the cost book.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EngineState {
+    pub world: WorldView,
+    pub book: CostBook,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("cannot read the journal {path}: {msg}")]
+    Read { path: PathBuf, msg: String },
+    #[error("cannot write the journal {path}: {msg}")]
+    Write { path: PathBuf, msg: String },
+}
+
+/// Where the engine state survives a crash.
+pub trait Journal: Send + Sync {
+    fn load(&self) -> Result<Option<EngineState>, JournalError>;
+    fn save(&self, state: &EngineState) -> Result<(), JournalError>;
+}
+
+/// In memory: simulations and tests (a "restart" reuses the same journal object).
+#[derive(Debug, Default)]
+pub struct MemoryJournal(Mutex<Option<EngineState>>);
+
+impl Journal for MemoryJournal {
+    fn load(&self) -> Result<Option<EngineState>, JournalError> {
+        Ok(self.0.lock().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+    fn save(&self, state: &EngineState) -> Result<(), JournalError> {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(state.clone());
+        Ok(())
+    }
+}
+
+/// A JSON file replaced atomically (write, fsync, rename), so a crash leaves the old or the
+/// new state, never half of one.
+#[derive(Debug, Clone)]
+pub struct FileJournal {
+    path: PathBuf,
+}
+
+impl FileJournal {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+    /// `$VASTICLAUDE_HOME/engine/state.json`.
+    pub fn in_home(home: &Path) -> Self {
+        Self::new(home.join("engine").join("state.json"))
+    }
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Write `bytes` to `path` atomically.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+impl Journal for FileJournal {
+    fn load(&self) -> Result<Option<EngineState>, JournalError> {
+        match std::fs::read(&self.path) {
+            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| JournalError::Read {
+                path: self.path.clone(),
+                msg: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(JournalError::Read {
+                path: self.path.clone(),
+                msg: e.to_string(),
+            }),
+        }
+    }
+    fn save(&self, state: &EngineState) -> Result<(), JournalError> {
+        let bytes = serde_json::to_vec(state).map_err(|e| JournalError::Write {
+            path: self.path.clone(),
+            msg: e.to_string(),
+        })?;
+        write_atomic(&self.path, &bytes).map_err(|e| JournalError::Write {
+            path: self.path.clone(),
+            msg: e.to_string(),
+        })
+    }
+}
+
+/// Knobs of the shell.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub workspace: String,
+    /// `$VASTICLAUDE_HOME`: experiments' folders and the snapshots go here.
+    pub home: PathBuf,
+    pub reconcile: ReconcileConfig,
+    /// Base offer query (Vast query language).
+    pub offer_query: String,
+    pub offer_limit: u32,
+    /// Offers are searched again after this long.
+    pub offer_ttl_ms: i64,
+    /// Our public SSH key, put on every instance.
+    pub ssh_public_key: Option<String>,
+}
+
+impl EngineConfig {
+    pub fn new(workspace: impl Into<String>, home: impl Into<PathBuf>) -> Self {
+        Self {
+            workspace: workspace.into(),
+            home: home.into(),
+            reconcile: ReconcileConfig::default(),
+            offer_query: "reliability>0.9 num_gpus>=1".into(),
+            offer_limit: 64,
+            offer_ttl_ms: 30_000,
+            ssh_public_key: None,
+        }
+    }
+}
+
+/// Something that happened, for progress displays and logs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EngineEvent {
+    pub at_ms: EpochMs,
+    pub kind: String,
+    pub detail: String,
+}
+
+/// What one pass did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct StepReport {
+    pub actions: usize,
+    pub drained: bool,
+    pub errors: Vec<String>,
+}
+
+/// A final report of an experiment.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ExperimentReport {
+    pub experiment: String,
+    pub jobs: BTreeMap<String, usize>,
+    pub cost: Decimal,
+    pub lost_to_interruptions: Decimal,
+    pub folder: PathBuf,
+}
+
+/// Counters for the demo and status.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EngineStats {
+    pub purchases: u64,
+    pub purchase_failures: u64,
+    pub boot_failures: u64,
+    pub preemptions: u64,
+    pub outbids: u64,
+    pub bid_raises: u64,
+    pub attempts_started: u64,
+    pub attempts_failed: u64,
+    pub attempts_interrupted: u64,
+    pub resumed_from_checkpoint: u64,
+    pub checkpoints_pulled: u64,
+    pub orphans_destroyed: u64,
+    pub destroys: u64,
+}
+
+pub struct Engine {
+    pub cfg: EngineConfig,
+    state: EngineState,
+    market: SharedMarket,
+    runner: Arc<dyn Runner>,
+    journal: Arc<dyn Journal>,
+    offers: Vec<OfferObs>,
+    offers_at: Option<EpochMs>,
+    events: Vec<EngineEvent>,
+    reports: Vec<ExperimentReport>,
+    pub stats: EngineStats,
+    last_snapshot: String,
+}
+
+fn exp_dir(home: &Path, exp: &str) -> PathBuf {
+    home.join("experiments").join(sanitize(exp))
+}
+
+/// A name safe as one path component.
+pub fn sanitize(s: &str) -> String {
+    let t: String = s
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' })
+        .collect();
+    if t.is_empty() || t.starts_with('.') { format!("_{t}") } else { t }
+}
+
+/// `$VASTICLAUDE_HOME/experiments/<experiment>/jobs/<job>/`.
+pub fn job_dir(home: &Path, exp: &str, job: JobId) -> PathBuf {
+    exp_dir(home, exp).join("jobs").join(job.to_string())
+}
+
+impl Engine {
+    /// Load the journal (or start empty) and re-arm the runner for attempts that were running.
+    pub fn new(
+        cfg: EngineConfig,
+        market: SharedMarket,
+        runner: Arc<dyn Runner>,
+        journal: Arc<dyn Journal>,
+    ) -> Result<Self, JournalError> {
+        let mut state = journal.load()?.unwrap_or_default();
+        if state.world.workspace.is_empty() {
+            state.world.workspace = cfg.workspace.clone();
+        }
+        for j in state.world.jobs.values() {
+            if let Some(a) = &j.attempt {
+                runner.readopt(j.id, a.id, a.token, a.token_hash.as_deref());
+            }
+        }
+        Ok(Self {
+            cfg,
+            state,
+            market,
+            runner,
+            journal,
+            offers: Vec::new(),
+            offers_at: None,
+            events: Vec::new(),
+            reports: Vec::new(),
+            stats: EngineStats::default(),
+            last_snapshot: String::new(),
+        })
+    }
+
+    pub fn world(&self) -> &WorldView {
+        &self.state.world
+    }
+    pub fn book(&self) -> &CostBook {
+        &self.state.book
+    }
+    pub fn costs(&self, now: EpochMs) -> CostSummary {
+        self.state.book.summary(now)
+    }
+    /// Events since the last call.
+    pub fn drain_events(&mut self) -> Vec<EngineEvent> {
+        std::mem::take(&mut self.events)
+    }
+    /// Final reports produced since the last call.
+    pub fn drain_reports(&mut self) -> Vec<ExperimentReport> {
+        std::mem::take(&mut self.reports)
+    }
+
+    /// Queue jobs (ids must be new) and set budgets, then journal.
+    pub fn add_jobs(&mut self, jobs: Vec<JobView>) -> Result<(), JournalError> {
+        for j in jobs {
+            self.state.world.jobs.entry(j.id).or_insert(j);
+        }
+        self.save()
+    }
+
+    pub fn set_budget(&mut self, experiment: &str, limit: Decimal, warn_fraction: Decimal) -> Result<(), JournalError> {
+        let b = self
+            .state
+            .world
+            .budgets
+            .entry(experiment.to_string())
+            .or_insert(BudgetView {
+                limit,
+                warn_fraction,
+                warned: false,
+                hard_stopped: false,
+            });
+        b.limit = limit;
+        b.warn_fraction = warn_fraction;
+        self.save()
+    }
+
+    fn save(&self) -> Result<(), JournalError> {
+        self.journal.save(&self.state)
+    }
+
+    fn event(&mut self, now: EpochMs, kind: &str, detail: String) {
+        tracing::info!(kind, %detail, "engine");
+        self.events.push(EngineEvent {
+            at_ms: now,
+            kind: kind.to_string(),
+            detail,
+        });
+    }
+
+    fn record(&mut self, action: &Action, outcome: &Outcome, now: EpochMs) -> Result<(), JournalError> {
+        apply(&mut self.state.world, action, outcome, now);
+        self.save()
+    }
+
+    fn endpoint_of(&self, key: InstanceKey) -> Option<VastId> {
+        self.state.world.instances.get(&key).and_then(|i| i.vast_id)
+    }
+
+    async fn endpoint(&self, key: InstanceKey) -> Result<Endpoint, String> {
+        let id = self
+            .endpoint_of(key)
+            .ok_or_else(|| format!("instance {key} has no Vast id yet"))?;
+        match self.market.endpoint(id).await {
+            Ok(Some(ep)) => Ok(ep),
+            Ok(None) => Err(format!("instance {id} is not reachable")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    async fn observe(&mut self, now: EpochMs) -> Observations {
+        let prefix = label_prefix(&self.state.world.workspace);
+        let market = match self.market.list(&prefix).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                self.event(now, "warn", format!("listing our instances failed: {e}"));
+                None
+            }
+        };
+        let wants_offers = self
+            .state
+            .world
+            .jobs
+            .values()
+            .any(|j| j.state == JobState::Queued && j.not_before_ms <= now);
+        if wants_offers
+            && self
+                .offers_at
+                .is_none_or(|t| now - t >= self.cfg.offer_ttl_ms)
+        {
+            self.refresh_offers(now).await;
+        }
+        let active: Vec<ActiveAttempt> = self.active_attempts().await;
+        let heartbeats = self.runner.heartbeats(&active).await;
+        let spend = self.state.book.summary(now).per_experiment;
+        Observations {
+            market,
+            offers: self.offers.clone(),
+            heartbeats,
+            spend,
+        }
+    }
+
+    async fn refresh_offers(&mut self, now: EpochMs) {
+        let mut offers = Vec::new();
+        let disk = self
+            .state
+            .world
+            .jobs
+            .values()
+            .filter(|j| j.state == JobState::Queued)
+            .map(|j| j.disk_gb())
+            .fold(10.0_f64, f64::max);
+        let any_bid = self
+            .state
+            .world
+            .jobs
+            .values()
+            .any(|j| j.state == JobState::Queued && j.req.interruptible);
+        for interruptible in [false, true] {
+            if interruptible && !any_bid {
+                continue;
+            }
+            let q = OfferSearch {
+                query: format!("{} disk_space>={}", self.cfg.offer_query, disk.ceil()),
+                interruptible,
+                disk_gb: disk,
+                limit: self.cfg.offer_limit,
+            };
+            match self.market.search(&q).await {
+                Ok(mut o) => offers.append(&mut o),
+                Err(e) => self.event(now, "warn", format!("offer search failed: {e}")),
+            }
+        }
+        // One entry per offer id (the bid search repeats on-demand offers with min_bid).
+        let mut by_id: BTreeMap<i64, OfferObs> = BTreeMap::new();
+        for o in offers {
+            by_id
+                .entry(o.offer_id)
+                .and_modify(|e| {
+                    if o.min_bid > Decimal::ZERO && o.min_bid < e.min_bid {
+                        e.min_bid = o.min_bid;
+                    }
+                })
+                .or_insert(o);
+        }
+        self.offers = by_id.into_values().collect();
+        self.offers_at = Some(now);
+    }
+
+    async fn active_attempts(&self) -> Vec<ActiveAttempt> {
+        let mut out = Vec::new();
+        for j in self.state.world.jobs.values() {
+            let Some(a) = &j.attempt else { continue };
+            let Some(vast_id) = self.endpoint_of(a.instance) else { continue };
+            let Ok(Some(ep)) = self.market.endpoint(vast_id).await else { continue };
+            out.push(ActiveAttempt {
+                job: j.id,
+                attempt_id: a.id,
+                fence: a.token,
+                endpoint: ep,
+            });
+        }
+        out
+    }
+
+    /// One reconcile pass at `now`.
+    pub async fn step(&mut self, now: EpochMs) -> Result<StepReport, JournalError> {
+        self.market.advance_to(now);
+        let obs = self.observe(now).await;
+        self.book_observe(&obs, now);
+        let actions = reconcile(&self.state.world, &obs, now, &self.cfg.reconcile);
+        let mut report = StepReport {
+            actions: actions.len(),
+            ..StepReport::default()
+        };
+        for a in actions {
+            if let Err(e) = self.execute(&a, now).await {
+                report.errors.push(e.clone());
+                self.event(now, "error", e);
+            }
+        }
+        self.save()?;
+        self.snapshot(now);
+        report.drained = self.state.world.is_drained();
+        Ok(report)
+    }
+
+    fn book_observe(&mut self, obs: &Observations, now: EpochMs) {
+        let Some(listing) = &obs.market else { return };
+        let by_id: BTreeMap<VastId, &MarketInstance> = listing.iter().map(|m| (m.vast_id, m)).collect();
+        for inst in self.state.world.instances.values() {
+            let Some(v) = inst.vast_id else { continue };
+            match by_id.get(&v) {
+                Some(m) => self
+                    .state
+                    .book
+                    .observe(inst.key, billing_state(m.actual_status.as_deref()), now),
+                None if inst.state == InstState::Destroying || inst.state == InstState::Gone => {
+                    self.state.book.close_instance(inst.key, now)
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// Execute one action and record its outcome. Errors are reported, not fatal: the next
+    /// pass sees the world as it is and decides again.
+    async fn execute(&mut self, a: &Action, now: EpochMs) -> Result<(), String> {
+        let j = |e: JournalError| e.to_string();
+        match a {
+            Action::Provision { key, label, offer, .. } => {
+                // Journal first: after a crash the label tells us this purchase is ours.
+                self.record(a, &Outcome::Planned, now).map_err(j)?;
+                let spec = CreateSpec {
+                    offer: offer.clone(),
+                    label: label.clone(),
+                    ssh_public_key: self.cfg.ssh_public_key.clone(),
+                };
+                match self.market.create(&spec).await {
+                    Ok(vast_id) => {
+                        self.stats.purchases += 1;
+                        self.record(a, &Outcome::Provisioned { vast_id }, now).map_err(j)?;
+                        if let Some(inst) = self.state.world.instances.get(key).cloned() {
+                            self.state.book.open_instance(&inst, vast_id, now);
+                        }
+                        self.event(
+                            now,
+                            "provision",
+                            format!(
+                                "rented {label} (Vast {vast_id}): {}× {} at ${}/h{}",
+                                offer.gpus,
+                                offer.gpu_name,
+                                offer.price(),
+                                if offer.bid.is_some() { " (bid)" } else { "" }
+                            ),
+                        );
+                        Ok(())
+                    }
+                    Err(MarketError::BidTooLow { new_contract, .. }) => {
+                        // Vast left a stopped contract: adopt it so the next pass destroys it.
+                        self.stats.purchase_failures += 1;
+                        self.record(a, &Outcome::Provisioned { vast_id: new_contract }, now)
+                            .map_err(j)?;
+                        let mark = Action::MarkInstance {
+                            key: *key,
+                            state: InstState::Failed,
+                            reason: Some("bid too low at purchase".into()),
+                        };
+                        self.record(&mark, &Outcome::Done, now).map_err(j)?;
+                        Err(format!("purchase of offer {} failed: bid too low", offer.offer_id))
+                    }
+                    Err(e) => {
+                        self.stats.purchase_failures += 1;
+                        self.record(a, &Outcome::Failed(e.to_string()), now).map_err(j)?;
+                        // Do not try that offer again in this offer cache.
+                        self.offers.retain(|o| o.offer_id != offer.offer_id);
+                        Err(format!("purchase of offer {} failed: {e}", offer.offer_id))
+                    }
+                }
+            }
+            Action::DestroyOrphan { vast_id, label } => {
+                self.stats.orphans_destroyed += 1;
+                self.event(now, "orphan", format!("destroying {label} (Vast {vast_id}): not in our journal"));
+                self.market.destroy(*vast_id).await.map_err(|e| e.to_string())
+            }
+            Action::MarkInstance { key, state, reason } => {
+                let before = self.state.world.instances.get(key).map(|i| i.state);
+                if *state == InstState::Failed && matches!(before, Some(InstState::Requested | InstState::Booting)) {
+                    self.stats.boot_failures += 1;
+                }
+                if *state == InstState::Paused {
+                    self.stats.outbids += 1;
+                }
+                if *state == InstState::Gone {
+                    self.state.book.close_instance(*key, now);
+                }
+                self.record(a, &Outcome::Done, now).map_err(j)?;
+                let label = self.state.world.instances.get(key).map(|i| i.label.clone()).unwrap_or_default();
+                self.event(
+                    now,
+                    "instance",
+                    format!("{label} → {}{}", state.as_str(), reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default()),
+                );
+                Ok(())
+            }
+            Action::Setup { key } => {
+                let res = match self.endpoint(*key).await {
+                    Ok(ep) => self.runner.setup(*key, &ep).await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e),
+                };
+                match res {
+                    Ok(()) => self.record(a, &Outcome::Done, now).map_err(j),
+                    Err(e) => {
+                        self.record(a, &Outcome::Failed(e.clone()), now).map_err(j)?;
+                        Err(format!("setup of instance {key} failed: {e}"))
+                    }
+                }
+            }
+            Action::ChangeBid { key, vast_id, bid } => match self.market.change_bid(*vast_id, *bid).await {
+                Ok(()) => {
+                    self.stats.bid_raises += 1;
+                    self.state.book.change_bid(*key, *bid, now);
+                    self.record(a, &Outcome::Done, now).map_err(j)?;
+                    self.event(now, "bid", format!("raised the bid of Vast {vast_id} to ${bid}/h"));
+                    Ok(())
+                }
+                Err(e) => Err(format!("change bid of {vast_id}: {e}")),
+            },
+            Action::Destroy { key, vast_id, reason } => {
+                let Some(id) = vast_id else {
+                    return self.record(a, &Outcome::Done, now).map_err(j);
+                };
+                match self.market.destroy(*id).await {
+                    Ok(()) => {
+                        self.stats.destroys += 1;
+                        self.record(a, &Outcome::Done, now).map_err(j)?;
+                        let label = self.state.world.instances.get(key).map(|i| i.label.clone()).unwrap_or_default();
+                        self.event(now, "destroy", format!("destroyed {label} (Vast {id}): {reason}"));
+                        Ok(())
+                    }
+                    Err(e) => Err(format!("destroy of {id} failed: {e}")),
+                }
+            }
+            Action::StartAttempt { job, key, resume } => self.start_attempt(a, *job, *key, *resume, now).await,
+            Action::Pull { job, key, kind } => {
+                let Some(jv) = self.state.world.jobs.get(job).cloned() else { return Ok(()) };
+                let dest = job_dir(&self.cfg.home, &jv.experiment, *job);
+                let attempt = jv.attempt.as_ref().map(|x| x.id);
+                let res = match self.endpoint(*key).await {
+                    Ok(ep) => self
+                        .runner
+                        .pull(&ep, *job, attempt, *kind, &dest)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e),
+                };
+                match res {
+                    Ok(()) => {
+                        if *kind == PullKind::Checkpoint {
+                            self.stats.checkpoints_pulled += 1;
+                        }
+                        self.record(a, &Outcome::Done, now).map_err(j)
+                    }
+                    Err(e) => {
+                        self.record(a, &Outcome::Failed(e.clone()), now).map_err(j)?;
+                        Err(format!("pull of job {job} failed: {e}"))
+                    }
+                }
+            }
+            Action::StopAttempt { job, key, token } => {
+                if let Ok(ep) = self.endpoint(*key).await {
+                    if let Err(e) = self.runner.stop(&ep, *job, *token).await {
+                        self.event(now, "warn", format!("stopping job {job}: {e}"));
+                    }
+                } else {
+                    self.runner.forget(*token);
+                }
+                Ok(())
+            }
+            Action::EndAttempt { job, end, .. } => {
+                let before = self.state.world.jobs.get(job).cloned();
+                if let Some(att) = before.as_ref().and_then(|b| b.attempt.clone()) {
+                    self.runner.forget(att.id);
+                    let reason = match end {
+                        AttemptEnd::Succeeded => Reason::Work,
+                        AttemptEnd::Failed { .. } => Reason::LostFailure,
+                        AttemptEnd::Interrupted { .. } | AttemptEnd::BudgetStopped => Reason::LostPreemption,
+                    };
+                    self.state.book.end_span(att.instance, *job, reason, now);
+                }
+                match end {
+                    AttemptEnd::Failed { .. } => self.stats.attempts_failed += 1,
+                    AttemptEnd::Interrupted { .. } => {
+                        self.stats.attempts_interrupted += 1;
+                        self.stats.preemptions += 1;
+                    }
+                    _ => {}
+                }
+                self.record(a, &Outcome::Done, now).map_err(j)?;
+                if let Some(after) = self.state.world.jobs.get(job).cloned() {
+                    self.event(
+                        now,
+                        "job",
+                        format!(
+                            "job {} ({}) → {}{}",
+                            after.id,
+                            after.name,
+                            after.state.as_str(),
+                            after.reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default()
+                        ),
+                    );
+                }
+                self.write_job_status(*job);
+                Ok(())
+            }
+            Action::BudgetWarn { experiment, spent, limit } => {
+                self.record(a, &Outcome::Done, now).map_err(j)?;
+                self.event(now, "budget", format!("{experiment} has spent ${} of its ${} budget", spent.round_dp(4), limit));
+                Ok(())
+            }
+            Action::BudgetHardStop { experiment, spent, limit } => {
+                self.record(a, &Outcome::Done, now).map_err(j)?;
+                self.event(
+                    now,
+                    "budget",
+                    format!("{experiment} reached its ${limit} budget (${}): checkpointing, stopping, destroying", spent.round_dp(4)),
+                );
+                Ok(())
+            }
+            Action::FinalReport { experiment } => {
+                let report = self.experiment_report(experiment, now);
+                let _ = std::fs::create_dir_all(&report.folder);
+                if let Ok(b) = serde_json::to_vec_pretty(&report) {
+                    let _ = write_atomic(&report.folder.join("report.json"), &b);
+                }
+                self.reports.push(report);
+                self.record(a, &Outcome::Done, now).map_err(j)
+            }
+            Action::Heartbeat(_)
+            | Action::Adopt { .. }
+            | Action::Place { .. }
+            | Action::Blacklist { .. }
+            | Action::Accrue => self.record(a, &Outcome::Done, now).map_err(j),
+        }
+    }
+
+    async fn start_attempt(
+        &mut self,
+        a: &Action,
+        job: JobId,
+        key: InstanceKey,
+        resume: bool,
+        now: EpochMs,
+    ) -> Result<(), String> {
+        let Some(jv) = self.state.world.jobs.get(&job).cloned() else { return Ok(()) };
+        let ep = match self.endpoint(key).await {
+            Ok(ep) => ep,
+            Err(e) => {
+                self.record(a, &Outcome::Failed(e.clone()), now).map_err(|e| e.to_string())?;
+                return Err(e);
+            }
+        };
+        // GPUs on the instance not used by other jobs.
+        let inst_gpus = self.state.world.instances.get(&key).map(|i| i.offer.gpus).unwrap_or(1);
+        let used: Vec<u32> = self
+            .state
+            .world
+            .jobs
+            .values()
+            .filter(|o| o.id != job && o.instance == Some(key) && o.attempt.is_some())
+            .flat_map(|o| o.attempt.as_ref().map(|x| x.gpus.clone()).unwrap_or_default())
+            .collect();
+        let gpus: Vec<u32> = (0..inst_gpus)
+            .filter(|g| !used.contains(g))
+            .take(jv.req.gpus as usize)
+            .collect();
+        self.state.world.attempt_seq += 1;
+        let attempt_id = self.state.world.attempt_seq;
+        self.save().map_err(|e| e.to_string())?;
+        let resume_from = resume.then(|| job_dir(&self.cfg.home, &jv.experiment, job).join("checkpoints"));
+        let req = StartRequest {
+            job: jv.clone(),
+            attempt_id,
+            fence: attempt_id,
+            key,
+            endpoint: ep,
+            resume_from,
+            gpus: gpus.clone(),
+        };
+        match self.runner.start(&req).await {
+            Ok(hash) => {
+                self.stats.attempts_started += 1;
+                if resume {
+                    self.stats.resumed_from_checkpoint += 1;
+                }
+                self.record(
+                    a,
+                    &Outcome::AttemptStarted {
+                        attempt_id,
+                        token: attempt_id,
+                    },
+                    now,
+                )
+                .map_err(|e| e.to_string())?;
+                if let Some(att) = self.state.world.jobs.get_mut(&job).and_then(|j| j.attempt.as_mut()) {
+                    att.token_hash = Some(hash);
+                    att.gpus = gpus.clone();
+                }
+                self.state.book.start_span(key, job, &jv.experiment, jv.req.gpus, now);
+                self.save().map_err(|e| e.to_string())?;
+                let label = self.state.world.instances.get(&key).map(|i| i.label.clone()).unwrap_or_default();
+                self.event(
+                    now,
+                    "start",
+                    format!(
+                        "job {job} ({}) attempt {attempt_id} on {label}{}",
+                        jv.name,
+                        if resume { ", resuming from its checkpoint" } else { "" }
+                    ),
+                );
+                self.write_job_status(job);
+                Ok(())
+            }
+            Err(e) => {
+                self.record(a, &Outcome::Failed(e.to_string()), now).map_err(|e| e.to_string())?;
+                Err(format!("start of job {job} failed: {e}"))
+            }
+        }
+    }
+
+    fn experiment_report(&self, experiment: &str, now: EpochMs) -> ExperimentReport {
+        let costs = self.state.book.summary(now);
+        let mut jobs: BTreeMap<String, usize> = BTreeMap::new();
+        for j in self.state.world.jobs.values().filter(|j| j.experiment == experiment) {
+            *jobs.entry(j.state.as_str().to_string()).or_default() += 1;
+        }
+        ExperimentReport {
+            experiment: experiment.to_string(),
+            jobs,
+            cost: costs.per_experiment.get(experiment).copied().unwrap_or_default(),
+            lost_to_interruptions: costs.lost.get(experiment).copied().unwrap_or_default(),
+            folder: exp_dir(&self.cfg.home, experiment),
+        }
+    }
+
+    fn write_job_status(&self, job: JobId) {
+        let Some(j) = self.state.world.jobs.get(&job) else { return };
+        let dir = job_dir(&self.cfg.home, &j.experiment, job);
+        if let Ok(b) = serde_json::to_vec_pretty(j) {
+            let _ = write_atomic(&dir.join("job.json"), &b);
+        }
+    }
+
+    /// `$VASTICLAUDE_HOME/instances.json` and `experiments/<e>/status.json`: what runs where,
+    /// since when, at what price. Rewritten when it changes.
+    fn snapshot(&mut self, now: EpochMs) {
+        let w = &self.state.world;
+        let costs = self.state.book.summary(now);
+        let instances: Vec<serde_json::Value> = w
+            .instances
+            .values()
+            .filter(|i| i.state != InstState::Gone)
+            .map(|i| {
+                serde_json::json!({
+                    "label": i.label,
+                    "vast_id": i.vast_id,
+                    "state": i.state.as_str(),
+                    "since_ms": i.state_since_ms,
+                    "created_ms": i.created_ms,
+                    "gpus": i.offer.gpus,
+                    "gpu_name": i.offer.gpu_name,
+                    "dph": i.offer.price().to_string(),
+                    "interruptible": i.offer.bid.is_some(),
+                    "experiment": i.experiment,
+                    "jobs": w.jobs_on(i.key).map(|j| serde_json::json!({"id": j.id, "name": j.name, "state": j.state.as_str()})).collect::<Vec<_>>(),
+                    "cost_so_far": costs.per_instance.get(&i.label).map(|d| d.round_dp(6).to_string()),
+                })
+            })
+            .collect();
+        let doc = serde_json::json!({ "workspace": w.workspace, "instances": instances });
+        let text = serde_json::to_string_pretty(&doc).unwrap_or_default();
+        if text == self.last_snapshot {
+            return;
+        }
+        let _ = write_atomic(&self.cfg.home.join("instances.json"), text.as_bytes());
+        let mut exps: BTreeMap<&str, Vec<&JobView>> = BTreeMap::new();
+        for j in w.jobs.values() {
+            exps.entry(j.experiment.as_str()).or_default().push(j);
+        }
+        for (e, jobs) in exps {
+            let doc = serde_json::json!({
+                "experiment": e,
+                "cost_so_far": costs.per_experiment.get(e).map(|d| d.round_dp(6).to_string()),
+                "budget": w.budgets.get(e),
+                "jobs": jobs.iter().map(|j| serde_json::json!({
+                    "id": j.id, "name": j.name, "state": j.state.as_str(),
+                    "instance": j.instance.and_then(|k| w.instances.get(&k)).map(|i| i.label.clone()),
+                    "progress": j.attempt.as_ref().and_then(|a| a.progress),
+                    "failures": j.failures, "interruptions": j.interruptions,
+                    "reason": j.reason,
+                })).collect::<Vec<_>>(),
+            });
+            if let Ok(b) = serde_json::to_vec_pretty(&doc) {
+                let _ = write_atomic(&exp_dir(&self.cfg.home, e).join("status.json"), &b);
+            }
+        }
+        self.last_snapshot = text;
+    }
+
+    /// Step with the clock until the world is drained (or nothing can progress, or `stop`
+    /// says so). `pause` sleeps between passes (wall time or a virtual advance).
+    pub async fn run_until_drained<F, S>(
+        &mut self,
+        clock: &SharedClock,
+        mut pause: S,
+        mut stop: F,
+    ) -> Result<StepReport, JournalError>
+    where
+        F: FnMut(&Self) -> bool,
+        S: AsyncFnMut(),
+    {
+        loop {
+            let now = clock.now_ms();
+            let r = self.step(now).await?;
+            if r.drained || stop(self) {
+                return Ok(r);
+            }
+            pause().await;
+        }
+    }
+
+    /// Nothing left that the loop can move: every job is terminal or held by a budget, and no
+    /// instance is left.
+    pub fn is_stuck(&self) -> bool {
+        let w = &self.state.world;
+        w.instances.values().all(|i| i.state == InstState::Gone)
+            && w.jobs.values().all(|j| j.state.is_terminal() || j.budget_held)
+    }
+
+    /// Destroy everything we rented (Ctrl-C with `--teardown`), verified by listing.
+    pub async fn teardown(&mut self, now: EpochMs) -> Result<usize, String> {
+        let prefix = label_prefix(&self.state.world.workspace);
+        let listed = self.market.list(&prefix).await.map_err(|e| e.to_string())?;
+        let mut n = 0;
+        for m in &listed {
+            self.market.destroy(m.vast_id).await.map_err(|e| e.to_string())?;
+            n += 1;
+            if let Some(key) = m.label.as_deref().and_then(|l| parse_label(&self.state.world.workspace, l)) {
+                // Running attempts end as interrupted; their jobs go back to the queue.
+                let running: Vec<JobId> = self
+                    .state
+                    .world
+                    .jobs_on(key)
+                    .filter(|j| j.attempt.is_some())
+                    .map(|j| j.id)
+                    .collect();
+                for job in running {
+                    let end = Action::EndAttempt {
+                        job,
+                        end: AttemptEnd::Interrupted {
+                            reason: "torn down".into(),
+                        },
+                        requeue_at: Some(now),
+                        hold: false,
+                    };
+                    let _ = self.execute(&end, now).await;
+                }
+                let d = Action::MarkInstance {
+                    key,
+                    state: InstState::Gone,
+                    reason: Some("torn down".into()),
+                };
+                let _ = self.execute(&d, now).await;
+            }
+        }
+        self.save().map_err(|e| e.to_string())?;
+        self.snapshot(now);
+        Ok(n)
+    }
+}
