@@ -13,7 +13,9 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use scheduler::planner::synth::{Shape, market};
-use scheduler::planner::{DeferReason, Plan, PlanInput, fmt_dollars, lower_bound, naive_baseline, plan};
+use scheduler::planner::{
+    DeferReason, Plan, PlanInput, fmt_dollars, lower_bound, naive_baseline, plan,
+};
 
 fn env_or(name: &str, default: u64) -> u64 {
     match std::env::var(name) {
@@ -59,7 +61,13 @@ fn summary(name: &str, p: &Plan, lb_of: &BTreeMap<i64, i64>) {
         };
         *reasons.entry(k).or_default() += 1;
     }
-    let per_job = |c: i64| if placed.is_empty() { "-".to_string() } else { fmt_dollars(c / placed.len() as i64) };
+    let per_job = |c: i64| {
+        if placed.is_empty() {
+            "-".to_string()
+        } else {
+            fmt_dollars(c / placed.len() as i64)
+        }
+    };
     println!(
         "  {name:<9} placed {:>5} (reuse {:>3}, rentals {:>5}), expected {} = {}/job, lower bound of those {} = {}/job, ratio {:.3}",
         placed.len(),
@@ -69,7 +77,11 @@ fn summary(name: &str, p: &Plan, lb_of: &BTreeMap<i64, i64>) {
         per_job(exp),
         fmt_dollars(lb),
         per_job(lb),
-        if lb > 0 { exp as f64 / lb as f64 } else { f64::NAN },
+        if lb > 0 {
+            exp as f64 / lb as f64
+        } else {
+            f64::NAN
+        },
     );
     println!("            deferred {:?}", reasons);
 }
@@ -79,7 +91,13 @@ fn main() {
     let jobs = env_or("PLANNER_BENCH_JOBS", 10_000) as usize;
     let offers = env_or("PLANNER_BENCH_OFFERS", 20_000) as usize;
     let runs = env_or("PLANNER_BENCH_RUNS", 9);
-    let shape = Shape { jobs, offers, classes: 40, experiments: 20, idle: jobs / 100 };
+    let shape = Shape {
+        jobs,
+        offers,
+        classes: 40,
+        experiments: 20,
+        idle: jobs / 100,
+    };
 
     let t = Instant::now();
     let input: PlanInput = market(seed, shape);
@@ -91,7 +109,11 @@ fn main() {
     );
 
     let (min, med, p) = time(runs, || plan(&input));
-    println!("plan:          min {}, median {} over {runs} runs (target < 200 ms)", ms(min), ms(med));
+    println!(
+        "plan:          min {}, median {} over {runs} runs (target < 200 ms)",
+        ms(min),
+        ms(med)
+    );
     let (bmin, bmed, b) = time(runs, || naive_baseline(&input));
     println!("naive baseline: min {}, median {}", ms(bmin), ms(bmed));
     let (lmin, lmed, lb) = time(runs, || lower_bound(&input));

@@ -13,7 +13,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::cost::{self, PPM};
-use super::pack::{Usable, interruptible_allowed, job_order, offer_info, run_of, slots_for, speed_of};
+use super::pack::{
+    Usable, interruptible_allowed, job_order, offer_info, policy_allows_interruptible, run_of,
+    slots_for, speed_of,
+};
 use super::types::*;
 
 /// The naive plan (see the module docs). Honors `max_instances` and the job's `max_dph` as a cap
@@ -23,19 +26,34 @@ pub fn naive_baseline(input: &PlanInput) -> Plan {
     let info: Vec<_> = input.offers.iter().map(|o| offer_info(input, o)).collect();
     // Per (class, gpus, disk, interruptible): fitting offers sorted by hourly price.
     type Key<'a> = (&'a str, u32, u32, bool);
-    let mut lists: BTreeMap<Key<'_>, (Vec<(NanoPerHour, i64, usize)>, usize)> = BTreeMap::new();
+    /// (price, offer id, offer index) sorted, and a cursor past the used ones.
+    type Sorted = (Vec<(NanoPerHour, i64, usize)>, usize);
+    let mut lists: BTreeMap<Key<'_>, Sorted> = BTreeMap::new();
     for j in &input.jobs {
-        let key = (j.class.as_str(), j.gpus, j.disk_gb, interruptible_allowed(j));
+        let key = (
+            j.class.as_str(),
+            j.gpus,
+            j.disk_gb,
+            policy_allows_interruptible(j),
+        );
         lists.entry(key).or_insert_with(|| {
             let mut v = Vec::new();
-            for &oi in input.offers_by_class.get(&j.class).map(Vec::as_slice).unwrap_or(&[]) {
-                let Some(o) = input.offers.get(oi) else { continue };
+            for &oi in input
+                .offers_by_class
+                .get(&j.class)
+                .map(Vec::as_slice)
+                .unwrap_or(&[])
+            {
+                let Some(o) = input.offers.get(oi) else {
+                    continue;
+                };
                 if j.gpus == 0 || o.num_gpus < j.gpus || o.disk_space_gb < j.disk_gb {
                     continue;
                 }
                 let compute = if key.3 { o.min_bid } else { Some(o.dph_base) };
                 if let Some(c) = compute.filter(|c| *c > 0) {
-                    let price = c.saturating_add(o.storage_gb_h.saturating_mul(i64::from(j.disk_gb)));
+                    let price =
+                        c.saturating_add(o.storage_gb_h.saturating_mul(i64::from(j.disk_gb)));
                     v.push((price, o.id, oi));
                 }
             }
@@ -47,28 +65,42 @@ pub fn naive_baseline(input: &PlanInput) -> Plan {
     let mut plan = Plan::default();
     for ji in job_order(&input.jobs) {
         let j = &input.jobs[ji];
-        let interruptible = interruptible_allowed(j);
-        let (list, cursor) = lists.get_mut(&(j.class.as_str(), j.gpus, j.disk_gb, interruptible)).expect("built above");
+        let interruptible = policy_allows_interruptible(j);
+        let (list, cursor) = lists
+            .get_mut(&(j.class.as_str(), j.gpus, j.disk_gb, interruptible))
+            .expect("built above");
         while *cursor < list.len() && used[list[*cursor].2] {
             *cursor += 1;
         }
-        let defer = |reason| Deferred { job_id: j.id, reason };
+        let defer = |reason| Deferred {
+            job_id: j.id,
+            reason,
+        };
         if j.gpus == 0 {
-            plan.deferred.push(defer(DeferReason::Invalid { detail: format!("job {} asks for 0 GPUs", j.id) }));
+            plan.deferred.push(defer(DeferReason::Invalid {
+                detail: format!("job {} asks for 0 GPUs", j.id),
+            }));
             continue;
         }
         let Some(&(price, _, oi)) = list.get(*cursor) else {
-            plan.deferred.push(defer(DeferReason::OffersExhausted { class: j.class.clone() }));
+            plan.deferred.push(defer(DeferReason::OffersExhausted {
+                class: j.class.clone(),
+            }));
             continue;
         };
         if let Some(cap) = j.max_dph
             && price > cap
         {
-            plan.deferred.push(defer(DeferReason::OverMaxDph { cheapest: price, cap }));
+            plan.deferred.push(defer(DeferReason::OverMaxDph {
+                cheapest: price,
+                cap,
+            }));
             continue;
         }
         if plan.rent.len() >= cfg.max_instances as usize {
-            plan.deferred.push(defer(DeferReason::MaxInstances { limit: cfg.max_instances }));
+            plan.deferred.push(defer(DeferReason::MaxInstances {
+                limit: cfg.max_instances,
+            }));
             continue;
         }
         used[oi] = true;
@@ -85,7 +117,9 @@ pub fn naive_baseline(input: &PlanInput) -> Plan {
             class: j.class.clone(),
             image: j.image.clone(),
             kind: if interruptible {
-                RentalKind::Interruptible { bid: o.min_bid.unwrap_or(o.dph_base) }
+                RentalKind::Interruptible {
+                    bid: o.min_bid.unwrap_or(o.dph_base),
+                }
             } else {
                 RentalKind::OnDemand
             },
@@ -128,7 +162,8 @@ struct Rate {
 impl Rate {
     /// Whether `self` costs less per unit of work than `other` (price / speed, cross-multiplied).
     fn cheaper_than(&self, other: &Rate) -> bool {
-        (self.price as i128) * (other.speed_ppm as i128) < (other.price as i128) * (self.speed_ppm as i128)
+        (self.price as i128) * (other.speed_ppm as i128)
+            < (other.price as i128) * (self.speed_ppm as i128)
     }
     /// Real-valued cost of `work` reference seconds, floored.
     fn cost(&self, work: u64) -> Nano {
@@ -142,6 +177,7 @@ impl Rate {
 /// × its work, ignoring boot, preemption and availability. Offers on blacklisted machines or below
 /// the reliability floor are not feasible; idle instances of ours are, at their current price.
 pub fn lower_bound(input: &PlanInput) -> LowerBound {
+    let cfg = &input.config;
     let info: Vec<_> = input.offers.iter().map(|o| offer_info(input, o)).collect();
     // Best rate per (class, gpus, disk, image, interruptible allowed).
     type Key<'a> = (&'a str, u32, u32, &'a str, bool);
@@ -149,8 +185,14 @@ pub fn lower_bound(input: &PlanInput) -> LowerBound {
     let mut out = LowerBound::default();
     let mut rows = Vec::with_capacity(input.jobs.len());
     for j in &input.jobs {
-        let allowed = interruptible_allowed(j);
-        let key = (j.class.as_str(), j.gpus, j.disk_gb, j.image.as_str(), allowed);
+        let allowed = interruptible_allowed(j, cfg);
+        let key = (
+            j.class.as_str(),
+            j.gpus,
+            j.disk_gb,
+            j.image.as_str(),
+            allowed,
+        );
         let rate = *best.entry(key).or_insert_with(|| {
             let mut b: Option<Rate> = None;
             let mut consider = |r: Rate| {
@@ -161,32 +203,52 @@ pub fn lower_bound(input: &PlanInput) -> LowerBound {
             if j.gpus == 0 {
                 return None;
             }
-            for &oi in input.offers_by_class.get(&j.class).map(Vec::as_slice).unwrap_or(&[]) {
-                let Some(o) = input.offers.get(oi) else { continue };
+            for &oi in input
+                .offers_by_class
+                .get(&j.class)
+                .map(Vec::as_slice)
+                .unwrap_or(&[])
+            {
+                let Some(o) = input.offers.get(oi) else {
+                    continue;
+                };
                 if slots_for(o, j.gpus, j.disk_gb) == 0 || info[oi].usable != Usable::Ok {
                     continue;
                 }
                 let storage = o.storage_gb_h.saturating_mul(i64::from(j.disk_gb));
                 let share = |compute: NanoPerHour| {
-                    let c = (compute as i128 * i128::from(j.gpus) / i128::from(o.num_gpus.max(1))) as i64;
+                    let c = (compute as i128 * i128::from(j.gpus) / i128::from(o.num_gpus.max(1)))
+                        as i64;
                     c.saturating_add(storage)
                 };
-                consider(Rate { price: share(o.dph_base), speed_ppm: info[oi].speed_ppm });
+                consider(Rate {
+                    price: share(o.dph_base),
+                    speed_ppm: info[oi].speed_ppm,
+                });
                 if allowed && let Some(mb) = o.min_bid.filter(|b| *b > 0) {
-                    consider(Rate { price: share(mb), speed_ppm: info[oi].speed_ppm });
+                    consider(Rate {
+                        price: share(mb),
+                        speed_ppm: info[oi].speed_ppm,
+                    });
                 }
             }
             for inst in &input.idle {
                 if inst.image != j.image
                     || inst.num_gpus < j.gpus
                     || (inst.interruptible && !allowed)
-                    || !inst.classes.iter().any(|c| *c == j.class)
-                    || input.blacklist.blocks(inst.machine_id, inst.host_id, input.now_ms)
+                    || !inst.classes.contains(&j.class)
+                    || input
+                        .blacklist
+                        .blocks(inst.machine_id, inst.host_id, input.now_ms)
                 {
                     continue;
                 }
-                let price = (inst.dph as i128 * i128::from(j.gpus) / i128::from(inst.num_gpus.max(1))) as i64;
-                consider(Rate { price, speed_ppm: speed_of(input, &inst.gpu_name, inst.dlperf, inst.num_gpus) });
+                let price = (inst.dph as i128 * i128::from(j.gpus)
+                    / i128::from(inst.num_gpus.max(1))) as i64;
+                consider(Rate {
+                    price,
+                    speed_ppm: speed_of(input, &inst.gpu_name, inst.dlperf, inst.num_gpus),
+                });
             }
             b
         });

@@ -76,11 +76,26 @@ pub fn bid_decision(s: &Outbid, cfg: &PlanConfig) -> BidDecision {
     use super::types::fmt_dollars as d;
     let restart = i64::from(cfg.restart_overhead_s);
     let remaining = s.remaining_s.max(0);
-    let redo_here = if s.checkpoints { s.local_checkpoint_age_s } else { s.done_s }.max(0);
-    let redo_move = if s.checkpoints { s.pulled_checkpoint_age_s.unwrap_or(s.done_s) } else { s.done_s }.max(0);
+    let redo_here = if s.checkpoints {
+        s.local_checkpoint_age_s
+    } else {
+        s.done_s
+    }
+    .max(0);
+    let redo_move = if s.checkpoints {
+        s.pulled_checkpoint_age_s.unwrap_or(s.done_s)
+    } else {
+        s.done_s
+    }
+    .max(0);
     let paused_s = ((s.now_ms - s.paused_since_ms) / 1000).max(0);
 
-    let stay_cost = |bid: NanoPerHour| cost::charge(bid.saturating_add(s.storage_dph), remaining + redo_here + restart);
+    let stay_cost = |bid: NanoPerHour| {
+        cost::charge(
+            bid.saturating_add(s.storage_dph),
+            remaining + redo_here + restart,
+        )
+    };
     let move_cost = s.alternative.map(|a| {
         let wall = cost::mul_div_ceil(remaining + redo_move, PPM, a.relative_speed_ppm.max(1));
         cost::charge(a.dph, a.boot_s.max(0) + wall + restart)
@@ -88,13 +103,22 @@ pub fn bid_decision(s: &Outbid, cfg: &PlanConfig) -> BidDecision {
 
     // A bid only helps if the pause is about price: on-demand renters win regardless of bids.
     let price_problem = s.winning_bid > s.our_bid;
-    let target = if price_problem { cost::bid_for(Some(s.winning_bid), s.on_demand_dph, cfg) } else { None };
+    let target = if price_problem {
+        cost::bid_for(Some(s.winning_bid), s.on_demand_dph, cfg)
+    } else {
+        None
+    };
     if let Some(bid) = target {
         let stay = stay_cost(bid);
         return match move_cost {
             Some(mv) if mv < stay => BidDecision {
                 action: BidAction::Move,
-                why: format!("moving costs {} against {} for raising the bid to {}/h", d(mv), d(stay), d(bid)),
+                why: format!(
+                    "moving costs {} against {} for raising the bid to {}/h",
+                    d(mv),
+                    d(stay),
+                    d(bid)
+                ),
             },
             _ => BidDecision {
                 action: BidAction::Raise { bid },
@@ -104,7 +128,9 @@ pub fn bid_decision(s: &Outbid, cfg: &PlanConfig) -> BidDecision {
                     cfg.bid_margin_pct,
                     d(s.winning_bid),
                     d(stay),
-                    move_cost.map(|m| format!(", moving would cost {}", d(m))).unwrap_or_default()
+                    move_cost
+                        .map(|m| format!(", moving would cost {}", d(m)))
+                        .unwrap_or_default()
                 ),
             },
         };
@@ -117,7 +143,9 @@ pub fn bid_decision(s: &Outbid, cfg: &PlanConfig) -> BidDecision {
     };
     let Some(mv) = move_cost else {
         return BidDecision {
-            action: BidAction::Wait { recheck_after_s: cfg.outbid_recheck_s },
+            action: BidAction::Wait {
+                recheck_after_s: cfg.outbid_recheck_s,
+            },
             why: format!("{why_stuck} and there is nowhere to move; waiting"),
         };
     };
@@ -136,7 +164,9 @@ pub fn bid_decision(s: &Outbid, cfg: &PlanConfig) -> BidDecision {
     } else {
         let left = u32::try_from(limit - paused_s).unwrap_or(u32::MAX);
         BidDecision {
-            action: BidAction::Wait { recheck_after_s: cfg.outbid_recheck_s.min(left).max(1) },
+            action: BidAction::Wait {
+                recheck_after_s: cfg.outbid_recheck_s.min(left).max(1),
+            },
             why: format!(
                 "{why_stuck}; paused {paused_s} s of {limit} s allowed, because moving would redo {redo_move} s of \
                  work against {redo_here} s here"
@@ -164,22 +194,40 @@ mod tests {
             done_s: 3600,
             local_checkpoint_age_s: 300,
             pulled_checkpoint_age_s: Some(1200),
-            alternative: Some(Alternative { dph: DOLLAR / 4, boot_s: 300, relative_speed_ppm: PPM }),
+            alternative: Some(Alternative {
+                dph: DOLLAR / 4,
+                boot_s: 300,
+                relative_speed_ppm: PPM,
+            }),
         }
     }
 
     #[test]
     fn raises_within_the_cap_when_cheaper_than_moving() {
         let d = bid_decision(&base(), &PlanConfig::default());
-        assert_eq!(d.action, BidAction::Raise { bid: DOLLAR * 132 / 1000 }, "{}", d.why);
+        assert_eq!(
+            d.action,
+            BidAction::Raise {
+                bid: DOLLAR * 132 / 1000
+            },
+            "{}",
+            d.why
+        );
         assert!(d.why.contains("raising"), "{}", d.why);
     }
 
     #[test]
     fn moves_when_an_alternative_is_much_cheaper() {
         let mut s = base();
-        s.alternative = Some(Alternative { dph: DOLLAR / 20, boot_s: 120, relative_speed_ppm: 2 * PPM });
-        assert_eq!(bid_decision(&s, &PlanConfig::default()).action, BidAction::Move);
+        s.alternative = Some(Alternative {
+            dph: DOLLAR / 20,
+            boot_s: 120,
+            relative_speed_ppm: 2 * PPM,
+        });
+        assert_eq!(
+            bid_decision(&s, &PlanConfig::default()).action,
+            BidAction::Move
+        );
     }
 
     #[test]
@@ -190,12 +238,18 @@ mod tests {
         assert!(matches!(d.action, BidAction::Wait { .. }), "{d:?}");
         // After the (lengthened) limit it moves.
         s.paused_since_ms = s.now_ms - 3_600_000;
-        assert_eq!(bid_decision(&s, &PlanConfig::default()).action, BidAction::Move);
+        assert_eq!(
+            bid_decision(&s, &PlanConfig::default()).action,
+            BidAction::Move
+        );
         // A freshly pulled checkpoint makes moving free of extra loss: move at once.
         let mut s = base();
         s.winning_bid = DOLLAR * 24 / 100;
         s.pulled_checkpoint_age_s = Some(300);
-        assert_eq!(bid_decision(&s, &PlanConfig::default()).action, BidAction::Move);
+        assert_eq!(
+            bid_decision(&s, &PlanConfig::default()).action,
+            BidAction::Move
+        );
     }
 
     #[test]
@@ -204,7 +258,12 @@ mod tests {
         s.winning_bid = s.our_bid;
         s.alternative = None;
         let d = bid_decision(&s, &PlanConfig::default());
-        assert_eq!(d.action, BidAction::Wait { recheck_after_s: 60 });
+        assert_eq!(
+            d.action,
+            BidAction::Wait {
+                recheck_after_s: 60
+            }
+        );
         assert!(d.why.contains("not about our bid"), "{}", d.why);
     }
 
@@ -215,6 +274,9 @@ mod tests {
         s.done_s = 10 * 3600;
         s.winning_bid = DOLLAR * 24 / 100;
         // Both staying and moving redo everything; nothing to gain by waiting on work: move.
-        assert_eq!(bid_decision(&s, &PlanConfig::default()).action, BidAction::Move);
+        assert_eq!(
+            bid_decision(&s, &PlanConfig::default()).action,
+            BidAction::Move
+        );
     }
 }

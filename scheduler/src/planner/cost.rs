@@ -33,11 +33,17 @@ pub fn mul_div_ceil(a: i64, num: i64, den: i64) -> i64 {
 
 /// Per-GPU speed implied by Vast's `dlperf` (which is for the whole offer).
 pub fn prior_speed_ppm(dlperf: f64, num_gpus: u32, ref_dlperf_per_gpu: f64) -> i64 {
-    if !(dlperf.is_finite() && dlperf > 0.0 && ref_dlperf_per_gpu.is_finite() && ref_dlperf_per_gpu > 0.0) {
+    if !(dlperf.is_finite()
+        && dlperf > 0.0
+        && ref_dlperf_per_gpu.is_finite()
+        && ref_dlperf_per_gpu > 0.0)
+    {
         return PPM; // unknown: assume the reference
     }
     let per_gpu = dlperf / f64::from(num_gpus.max(1));
-    ((per_gpu / ref_dlperf_per_gpu) * PPM as f64).round().clamp(SPEED_MIN as f64, SPEED_MAX as f64) as i64
+    ((per_gpu / ref_dlperf_per_gpu) * PPM as f64)
+        .round()
+        .clamp(SPEED_MIN as f64, SPEED_MAX as f64) as i64
 }
 
 /// Measured throughput blended with the prior: `prior_s` seconds of "evidence" at the prior speed
@@ -53,12 +59,19 @@ pub fn blended_speed_ppm(prior_ppm: i64, measured: Option<&Measured>, prior_s: u
 
 /// Wall seconds to do `work_ref_s` reference seconds at `speed_ppm`.
 pub fn wall_s(work_ref_s: u64, speed_ppm: i64) -> i64 {
-    clamp_i64(ceil_div(work_ref_s as i128 * PPM as i128, speed_ppm.max(1) as i128))
+    clamp_i64(ceil_div(
+        work_ref_s as i128 * PPM as i128,
+        speed_ppm.max(1) as i128,
+    ))
 }
 
 /// A per-hour float rate as millionths per hour (negative or NaN: `default`).
 pub fn rate_ppm(per_h: f64, default: f64) -> i64 {
-    let r = if per_h.is_finite() && per_h >= 0.0 { per_h } else { default };
+    let r = if per_h.is_finite() && per_h >= 0.0 {
+        per_h
+    } else {
+        default
+    };
     let r = if r.is_finite() && r >= 0.0 { r } else { 0.0 };
     (r * PPM as f64).round().min(1e15) as i64
 }
@@ -75,7 +88,13 @@ pub struct Exposure {
 
 /// Lost-work risk of running `wall` seconds interruptibly. `checkpoint_s` is `None` for a job that
 /// cannot resume (a preemption loses everything done so far).
-pub fn exposure(wall: i64, rate_ppm_h: i64, checkpoint_s: Option<i64>, restart_s: i64, worst_pct: u32) -> Exposure {
+pub fn exposure(
+    wall: i64,
+    rate_ppm_h: i64,
+    checkpoint_s: Option<i64>,
+    restart_s: i64,
+    worst_pct: u32,
+) -> Exposure {
     let wall = wall.max(0);
     let window = checkpoint_s.map_or(wall, |c| c.clamp(0, wall));
     // Work since the last checkpoint is uniform over the window: half of it on average.
@@ -92,7 +111,11 @@ pub fn exposure(wall: i64, rate_ppm_h: i64, checkpoint_s: Option<i64>, restart_s
 
 /// The bid for an offer: `min_bid` plus the margin, capped by the configured ceilings. `None` when
 /// the cap is below `min_bid` (the bid could not win) or the offer has no `min_bid`.
-pub fn bid_for(min_bid: Option<NanoPerHour>, dph_base: NanoPerHour, cfg: &PlanConfig) -> Option<NanoPerHour> {
+pub fn bid_for(
+    min_bid: Option<NanoPerHour>,
+    dph_base: NanoPerHour,
+    cfg: &PlanConfig,
+) -> Option<NanoPerHour> {
     let min_bid = min_bid.filter(|b| *b > 0)?;
     let target = mul_div_ceil(min_bid, 100 + i64::from(cfg.bid_margin_pct), 100);
     let cap = (dph_base as i128 * i128::from(cfg.bid_cap_pct_of_on_demand) / 100) as i64;
@@ -121,10 +144,16 @@ mod tests {
         assert_eq!(prior_speed_ppm(f64::NAN, 1, 30.0), PPM);
         assert_eq!(blended_speed_ppm(PPM, None, 3600), PPM);
         // An hour of evidence at half speed against an hour of prior at full speed: 0.75.
-        let m = Measured { ref_work_s: 1800, wall_s: 3600 };
+        let m = Measured {
+            ref_work_s: 1800,
+            wall_s: 3600,
+        };
         assert_eq!(blended_speed_ppm(PPM, Some(&m), 3600), 750_000);
         // Lots of evidence dominates.
-        let m = Measured { ref_work_s: 1_800_000, wall_s: 3_600_000 };
+        let m = Measured {
+            ref_work_s: 1_800_000,
+            wall_s: 3_600_000,
+        };
         assert_eq!(blended_speed_ppm(PPM, Some(&m), 3600), 500_499);
         assert_eq!(wall_s(3600, 2 * PPM), 1800);
         assert_eq!(wall_s(1, 3 * PPM), 1);
@@ -141,7 +170,10 @@ mod tests {
         assert!(none.worst_extra_s > ck.worst_extra_s);
         let zero = exposure(36_000, 0, Some(1800), 300, 300);
         assert_eq!(zero.expected_extra_s, 0);
-        assert_eq!(zero.worst_extra_s, 2100, "the worst case always allows one preemption");
+        assert_eq!(
+            zero.worst_extra_s, 2100,
+            "the worst case always allows one preemption"
+        );
     }
 
     #[test]
@@ -153,7 +185,10 @@ mod tests {
         // min_bid above the cap: not biddable.
         assert_eq!(bid_for(Some(950), 1_000, &cfg), None);
         assert_eq!(bid_for(None, 1_000, &cfg), None);
-        let cfg = PlanConfig { bid_cap: Some(105), ..PlanConfig::default() };
+        let cfg = PlanConfig {
+            bid_cap: Some(105),
+            ..PlanConfig::default()
+        };
         assert_eq!(bid_for(Some(100), 1_000, &cfg), Some(105));
     }
 }

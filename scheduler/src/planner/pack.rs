@@ -33,8 +33,15 @@ pub fn plan(input: &PlanInput) -> Plan {
     Planner::new(input).run()
 }
 
-/// Whether a job may go on an interruptible instance under its policy.
-pub fn interruptible_allowed(job: &PlanJob) -> bool {
+/// Whether a job may go on an interruptible instance: its policy allows it (`Auto` only when it
+/// checkpoints), and it has not already been through `interruptible_max_attempts` attempts — a job
+/// that keeps getting interrupted goes on-demand so that it finishes.
+pub fn interruptible_allowed(job: &PlanJob, cfg: &PlanConfig) -> bool {
+    policy_allows_interruptible(job) && job.attempts_so_far < cfg.interruptible_max_attempts
+}
+
+/// The job's policy alone (what the naive baseline follows).
+pub(crate) fn policy_allows_interruptible(job: &PlanJob) -> bool {
     match job.interruptible {
         InterruptiblePolicy::Never => false,
         InterruptiblePolicy::Auto => job.checkpoints,
@@ -77,7 +84,10 @@ pub(crate) struct OfferInfo {
 
 pub(crate) fn offer_info(input: &PlanInput, o: &PlanOffer) -> OfferInfo {
     let cfg = &input.config;
-    let usable = if input.blacklist.blocks(o.machine_id, o.host_id, input.now_ms) {
+    let usable = if input
+        .blacklist
+        .blocks(o.machine_id, o.host_id, input.now_ms)
+    {
         Usable::Blacklisted
     } else if !(o.reliability.is_finite() && o.reliability >= cfg.min_reliability) {
         Usable::Unreliable
@@ -101,21 +111,26 @@ pub(crate) fn offer_info(input: &PlanInput, o: &PlanOffer) -> OfferInfo {
 pub(crate) fn speed_of(input: &PlanInput, gpu_name: &str, dlperf: f64, num_gpus: u32) -> i64 {
     let cfg = &input.config;
     let prior = cost::prior_speed_ppm(dlperf, num_gpus, cfg.ref_dlperf_per_gpu);
-    cost::blended_speed_ppm(prior, input.throughput.by_gpu.get(gpu_name), cfg.throughput_prior_s)
+    cost::blended_speed_ppm(
+        prior,
+        input.throughput.by_gpu.get(gpu_name),
+        cfg.throughput_prior_s,
+    )
 }
 
 pub(crate) fn boot_of(cfg: &PlanConfig, boot_estimate_s: u32) -> i64 {
-    let b = if boot_estimate_s == 0 { cfg.default_boot_s } else { boot_estimate_s };
+    let b = if boot_estimate_s == 0 {
+        cfg.default_boot_s
+    } else {
+        boot_estimate_s
+    };
     i64::from(b) + i64::from(cfg.boot_overhead_s)
 }
 
 /// Slots an offer has for jobs of `gpus` GPUs and `disk_gb` GB each (0: it does not fit).
 pub(crate) fn slots_for(o: &PlanOffer, gpus: u32, disk_gb: u32) -> u32 {
-    if gpus == 0 {
-        return 0;
-    }
-    let by_gpu = o.num_gpus / gpus;
-    let by_disk = if disk_gb == 0 { u32::MAX } else { o.disk_space_gb / disk_gb };
+    let by_gpu = o.num_gpus.checked_div(gpus).unwrap_or(0);
+    let by_disk = o.disk_space_gb.checked_div(disk_gb).unwrap_or(u32::MAX);
     by_gpu.min(by_disk)
 }
 
@@ -134,17 +149,32 @@ pub(crate) struct Run {
     pub worst_s: i64,
 }
 
-pub(crate) fn run_of(cfg: &PlanConfig, job: &PlanJob, speed_ppm: i64, interruptible: bool, rate_ppm: i64) -> Run {
+pub(crate) fn run_of(
+    cfg: &PlanConfig,
+    job: &PlanJob,
+    speed_ppm: i64,
+    interruptible: bool,
+    rate_ppm: i64,
+) -> Run {
     let wall = cost::wall_s(job.est_runtime_s, speed_ppm);
     let worst_work = job.max_runtime_s.unwrap_or_else(|| {
-        (u128::from(job.est_runtime_s) * u128::from(cfg.runtime_safety_pct)).div_ceil(100).min(u64::MAX as u128) as u64
+        (u128::from(job.est_runtime_s) * u128::from(cfg.runtime_safety_pct))
+            .div_ceil(100)
+            .min(u64::MAX as u128) as u64
     });
     let worst_wall = cost::wall_s(worst_work.max(job.est_runtime_s), speed_ppm);
     if !interruptible {
-        return Run { expected_s: wall, worst_s: worst_wall };
+        return Run {
+            expected_s: wall,
+            worst_s: worst_wall,
+        };
     }
     let ckpt = job.checkpoints.then(|| {
-        let c = if job.checkpoint_interval_s == 0 { cfg.default_checkpoint_interval_s } else { job.checkpoint_interval_s };
+        let c = if job.checkpoint_interval_s == 0 {
+            cfg.default_checkpoint_interval_s
+        } else {
+            job.checkpoint_interval_s
+        };
         i64::from(c)
     });
     let restart = i64::from(cfg.restart_overhead_s);
@@ -208,7 +238,8 @@ struct Building {
 impl Building {
     fn refresh_costs(&mut self) {
         let p = self.rental.dph;
-        self.rental.expected_cost = cost::charge(p, self.boot_s.saturating_add(self.max_expected_s));
+        self.rental.expected_cost =
+            cost::charge(p, self.boot_s.saturating_add(self.max_expected_s));
         self.rental.worst_case_cost = cost::charge(p, self.boot_s.saturating_add(self.max_worst_s));
     }
 }
@@ -276,7 +307,10 @@ impl<'a> Planner<'a> {
             });
             job_exp.push(i);
         }
-        let budget = experiments.iter().map(|e| input.budgets.get(*e).copied()).collect();
+        let budget = experiments
+            .iter()
+            .map(|e| input.budgets.get(*e).copied())
+            .collect();
 
         // Groups: jobs that can share an offer list and an instance.
         let mut group_index: BTreeMap<(&str, u32, u32, &str), usize> = BTreeMap::new();
@@ -306,10 +340,14 @@ impl<'a> Planner<'a> {
             let s = &mut sums[g];
             s.0 += u128::from(j.est_runtime_s);
             s.1 += 1;
-            if interruptible_allowed(j) {
+            if interruptible_allowed(j, cfg) {
                 groups[g].remaining_interruptible += 1;
                 if j.checkpoints {
-                    let c = if j.checkpoint_interval_s == 0 { cfg.default_checkpoint_interval_s } else { j.checkpoint_interval_s };
+                    let c = if j.checkpoint_interval_s == 0 {
+                        cfg.default_checkpoint_interval_s
+                    } else {
+                        j.checkpoint_interval_s
+                    };
                     s.2 += u128::from(c);
                     s.3 += 1;
                 }
@@ -329,7 +367,11 @@ impl<'a> Planner<'a> {
                 max_dph: None,
                 interruptible: InterruptiblePolicy::Always,
                 checkpoints: n_ck > 0,
-                checkpoint_interval_s: if n_ck > 0 { (ck_sum / u128::from(n_ck)) as u32 } else { 0 },
+                checkpoint_interval_s: if n_ck > 0 {
+                    (ck_sum / u128::from(n_ck)) as u32
+                } else {
+                    0
+                },
                 est_runtime_s: (rt_sum / u128::from(n.max(1))) as u64,
                 max_runtime_s: None,
                 priority: 0,
@@ -337,9 +379,15 @@ impl<'a> Planner<'a> {
             };
             let want_interruptible = g.remaining_interruptible > 0;
             let mut by_key: BTreeMap<(bool, u32), Vec<Cand>> = BTreeMap::new();
-            let listed = input.offers_by_class.get(g.class).map(Vec::as_slice).unwrap_or(&[]);
+            let listed = input
+                .offers_by_class
+                .get(g.class)
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
             for &oi in listed {
-                let Some(o) = input.offers.get(oi) else { continue };
+                let Some(o) = input.offers.get(oi) else {
+                    continue;
+                };
                 g.excl.listed += 1;
                 let slots = slots_for(o, g.gpus, g.disk_gb);
                 if slots == 0 {
@@ -362,17 +410,33 @@ impl<'a> Planner<'a> {
                 let price = price_of(o, None, disk);
                 let run = run_of(cfg, &rep, inf.speed_ppm, false, 0);
                 let rank = cost::charge(price, inf.boot_s + run.expected_s) / i64::from(slots);
-                by_key.entry((false, slots)).or_default().push(Cand { offer: oi as u32, slots, price, rank });
+                by_key.entry((false, slots)).or_default().push(Cand {
+                    offer: oi as u32,
+                    slots,
+                    price,
+                    rank,
+                });
                 if want_interruptible && let Some(bid) = inf.bid {
                     let price = price_of(o, Some(bid), disk);
                     let run = run_of(cfg, &rep, inf.speed_ppm, true, inf.rate_ppm);
                     let rank = cost::charge(price, inf.boot_s + run.expected_s) / i64::from(slots);
-                    by_key.entry((true, slots)).or_default().push(Cand { offer: oi as u32, slots, price, rank });
+                    by_key.entry((true, slots)).or_default().push(Cand {
+                        offer: oi as u32,
+                        slots,
+                        price,
+                        rank,
+                    });
                 }
             }
             for ((interruptible, slots), mut cands) in by_key {
-                cands.sort_unstable_by_key(|c| (c.rank, input.offers[c.offer as usize].id, c.offer));
-                g.lists.push(SlotList { slots, interruptible, cands, cursor: 0 });
+                cands
+                    .sort_unstable_by_key(|c| (c.rank, input.offers[c.offer as usize].id, c.offer));
+                g.lists.push(SlotList {
+                    slots,
+                    interruptible,
+                    cands,
+                    cursor: 0,
+                });
             }
         }
 
@@ -398,10 +462,26 @@ impl<'a> Planner<'a> {
             budget,
             job_exp,
             idle_by_class,
-            idle_free_gpus: input.idle.iter().map(|i| i.free_gpus.min(i.num_gpus)).collect(),
+            idle_free_gpus: input
+                .idle
+                .iter()
+                .map(|i| i.free_gpus.min(i.num_gpus))
+                .collect(),
             idle_free_disk: input.idle.iter().map(|i| i.disk_free_gb).collect(),
-            idle_speed: input.idle.iter().map(|i| speed_of(input, &i.gpu_name, i.dlperf, i.num_gpus)).collect(),
-            idle_ok: input.idle.iter().map(|i| !input.blacklist.blocks(i.machine_id, i.host_id, input.now_ms)).collect(),
+            idle_speed: input
+                .idle
+                .iter()
+                .map(|i| speed_of(input, &i.gpu_name, i.dlperf, i.num_gpus))
+                .collect(),
+            idle_ok: input
+                .idle
+                .iter()
+                .map(|i| {
+                    !input
+                        .blacklist
+                        .blocks(i.machine_id, i.host_id, input.now_ms)
+                })
+                .collect(),
             building: Vec::new(),
             new_dph: 0,
             plan: Plan::default(),
@@ -414,11 +494,14 @@ impl<'a> Planner<'a> {
             let job = &input.jobs[ji];
             let gi = self.job_group[ji];
             if let Some(reason) = self.place(ji) {
-                self.plan.deferred.push(Deferred { job_id: job.id, reason });
+                self.plan.deferred.push(Deferred {
+                    job_id: job.id,
+                    reason,
+                });
             }
             let g = &mut self.groups[gi];
             g.remaining -= 1;
-            if interruptible_allowed(job) {
+            if interruptible_allowed(job, &input.config) {
                 g.remaining_interruptible -= 1;
             }
         }
@@ -441,10 +524,15 @@ impl<'a> Planner<'a> {
         let input = self.input;
         let job = &input.jobs[ji];
         if job.gpus == 0 {
-            return Some(DeferReason::Invalid { detail: format!("job {} asks for 0 GPUs", job.id) });
+            return Some(DeferReason::Invalid {
+                detail: format!("job {} asks for 0 GPUs", job.id),
+            });
         }
         let mut notes = Notes::default();
-        if self.try_reuse(ji, &mut notes) || self.try_join(ji, &mut notes) || self.try_rent(ji, &mut notes) {
+        if self.try_reuse(ji, &mut notes)
+            || self.try_join(ji, &mut notes)
+            || self.try_rent(ji, &mut notes)
+        {
             return None;
         }
         Some(self.reason(ji, notes))
@@ -455,8 +543,10 @@ impl<'a> Planner<'a> {
         let cfg = &input.config;
         let job = &input.jobs[ji];
         let exp = self.job_exp[ji];
-        let allowed = interruptible_allowed(job);
-        let Some(cands) = self.idle_by_class.get(job.class.as_str()) else { return false };
+        let allowed = interruptible_allowed(job, &input.config);
+        let Some(cands) = self.idle_by_class.get(job.class.as_str()) else {
+            return false;
+        };
         let mut best: Option<(Nano, i64, usize, Run, Nano)> = None;
         for &ii in cands {
             let inst = &input.idle[ii];
@@ -468,7 +558,11 @@ impl<'a> Planner<'a> {
             {
                 continue;
             }
-            let share = cost::mul_div_ceil(inst.dph, i64::from(job.gpus), i64::from(inst.num_gpus.max(1)));
+            let share = cost::mul_div_ceil(
+                inst.dph,
+                i64::from(job.gpus),
+                i64::from(inst.num_gpus.max(1)),
+            );
             if let Some(cap) = job.max_dph
                 && share > cap
             {
@@ -487,13 +581,21 @@ impl<'a> Planner<'a> {
                 best = Some((c, inst.id, ii, run, reserve));
             }
         }
-        let Some((c, id, ii, run, reserve)) = best else { return false };
+        let Some((c, id, ii, run, reserve)) = best else {
+            return false;
+        };
         self.idle_free_gpus[ii] -= job.gpus;
         self.idle_free_disk[ii] -= job.disk_gb;
         self.spend(exp, reserve);
         self.plan.reuse.push(Reuse {
             instance_id: id,
-            job: PlacedJob { job_id: job.id, gpus: job.gpus, expected_runtime_s: run.expected_s, expected_cost: c, reserved: reserve },
+            job: PlacedJob {
+                job_id: job.id,
+                gpus: job.gpus,
+                expected_runtime_s: run.expected_s,
+                expected_cost: c,
+                reserved: reserve,
+            },
         });
         true
     }
@@ -503,7 +605,11 @@ impl<'a> Planner<'a> {
     /// the rental (whose reservation already covers the whole instance for its own duration).
     fn join_reserve(&self, b: &Building, exp: usize, share: NanoPerHour, run: Run) -> Nano {
         let ext = cost::charge(b.rental.dph, (run.worst_s - b.max_worst_s).max(0));
-        if exp == b.opener_experiment { ext } else { ext.saturating_add(cost::charge(share, b.boot_s + run.worst_s)) }
+        if exp == b.opener_experiment {
+            ext
+        } else {
+            ext.saturating_add(cost::charge(share, b.boot_s + run.worst_s))
+        }
     }
 
     fn try_join(&mut self, ji: usize, notes: &mut Notes) -> bool {
@@ -511,7 +617,7 @@ impl<'a> Planner<'a> {
         let job = &input.jobs[ji];
         let exp = self.job_exp[ji];
         let gi = self.job_group[ji];
-        let allowed = interruptible_allowed(job);
+        let allowed = interruptible_allowed(job, &input.config);
         let mut chosen = None;
         for (pos, &bi) in self.groups[gi].open.iter().enumerate() {
             let b = &self.building[bi];
@@ -535,7 +641,9 @@ impl<'a> Planner<'a> {
             chosen = Some((pos, bi, share, run, reserve));
             break;
         }
-        let Some((pos, bi, share, run, reserve)) = chosen else { return false };
+        let Some((pos, bi, share, run, reserve)) = chosen else {
+            return false;
+        };
         self.spend(exp, reserve);
         let b = &mut self.building[bi];
         b.rental.jobs.push(PlacedJob {
@@ -565,17 +673,23 @@ impl<'a> Planner<'a> {
         let job = &input.jobs[ji];
         let exp = self.job_exp[ji];
         let gi = self.job_group[ji];
-        let allowed = interruptible_allowed(job);
+        let allowed = interruptible_allowed(job, &input.config);
         let mut best: Option<Choice> = None;
         let group = &mut self.groups[gi];
         for (li, list) in group.lists.iter_mut().enumerate() {
             if list.interruptible && !allowed {
                 continue;
             }
-            while list.cursor < list.cands.len() && self.used[list.cands[list.cursor].offer as usize] {
+            while list.cursor < list.cands.len()
+                && self.used[list.cands[list.cursor].offer as usize]
+            {
                 list.cursor += 1;
             }
-            let remaining = if list.interruptible { group.remaining_interruptible } else { group.remaining };
+            let remaining = if list.interruptible {
+                group.remaining_interruptible
+            } else {
+                group.remaining
+            };
             let k = list.slots.min(remaining.max(1));
             let (mut examined, mut good) = (0, 0);
             for c in &list.cands[list.cursor..] {
@@ -602,7 +716,7 @@ impl<'a> Planner<'a> {
                 let inf = &self.info[c.offer as usize];
                 let run = run_of(cfg, job, inf.speed_ppm, list.interruptible, inf.rate_ppm);
                 let reserve = cost::charge(c.price, inf.boot_s + run.worst_s);
-                if !self.budget[exp].is_none_or(|left| reserve <= left) {
+                if self.budget[exp].is_some_and(|left| reserve > left) {
                     notes.budget(reserve);
                     continue;
                 }
@@ -610,10 +724,17 @@ impl<'a> Planner<'a> {
                 let total = cost::charge(c.price, inf.boot_s + run.expected_s);
                 let per_job = cost::mul_div_ceil(total, 1, i64::from(k));
                 let better = best.as_ref().is_none_or(|b| {
-                    (per_job, input.offers[c.offer as usize].id) < (b.cost, input.offers[b.cand.offer as usize].id)
+                    (per_job, input.offers[c.offer as usize].id)
+                        < (b.cost, input.offers[b.cand.offer as usize].id)
                 });
                 if better {
-                    best = Some(Choice { list: li, cand: *c, run, cost: per_job, reserve });
+                    best = Some(Choice {
+                        list: li,
+                        cand: *c,
+                        run,
+                        cost: per_job,
+                        reserve,
+                    });
                 }
             }
         }
@@ -624,7 +745,9 @@ impl<'a> Planner<'a> {
         self.used[ch.cand.offer as usize] = true;
         self.new_dph = self.new_dph.saturating_add(ch.cand.price);
         let kind = if list.interruptible {
-            RentalKind::Interruptible { bid: inf.bid.unwrap_or(o.dph_base) }
+            RentalKind::Interruptible {
+                bid: inf.bid.unwrap_or(o.dph_base),
+            }
         } else {
             RentalKind::OnDemand
         };
@@ -682,7 +805,8 @@ impl<'a> Planner<'a> {
         if let (Some(cheapest), Some(cap)) = (notes.over_max_dph, job.max_dph) {
             return DeferReason::OverMaxDph { cheapest, cap };
         }
-        let has_candidates = g.lists.iter().any(|l| !l.interruptible || interruptible_allowed(job));
+        let allowed = interruptible_allowed(job, &self.input.config);
+        let has_candidates = g.lists.iter().any(|l| !l.interruptible || allowed);
         if !has_candidates {
             let e = &g.excl;
             if e.listed == 0 {
@@ -706,14 +830,18 @@ impl<'a> Planner<'a> {
                 ),
             };
         }
-        if notes.over_total_dph {
-            if let Some(limit) = self.input.config.max_total_dph {
-                return DeferReason::MaxTotalDph { limit };
-            }
+        if notes.over_total_dph
+            && let Some(limit) = self.input.config.max_total_dph
+        {
+            return DeferReason::MaxTotalDph { limit };
         }
         if notes.max_instances {
-            return DeferReason::MaxInstances { limit: self.input.config.max_instances };
+            return DeferReason::MaxInstances {
+                limit: self.input.config.max_instances,
+            };
         }
-        DeferReason::OffersExhausted { class: g.class.to_string() }
+        DeferReason::OffersExhausted {
+            class: g.class.to_string(),
+        }
     }
 }

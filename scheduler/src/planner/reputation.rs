@@ -88,7 +88,10 @@ struct Window {
 
 impl Window {
     fn new(span: i64) -> Self {
-        Self { span, times: VecDeque::new() }
+        Self {
+            span,
+            times: VecDeque::new(),
+        }
     }
     fn push(&mut self, t: EpochMs) -> u32 {
         self.times.push_back(t);
@@ -118,30 +121,52 @@ pub fn blacklist(events: &[FailureEvent], now_ms: EpochMs, cfg: &ReputationConfi
             host_of.insert(machine, e.host_id);
             let t = e.at_ms;
             let fired = match e.kind {
-                FailureKind::CudaMismatch => Some((cfg.cuda_ban_ms, "CUDA/driver mismatch".to_string())),
+                FailureKind::CudaMismatch => {
+                    Some((cfg.cuda_ban_ms, "CUDA/driver mismatch".to_string()))
+                }
                 FailureKind::BootFailure | FailureKind::Unreachable => {
                     let n = boot.push(t);
                     (n >= cfg.boot_threshold.max(1)).then(|| {
                         let doublings = (n - cfg.boot_threshold.max(1)).min(32);
-                        let d = cfg.boot_ban_ms.saturating_mul(1_i64 << doublings).min(cfg.max_ban_ms);
-                        (d, format!("{n} boot failures or losses within {} h", cfg.window_ms / HOUR))
+                        let d = cfg
+                            .boot_ban_ms
+                            .saturating_mul(1_i64 << doublings)
+                            .min(cfg.max_ban_ms);
+                        (
+                            d,
+                            format!(
+                                "{n} boot failures or losses within {} h",
+                                cfg.window_ms / HOUR
+                            ),
+                        )
                     })
                 }
                 FailureKind::Preempted => {
                     let n = preempt.push(t);
-                    (n >= cfg.preempt_threshold.max(1))
-                        .then(|| (cfg.preempt_ban_ms, format!("{n} preemptions within {} h", cfg.preempt_window_ms / HOUR)))
+                    (n >= cfg.preempt_threshold.max(1)).then(|| {
+                        (
+                            cfg.preempt_ban_ms,
+                            format!("{n} preemptions within {} h", cfg.preempt_window_ms / HOUR),
+                        )
+                    })
                 }
                 FailureKind::SlowNetwork => {
                     let n = slow.push(t);
-                    (n >= cfg.slow_threshold.max(1))
-                        .then(|| (cfg.slow_ban_ms, format!("{n} slow-network reports within {} h", cfg.window_ms / HOUR)))
+                    (n >= cfg.slow_threshold.max(1)).then(|| {
+                        (
+                            cfg.slow_ban_ms,
+                            format!("{n} slow-network reports within {} h", cfg.window_ms / HOUR),
+                        )
+                    })
                 }
             };
             if let Some((dur, reason)) = fired {
                 let until = t.saturating_add(dur);
                 if ban.as_ref().is_none_or(|b| until > b.until_ms) {
-                    ban = Some(Ban { until_ms: until, reason });
+                    ban = Some(Ban {
+                        until_ms: until,
+                        reason,
+                    });
                 }
             }
         }
@@ -178,7 +203,12 @@ mod tests {
     use proptest::prelude::*;
 
     fn ev(at_h: i64, machine: i64, host: i64, kind: FailureKind) -> FailureEvent {
-        FailureEvent { at_ms: at_h * HOUR, machine_id: machine, host_id: host, kind }
+        FailureEvent {
+            at_ms: at_h * HOUR,
+            machine_id: machine,
+            host_id: host,
+            kind,
+        }
     }
 
     #[test]
@@ -186,16 +216,29 @@ mod tests {
         let cfg = ReputationConfig::default();
         let one = [ev(0, 1, 10, FailureKind::BootFailure)];
         assert!(blacklist(&one, HOUR, &cfg).machines.is_empty());
-        let two = [ev(0, 1, 10, FailureKind::BootFailure), ev(2, 1, 10, FailureKind::Unreachable)];
+        let two = [
+            ev(0, 1, 10, FailureKind::BootFailure),
+            ev(2, 1, 10, FailureKind::Unreachable),
+        ];
         let b = blacklist(&two, 3 * HOUR, &cfg);
         assert_eq!(b.machines[&1].until_ms, 8 * HOUR);
         assert!(b.machines[&1].reason.contains("2 boot failures"));
         // Expired.
         assert!(blacklist(&two, 8 * HOUR, &cfg).machines.is_empty());
-        let three = [two[0].clone(), two[1].clone(), ev(4, 1, 10, FailureKind::BootFailure)];
-        assert_eq!(blacklist(&three, 5 * HOUR, &cfg).machines[&1].until_ms, 4 * HOUR + 12 * HOUR);
+        let three = [
+            two[0].clone(),
+            two[1].clone(),
+            ev(4, 1, 10, FailureKind::BootFailure),
+        ];
+        assert_eq!(
+            blacklist(&three, 5 * HOUR, &cfg).machines[&1].until_ms,
+            4 * HOUR + 12 * HOUR
+        );
         // Outside the window they do not add up.
-        let apart = [ev(0, 1, 10, FailureKind::BootFailure), ev(30, 1, 10, FailureKind::BootFailure)];
+        let apart = [
+            ev(0, 1, 10, FailureKind::BootFailure),
+            ev(30, 1, 10, FailureKind::BootFailure),
+        ];
         assert!(blacklist(&apart, 31 * HOUR, &cfg).machines.is_empty());
     }
 
@@ -204,9 +247,14 @@ mod tests {
         let cfg = ReputationConfig::default();
         let b = blacklist(&[ev(5, 2, 20, FailureKind::CudaMismatch)], 6 * HOUR, &cfg);
         assert_eq!(b.machines[&2].until_ms, 5 * HOUR + 7 * 24 * HOUR);
-        let p: Vec<_> = (0..3).map(|i| ev(i, 3, 30, FailureKind::Preempted)).collect();
+        let p: Vec<_> = (0..3)
+            .map(|i| ev(i, 3, 30, FailureKind::Preempted))
+            .collect();
         assert!(blacklist(&p[..2], 3 * HOUR, &cfg).machines.is_empty());
-        assert_eq!(blacklist(&p, 3 * HOUR, &cfg).machines[&3].until_ms, 2 * HOUR + 12 * HOUR);
+        assert_eq!(
+            blacklist(&p, 3 * HOUR, &cfg).machines[&3].until_ms,
+            2 * HOUR + 12 * HOUR
+        );
     }
 
     #[test]
@@ -219,7 +267,11 @@ mod tests {
             ev(100, 4, 8, FailureKind::CudaMismatch),
         ];
         let b = blacklist(&evs, 2 * HOUR, &cfg);
-        assert_eq!(b.hosts[&9].until_ms, 7 * 24 * HOUR, "until the first of the two expires");
+        assert_eq!(
+            b.hosts[&9].until_ms,
+            7 * 24 * HOUR,
+            "until the first of the two expires"
+        );
         assert!(!b.hosts.contains_key(&8));
         assert!(!b.machines.contains_key(&4));
         assert!(b.blocks(77, 9, 3 * HOUR));

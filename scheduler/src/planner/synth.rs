@@ -133,7 +133,9 @@ pub fn market(seed: u64, shape: Shape) -> PlanInput {
                 image: c.image.clone(),
                 gpus: c.gpus,
                 disk_gb: c.disk_gb,
-                max_dph: r.chance(30).then(|| r.range(200, 3000) as i64 * 1_000_000 * i64::from(c.gpus)),
+                max_dph: r
+                    .chance(30)
+                    .then(|| r.range(200, 3000) as i64 * 1_000_000 * i64::from(c.gpus)),
                 interruptible: *r.pick(&[
                     InterruptiblePolicy::Auto,
                     InterruptiblePolicy::Auto,
@@ -141,7 +143,11 @@ pub fn market(seed: u64, shape: Shape) -> PlanInput {
                     InterruptiblePolicy::Always,
                 ]),
                 checkpoints,
-                checkpoint_interval_s: if checkpoints { r.range(0, 3600) as u32 } else { 0 },
+                checkpoint_interval_s: if checkpoints {
+                    r.range(0, 3600) as u32
+                } else {
+                    0
+                },
                 est_runtime_s: r.range(600, 36_000),
                 max_runtime_s: r.chance(20).then(|| r.range(36_000, 72_000)),
                 priority: r.range(0, 3) as i32,
@@ -176,20 +182,32 @@ pub fn market(seed: u64, shape: Shape) -> PlanInput {
     let mut budgets = BTreeMap::new();
     for e in 0..shape.experiments.max(1) {
         if r.chance(70) {
-            budgets.insert(format!("exp-{e}"), r.range(50, 5000) as i64 * NANO_PER_DOLLAR);
+            budgets.insert(
+                format!("exp-{e}"),
+                r.range(50, 5000) as i64 * NANO_PER_DOLLAR,
+            );
         }
     }
     let mut throughput = Throughput::default();
     for (name, _, _) in MODELS.iter().take(3) {
         throughput.by_gpu.insert(
             name.to_string(),
-            Measured { ref_work_s: r.range(3600, 36_000), wall_s: r.range(3600, 36_000) },
+            Measured {
+                ref_work_s: r.range(3600, 36_000),
+                wall_s: r.range(3600, 36_000),
+            },
         );
     }
     let mut blacklist = Blacklist::default();
     for _ in 0..shape.offers / 200 {
         let m = 100_000 + r.range(0, (shape.offers as u64 / 2).max(1)) as i64;
-        blacklist.machines.insert(m, Ban { until_ms: now_ms + 3_600_000, reason: "synthetic".into() });
+        blacklist.machines.insert(
+            m,
+            Ban {
+                until_ms: now_ms + 3_600_000,
+                reason: "synthetic".into(),
+            },
+        );
     }
 
     PlanInput {
@@ -201,7 +219,10 @@ pub fn market(seed: u64, shape: Shape) -> PlanInput {
         throughput,
         budgets,
         blacklist,
-        config: PlanConfig { max_instances: shape.offers as u32, ..PlanConfig::default() },
+        config: PlanConfig {
+            max_instances: shape.offers as u32,
+            ..PlanConfig::default()
+        },
     }
 }
 
@@ -211,7 +232,13 @@ mod tests {
 
     #[test]
     fn same_seed_same_market_and_different_seed_differs() {
-        let shape = Shape { jobs: 50, offers: 80, classes: 4, experiments: 3, idle: 3 };
+        let shape = Shape {
+            jobs: 50,
+            offers: 80,
+            classes: 4,
+            experiments: 3,
+            idle: 3,
+        };
         assert_eq!(market(7, shape), market(7, shape));
         assert_ne!(market(7, shape), market(8, shape));
         let mut r = SplitMix64::new(0);

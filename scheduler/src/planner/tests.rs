@@ -53,7 +53,12 @@ fn input(jobs: Vec<PlanJob>, offers: Vec<PlanOffer>) -> PlanInput {
         jobs,
         offers,
         offers_by_class: BTreeMap::from([("c".to_string(), all)]),
-        config: PlanConfig { boot_overhead_s: 0, ..PlanConfig::default() },
+        // dlperf 30 per GPU is the reference in these tests.
+        config: PlanConfig {
+            boot_overhead_s: 0,
+            ref_dlperf_per_gpu: 30.0,
+            ..PlanConfig::default()
+        },
         ..PlanInput::default()
     }
 }
@@ -65,20 +70,38 @@ fn rented_offers(p: &Plan) -> Vec<i64> {
 #[test]
 fn a_faster_gpu_at_a_higher_hourly_price_wins_when_cheaper_per_job() {
     // 10 reference hours: $0.30/h at reference speed costs $3.00; $0.50/h at 3× costs $1.67.
-    let inp = input(vec![job(1, 10)], vec![offer(1, "slow", 1, 30, 30.0), offer(2, "fast", 1, 50, 90.0)]);
+    let inp = input(
+        vec![job(1, 10)],
+        vec![offer(1, "slow", 1, 30, 30.0), offer(2, "fast", 1, 50, 90.0)],
+    );
     let p = plan(&inp);
     assert_eq!(rented_offers(&p), vec![2]);
     assert!(p.deferred.is_empty());
     // At $1.20/h the fast one costs $4.00 per job: the slow one wins.
-    let inp = input(vec![job(1, 10)], vec![offer(1, "slow", 1, 30, 30.0), offer(2, "fast", 1, 120, 90.0)]);
+    let inp = input(
+        vec![job(1, 10)],
+        vec![
+            offer(1, "slow", 1, 30, 30.0),
+            offer(2, "fast", 1, 120, 90.0),
+        ],
+    );
     assert_eq!(rented_offers(&plan(&inp)), vec![1]);
 }
 
 #[test]
 fn measured_throughput_overrides_dlperf() {
-    let mut inp = input(vec![job(1, 10)], vec![offer(1, "slow", 1, 30, 30.0), offer(2, "fast", 1, 50, 90.0)]);
+    let mut inp = input(
+        vec![job(1, 10)],
+        vec![offer(1, "slow", 1, 30, 30.0), offer(2, "fast", 1, 50, 90.0)],
+    );
     // Earlier attempts on "fast" ran at reference speed, with lots of evidence.
-    inp.throughput.by_gpu.insert("fast".into(), Measured { ref_work_s: 360_000, wall_s: 360_000 });
+    inp.throughput.by_gpu.insert(
+        "fast".into(),
+        Measured {
+            ref_work_s: 360_000,
+            wall_s: 360_000,
+        },
+    );
     assert_eq!(rented_offers(&plan(&inp)), vec![1]);
 }
 
@@ -121,7 +144,10 @@ fn reuses_a_warm_idle_instance_with_the_same_image_before_renting() {
         preempt_per_h: 0.0,
         classes: vec!["c".into()],
     };
-    let mut inp = input(vec![job(1, 2), job(2, 2)], vec![offer(1, "g", 1, 30, 30.0), offer(2, "g", 1, 30, 30.0)]);
+    let mut inp = input(
+        vec![job(1, 2), job(2, 2)],
+        vec![offer(1, "g", 1, 30, 30.0), offer(2, "g", 1, 30, 30.0)],
+    );
     inp.idle = vec![idle.clone()];
     let p = plan(&inp);
     assert_eq!(p.reuse.len(), 1, "only one GPU is free");
@@ -160,15 +186,32 @@ fn interruptible_only_for_jobs_that_may_be_interrupted_and_bids_over_min_bid() {
         oi.id = id;
         oi.machine_id = id;
         inp.offers.push(oi);
-        inp.offers_by_class.insert(format!("c{id}"), vec![id as usize - 1]);
+        inp.offers_by_class
+            .insert(format!("c{id}"), vec![id as usize - 1]);
     }
     let p = plan(&inp);
-    let kind_of = |job_id| p.rent.iter().find(|r| r.jobs.iter().any(|j| j.job_id == job_id)).unwrap().kind;
+    let kind_of = |job_id| {
+        p.rent
+            .iter()
+            .find(|r| r.jobs.iter().any(|j| j.job_id == job_id))
+            .unwrap()
+            .kind
+    };
     let bid = RentalKind::Interruptible { bid: 330 * D / 100 };
     assert_eq!(kind_of(1), bid);
     assert_eq!(kind_of(2), RentalKind::OnDemand);
     assert_eq!(kind_of(3), RentalKind::OnDemand);
-    assert_eq!(kind_of(4), bid, "a short job may gamble without checkpoints");
+    assert_eq!(
+        kind_of(4),
+        bid,
+        "a short job may gamble without checkpoints"
+    );
+
+    // A job interrupted too often goes on-demand so that it finishes.
+    let mut worn = inp.clone();
+    worn.jobs.retain(|j| j.id == 1);
+    worn.jobs[0].attempts_so_far = 3;
+    assert_eq!(plan(&worn).rent[0].kind, RentalKind::OnDemand);
 
     // A long job without checkpoints on a flaky market: the lost work makes on-demand cheaper.
     let mut inp = inp.clone();
@@ -181,15 +224,26 @@ fn interruptible_only_for_jobs_that_may_be_interrupted_and_bids_over_min_bid() {
 #[test]
 fn budgets_are_reservations_of_the_worst_case() {
     // 10 h at $1/h, worst case 15 h + boot: needs a bit over $15.
-    let mut inp = input(vec![job(1, 10), job(2, 10)], vec![offer(1, "g", 1, 100, 30.0), offer(2, "g", 1, 100, 30.0)]);
+    let mut inp = input(
+        vec![job(1, 10), job(2, 10)],
+        vec![offer(1, "g", 1, 100, 30.0), offer(2, "g", 1, 100, 30.0)],
+    );
     inp.budgets.insert("exp".into(), 20 * D);
     let p = plan(&inp);
     assert_eq!(p.rent.len(), 1);
     assert!(p.rent[0].jobs[0].reserved <= 20 * D);
     assert_eq!(p.rent[0].worst_case_cost, p.rent[0].jobs[0].reserved);
     let reason = &p.deferred[0].reason;
-    assert!(matches!(reason, DeferReason::OverBudget { .. }), "{reason:?}");
-    assert!(reason.to_string().starts_with("over budget: experiment \"exp\" has $4.97"), "{reason}");
+    assert!(
+        matches!(reason, DeferReason::OverBudget { .. }),
+        "{reason:?}"
+    );
+    assert!(
+        reason
+            .to_string()
+            .starts_with("over budget: experiment \"exp\" has $4.97"),
+        "{reason}"
+    );
 }
 
 #[test]
@@ -198,7 +252,13 @@ fn deferral_reasons_say_what_blocked() {
     let mut j = job(1, 1);
     j.max_dph = Some(20 * D / 100);
     let p = plan(&input(vec![j], vec![offer(1, "g", 1, 30, 30.0)]));
-    assert_eq!(p.deferred[0].reason, DeferReason::OverMaxDph { cheapest: 30 * D / 100, cap: 20 * D / 100 });
+    assert_eq!(
+        p.deferred[0].reason,
+        DeferReason::OverMaxDph {
+            cheapest: 30 * D / 100,
+            cap: 20 * D / 100
+        }
+    );
     assert!(p.deferred[0].reason.to_string().contains("$0.3000/h"));
 
     // nothing fits: too few GPUs
@@ -213,42 +273,72 @@ fn deferral_reasons_say_what_blocked() {
 
     // blacklisted only
     let mut inp = input(vec![job(1, 1)], vec![offer(1, "g", 1, 30, 30.0)]);
-    inp.blacklist.machines.insert(10, Ban { until_ms: 5_000, reason: "boot".into() });
+    inp.blacklist.machines.insert(
+        10,
+        Ban {
+            until_ms: 5_000,
+            reason: "boot".into(),
+        },
+    );
     let p = plan(&inp);
     assert_eq!(
         p.deferred[0].reason,
-        DeferReason::BlacklistedOnly { class: "c".into(), blacklisted: 1, unreliable: 0 }
+        DeferReason::BlacklistedOnly {
+            class: "c".into(),
+            blacklisted: 1,
+            unreliable: 0
+        }
     );
     inp.now_ms = 5_000;
     assert_eq!(plan(&inp).rent.len(), 1, "the ban expired");
 
     // instance cap, then offers exhausted
     let mut inp = input(vec![job(1, 1), job(2, 1)], vec![offer(1, "g", 1, 30, 30.0)]);
-    assert_eq!(plan(&inp).deferred[0].reason, DeferReason::OffersExhausted { class: "c".into() });
+    assert_eq!(
+        plan(&inp).deferred[0].reason,
+        DeferReason::OffersExhausted { class: "c".into() }
+    );
     inp.offers.push(offer(2, "g", 1, 30, 30.0));
     inp.offers_by_class.insert("c".into(), vec![0, 1]);
     inp.config.max_instances = 1;
-    assert_eq!(plan(&inp).deferred[0].reason, DeferReason::MaxInstances { limit: 1 });
+    assert_eq!(
+        plan(&inp).deferred[0].reason,
+        DeferReason::MaxInstances { limit: 1 }
+    );
     inp.config.max_instances = 10;
     inp.config.max_total_dph = Some(50 * D / 100);
-    assert_eq!(plan(&inp).deferred[0].reason, DeferReason::MaxTotalDph { limit: 50 * D / 100 });
+    assert_eq!(
+        plan(&inp).deferred[0].reason,
+        DeferReason::MaxTotalDph {
+            limit: 50 * D / 100
+        }
+    );
 
     // no search results
     let mut inp = input(vec![job(1, 1)], vec![]);
     inp.offers_by_class.clear();
-    assert!(matches!(plan(&inp).deferred[0].reason, DeferReason::NoOfferFits { .. }));
+    assert!(matches!(
+        plan(&inp).deferred[0].reason,
+        DeferReason::NoOfferFits { .. }
+    ));
 
     // 0 GPUs
     let mut j = job(1, 1);
     j.gpus = 0;
-    assert!(matches!(plan(&input(vec![j], vec![])).deferred[0].reason, DeferReason::Invalid { .. }));
+    assert!(matches!(
+        plan(&input(vec![j], vec![])).deferred[0].reason,
+        DeferReason::Invalid { .. }
+    ));
 }
 
 #[test]
 fn higher_priority_jobs_get_the_scarce_offer() {
     let mut hi = job(2, 1);
     hi.priority = 5;
-    let p = plan(&input(vec![job(1, 1), hi], vec![offer(1, "g", 1, 30, 30.0)]));
+    let p = plan(&input(
+        vec![job(1, 1), hi],
+        vec![offer(1, "g", 1, 30, 30.0)],
+    ));
     assert_eq!(p.rent[0].jobs[0].job_id, 2);
     assert_eq!(p.deferred[0].job_id, 1);
 }
@@ -257,14 +347,21 @@ fn higher_priority_jobs_get_the_scarce_offer() {
 fn the_baseline_ignores_speed_and_packing_and_bids_exactly_min_bid() {
     let mut cheap_slow = offer(1, "slow", 1, 30, 30.0);
     cheap_slow.min_bid = Some(10 * D / 100);
-    let offers = vec![cheap_slow, offer(2, "fast", 1, 50, 90.0), offer(3, "g", 4, 100, 120.0)];
+    let offers = vec![
+        cheap_slow,
+        offer(2, "fast", 1, 50, 90.0),
+        offer(3, "g", 4, 100, 120.0),
+    ];
     let mut j = job(1, 10);
     j.interruptible = InterruptiblePolicy::Auto;
     j.checkpoints = true;
     let inp = input(vec![j, job(2, 10)], offers);
     let b = naive_baseline(&inp);
     assert_eq!(b.rent.len(), 2);
-    assert_eq!(b.rent[0].kind, RentalKind::Interruptible { bid: 10 * D / 100 });
+    assert_eq!(
+        b.rent[0].kind,
+        RentalKind::Interruptible { bid: 10 * D / 100 }
+    );
     assert_eq!(b.rent[0].offer_id, 1);
     assert_eq!(b.rent[1].offer_id, 2, "cheapest hourly left for job 2");
     let lb = lower_bound(&inp);
@@ -277,7 +374,13 @@ fn the_baseline_ignores_speed_and_packing_and_bids_exactly_min_bid() {
 }
 
 fn small_shape(jobs: usize) -> Shape {
-    Shape { jobs, offers: jobs * 2 + 5, classes: 4, experiments: 4, idle: 3 }
+    Shape {
+        jobs,
+        offers: jobs * 2 + 5,
+        classes: 4,
+        experiments: 4,
+        idle: 3,
+    }
 }
 
 /// Checks every invariant the reconciler relies on.
@@ -285,7 +388,11 @@ fn check_plan(inp: &PlanInput, p: &Plan) -> Result<(), TestCaseError> {
     let jobs: BTreeMap<i64, &PlanJob> = inp.jobs.iter().map(|j| (j.id, j)).collect();
     // Every job exactly once: placed or deferred.
     let mut seen = BTreeSet::new();
-    for id in p.placed_job_ids().into_iter().chain(p.deferred.iter().map(|d| d.job_id)) {
+    for id in p
+        .placed_job_ids()
+        .into_iter()
+        .chain(p.deferred.iter().map(|d| d.job_id))
+    {
         prop_assert!(seen.insert(id), "job {} appears twice", id);
     }
     prop_assert_eq!(seen.len(), inp.jobs.len());
@@ -312,7 +419,11 @@ fn check_plan(inp: &PlanInput, p: &Plan) -> Result<(), TestCaseError> {
             let j = jobs[&pj.job_id];
             prop_assert!(j.class == r.class && j.image == r.image);
             if matches!(r.kind, RentalKind::Interruptible { .. }) {
-                prop_assert!(interruptible_allowed(j), "job {} may not be interrupted", j.id);
+                prop_assert!(
+                    interruptible_allowed(j, &inp.config),
+                    "job {} may not be interrupted",
+                    j.id
+                );
             }
             if let Some(cap) = j.max_dph {
                 prop_assert!(r.dph * i64::from(j.gpus) / i64::from(r.num_gpus) <= cap);
@@ -326,7 +437,7 @@ fn check_plan(inp: &PlanInput, p: &Plan) -> Result<(), TestCaseError> {
         let i = idle[&u.instance_id];
         let j = jobs[&u.job.job_id];
         prop_assert!(i.image == j.image && i.classes.contains(&j.class));
-        prop_assert!(!i.interruptible || interruptible_allowed(j));
+        prop_assert!(!i.interruptible || interruptible_allowed(j, &inp.config));
         *idle_gpus.entry(i.id).or_default() += u.job.gpus;
         prop_assert!(idle_gpus[&i.id] <= i.free_gpus);
         *reserved.entry(j.experiment.as_str()).or_default() += u.job.reserved;
@@ -339,8 +450,18 @@ fn check_plan(inp: &PlanInput, p: &Plan) -> Result<(), TestCaseError> {
     // Never below the lower bound.
     let lb = lower_bound(inp);
     let placed: BTreeSet<i64> = p.placed_job_ids().into_iter().collect();
-    let lb_placed: Nano = lb.per_job.iter().filter(|(id, _)| placed.contains(id)).map(|(_, c)| *c).sum();
-    prop_assert!(p.expected_cost() >= lb_placed, "plan {} below lower bound {}", p.expected_cost(), lb_placed);
+    let lb_placed: Nano = lb
+        .per_job
+        .iter()
+        .filter(|(id, _)| placed.contains(id))
+        .map(|(_, c)| *c)
+        .sum();
+    prop_assert!(
+        p.expected_cost() >= lb_placed,
+        "plan {} below lower bound {}",
+        p.expected_cost(),
+        lb_placed
+    );
     Ok(())
 }
 
@@ -388,6 +509,26 @@ proptest! {
         let placed: BTreeSet<i64> = b.placed_job_ids().into_iter().collect();
         let lb_placed: Nano = lb.per_job.iter().filter(|(id, _)| placed.contains(id)).map(|(_, c)| *c).sum();
         prop_assert!(b.expected_cost() >= lb_placed);
+    }
+
+    #[test]
+    fn packs_exactly_when_the_gpu_hour_is_cheaper(n in 2u32..9, single_cents in 5i64..300, multi_cents in 5i64..2400) {
+        // n single-GPU offers and one n-GPU offer, same speed per GPU, n equal jobs.
+        let mut offers: Vec<_> = (1..=i64::from(n)).map(|i| offer(i, "g", 1, single_cents, 30.0)).collect();
+        offers.push(offer(100, "g", n, multi_cents, 30.0 * f64::from(n)));
+        let jobs = (1..=i64::from(n)).map(|i| job(i, 4)).collect();
+        let p = plan(&input(jobs, offers));
+        prop_assert!(p.deferred.is_empty());
+        let per_gpu_multi = multi_cents;
+        let per_gpu_single = single_cents * i64::from(n);
+        if per_gpu_multi < per_gpu_single {
+            prop_assert_eq!(rented_offers(&p), vec![100]);
+            prop_assert_eq!(p.rent[0].jobs.len(), n as usize);
+        }
+        if per_gpu_multi > per_gpu_single {
+            prop_assert_eq!(p.rent.len(), n as usize);
+            prop_assert!(p.rent.iter().all(|r| r.num_gpus == 1));
+        }
     }
 
     #[test]

@@ -40,7 +40,11 @@ pub fn nano_from_decimal(dollars: rust_decimal::Decimal) -> Nano {
     (dollars * rust_decimal::Decimal::from(NANO_PER_DOLLAR))
         .round()
         .to_i64()
-        .unwrap_or(if dollars.is_sign_negative() { i64::MIN } else { i64::MAX })
+        .unwrap_or(if dollars.is_sign_negative() {
+            i64::MIN
+        } else {
+            i64::MAX
+        })
 }
 
 /// Formats nano-dollars as dollars with 4 decimals, for messages (never for arithmetic).
@@ -53,7 +57,9 @@ pub fn fmt_dollars(n: Nano) -> String {
 }
 
 /// Whether a job may run on an interruptible (bid) instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum InterruptiblePolicy {
     /// On-demand only.
@@ -181,14 +187,21 @@ pub struct Blacklist {
 impl Blacklist {
     /// Whether a machine (or its host) is banned at `now_ms`.
     pub fn blocks(&self, machine_id: i64, host_id: i64, now_ms: EpochMs) -> bool {
-        self.machines.get(&machine_id).is_some_and(|b| b.until_ms > now_ms)
-            || self.hosts.get(&host_id).is_some_and(|b| b.until_ms > now_ms)
+        self.machines
+            .get(&machine_id)
+            .is_some_and(|b| b.until_ms > now_ms)
+            || self
+                .hosts
+                .get(&host_id)
+                .is_some_and(|b| b.until_ms > now_ms)
     }
 }
 
 /// Tunables. `Default` gives sensible values; every field is documented with its unit.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlanConfig {
+    /// Jobs with this many attempts behind them are no longer put on interruptible instances.
+    pub interruptible_max_attempts: u32,
     /// Bid this many percent above `min_bid`.
     pub bid_margin_pct: u32,
     /// Preemption rate when bidding with the margin, as a percentage of the offer's
@@ -220,7 +233,8 @@ pub struct PlanConfig {
     pub worst_preempt_pct: u32,
     /// Offers with lower Vast reliability are not used.
     pub min_reliability: f64,
-    /// `dlperf` of one reference GPU: `est_runtime_s` is measured against it.
+    /// `dlperf` of one reference GPU: `est_runtime_s` is measured against it. The default, 40, is
+    /// one RTX 4090 in Vast's (and `vast::sim`'s) terms.
     pub ref_dlperf_per_gpu: f64,
     /// Weight of the `dlperf` prior against measurements, in wall seconds of evidence.
     pub throughput_prior_s: u64,
@@ -234,6 +248,7 @@ pub struct PlanConfig {
 impl Default for PlanConfig {
     fn default() -> Self {
         Self {
+            interruptible_max_attempts: 3,
             bid_margin_pct: 10,
             margin_preempt_pct: 50,
             bid_cap_pct_of_on_demand: 90,
@@ -248,7 +263,7 @@ impl Default for PlanConfig {
             runtime_safety_pct: 150,
             worst_preempt_pct: 300,
             min_reliability: 0.90,
-            ref_dlperf_per_gpu: 30.0,
+            ref_dlperf_per_gpu: 40.0,
             throughput_prior_s: 3600,
             outbid_max_wait_s: 900,
             outbid_recheck_s: 60,
@@ -280,7 +295,9 @@ pub struct PlanInput {
 pub enum RentalKind {
     OnDemand,
     /// `bid` is for the whole offer, compute only (storage is billed on top), nano$/h.
-    Interruptible { bid: NanoPerHour },
+    Interruptible {
+        bid: NanoPerHour,
+    },
 }
 
 /// A job placed on a rental or an idle instance, with its own money figures.
@@ -331,13 +348,24 @@ pub enum DeferReason {
     /// No offer of the class could ever hold the job.
     NoOfferFits { class: ClassKey, detail: String },
     /// Offers fit, but all of them are blacklisted (or below the reliability floor).
-    BlacklistedOnly { class: ClassKey, blacklisted: u32, unreliable: u32 },
+    BlacklistedOnly {
+        class: ClassKey,
+        blacklisted: u32,
+        unreliable: u32,
+    },
     /// Every fitting offer is already used by this plan.
     OffersExhausted { class: ClassKey },
     /// The cheapest fitting share is above the job's `max_dph`.
-    OverMaxDph { cheapest: NanoPerHour, cap: NanoPerHour },
+    OverMaxDph {
+        cheapest: NanoPerHour,
+        cap: NanoPerHour,
+    },
     /// Its worst-case cost does not fit in what is left of the experiment's budget.
-    OverBudget { experiment: String, needed: Nano, remaining: Nano },
+    OverBudget {
+        experiment: String,
+        needed: Nano,
+        remaining: Nano,
+    },
     /// `PlanConfig::max_instances` new rentals are already planned.
     MaxInstances { limit: u32 },
     /// Renting more would pass `PlanConfig::max_total_dph`.
@@ -352,13 +380,20 @@ impl fmt::Display for DeferReason {
             Self::NoOfferFits { class, detail } => {
                 write!(f, "no offer fits class {class:?}: {detail}")
             }
-            Self::BlacklistedOnly { class, blacklisted, unreliable } => write!(
+            Self::BlacklistedOnly {
+                class,
+                blacklisted,
+                unreliable,
+            } => write!(
                 f,
                 "every offer of class {class:?} is excluded: {blacklisted} on blacklisted machines/hosts, \
                  {unreliable} below the reliability floor"
             ),
             Self::OffersExhausted { class } => {
-                write!(f, "all fitting offers of class {class:?} are taken by this plan; waiting")
+                write!(
+                    f,
+                    "all fitting offers of class {class:?} are taken by this plan; waiting"
+                )
             }
             Self::OverMaxDph { cheapest, cap } => write!(
                 f,
@@ -366,7 +401,11 @@ impl fmt::Display for DeferReason {
                 fmt_dollars(*cheapest),
                 fmt_dollars(*cap)
             ),
-            Self::OverBudget { experiment, needed, remaining } => write!(
+            Self::OverBudget {
+                experiment,
+                needed,
+                remaining,
+            } => write!(
                 f,
                 "over budget: experiment {experiment:?} has {} left, the worst case needs {}",
                 fmt_dollars(*remaining),
@@ -421,7 +460,11 @@ impl Plan {
         self.reuse
             .iter()
             .map(|r| r.job.job_id)
-            .chain(self.rent.iter().flat_map(|r| r.jobs.iter().map(|j| j.job_id)))
+            .chain(
+                self.rent
+                    .iter()
+                    .flat_map(|r| r.jobs.iter().map(|j| j.job_id)),
+            )
             .collect()
     }
 }
@@ -434,7 +477,10 @@ mod tests {
     fn dollars_round_trip_and_format() {
         assert_eq!(nano_from_dollars(0.24), 240_000_000);
         assert_eq!(nano_from_dollars(f64::NAN), 0);
-        assert_eq!(nano_from_decimal(rust_decimal::Decimal::new(10_020_741, 7)), 1_002_074_100);
+        assert_eq!(
+            nano_from_decimal(rust_decimal::Decimal::new(10_020_741, 7)),
+            1_002_074_100
+        );
         assert_eq!(fmt_dollars(1_002_074_100), "$1.0021");
         assert_eq!(fmt_dollars(-50_000), "-$0.0001");
         assert_eq!(fmt_dollars(0), "$0.0000");
@@ -443,8 +489,20 @@ mod tests {
     #[test]
     fn blacklist_blocks_until_expiry() {
         let mut b = Blacklist::default();
-        b.machines.insert(7, Ban { until_ms: 1_000, reason: "boot".into() });
-        b.hosts.insert(9, Ban { until_ms: 2_000, reason: "host".into() });
+        b.machines.insert(
+            7,
+            Ban {
+                until_ms: 1_000,
+                reason: "boot".into(),
+            },
+        );
+        b.hosts.insert(
+            9,
+            Ban {
+                until_ms: 2_000,
+                reason: "host".into(),
+            },
+        );
         assert!(b.blocks(7, 1, 999));
         assert!(!b.blocks(7, 1, 1_000));
         assert!(b.blocks(1, 9, 1_999));
