@@ -10,8 +10,9 @@
 //!   state except `Loading` and `Offline` (a stopped instance still pays storage);
 //! - **bandwidth** for every byte up or down, in any state, at the host's $/GB (GB = 10⁹ bytes).
 //!
-//! Every amount is exact: each component is `price × milliseconds` divided once, so no
-//! intermediate rounding accumulates.
+//! Each component is `price × milliseconds` divided once, so the only rounding is Decimal's
+//! own at 28 significant digits (a second at 0.4567 $/h is 0.000126861111…, non-terminating),
+//! far below the nano-dollar the database keeps.
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
