@@ -183,7 +183,9 @@ impl RetryPolicy {
 
     fn backoff(&self, retry_index: u32) -> Duration {
         let base = self.initial_backoff.as_secs_f64()
-            * self.multiplier.powi(i32::try_from(retry_index).unwrap_or(i32::MAX));
+            * self
+                .multiplier
+                .powi(i32::try_from(retry_index).unwrap_or(i32::MAX));
         let capped = base.min(self.max_backoff.as_secs_f64()).max(0.0);
         let factor = if self.jitter {
             0.5 + 0.5 * random_unit()
@@ -452,7 +454,14 @@ impl VastClient {
         let body = req.to_body()?;
         let path = "/bundles/";
         let v = self
-            .call_ok(Endpoint::SearchOffers, Method::POST, path, &[], Some(&body), RetryMode::Safe)
+            .call_ok(
+                Endpoint::SearchOffers,
+                Method::POST,
+                path,
+                &[],
+                Some(&body),
+                RetryMode::Safe,
+            )
             .await?;
         let Some(Value::Array(items)) = v.get("offers") else {
             return Err(decode_err("POST", path, "no \"offers\" list", &v));
@@ -461,7 +470,9 @@ impl VastClient {
         for item in items {
             match serde_json::from_value::<Offer>(item.clone()) {
                 Ok(o) => offers.push(o),
-                Err(e) => tracing::warn!(error = %e, "skipping an offer Vast sent that we cannot read"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "skipping an offer Vast sent that we cannot read")
+                }
             }
         }
         Ok(offers)
@@ -489,7 +500,14 @@ impl VastClient {
             why: e.to_string(),
         })?;
         let v = self
-            .call(Endpoint::CreateInstance, Method::PUT, &path, &[], Some(&body), RetryMode::UnsentOnly)
+            .call(
+                Endpoint::CreateInstance,
+                Method::PUT,
+                &path,
+                &[],
+                Some(&body),
+                RetryMode::UnsentOnly,
+            )
             .await?;
         if v.get("success") == Some(&Value::Bool(false)) {
             let eb = error_body_from_json(&v);
@@ -516,7 +534,14 @@ impl VastClient {
         let path = format!("/instances/{id}/");
         let query = [("owner", "me".to_string())];
         let v = match self
-            .call_ok(Endpoint::GetInstance, Method::GET, &path, &query, None, RetryMode::Safe)
+            .call_ok(
+                Endpoint::GetInstance,
+                Method::GET,
+                &path,
+                &query,
+                None,
+                RetryMode::Safe,
+            )
             .await
         {
             Ok(v) => v,
@@ -543,7 +568,10 @@ impl VastClient {
 
     /// All instances on the account (`GET /api/v1/instances/`, following `next_token`), keeping
     /// those whose label starts with `label_prefix` when given.
-    pub async fn list_instances(&self, label_prefix: Option<&str>) -> Result<Vec<Instance>, VastError> {
+    pub async fn list_instances(
+        &self,
+        label_prefix: Option<&str>,
+    ) -> Result<Vec<Instance>, VastError> {
         let path = "/api/v1/instances/";
         let mut out = Vec::new();
         let mut token: Option<String> = None;
@@ -558,10 +586,17 @@ impl VastClient {
                 query.push(("after_token", t.clone()));
             }
             let v = self
-                .call_ok(Endpoint::ListInstances, Method::GET, path, &query, None, RetryMode::Safe)
+                .call_ok(
+                    Endpoint::ListInstances,
+                    Method::GET,
+                    path,
+                    &query,
+                    None,
+                    RetryMode::Safe,
+                )
                 .await?;
-            let page: InstancePage =
-                serde_json::from_value(v.clone()).map_err(|e| decode_err("GET", path, &e.to_string(), &v))?;
+            let page: InstancePage = serde_json::from_value(v.clone())
+                .map_err(|e| decode_err("GET", path, &e.to_string(), &v))?;
             out.extend(page.instances.into_iter().filter(|i| match label_prefix {
                 None => true,
                 Some(p) => i.label.as_deref().is_some_and(|l| l.starts_with(p)),
@@ -569,7 +604,12 @@ impl VastClient {
             match page.next_token {
                 Some(t) if !t.is_empty() => {
                     if !seen.insert(t.clone()) {
-                        return Err(decode_err("GET", path, "Vast repeated a pagination token", &v));
+                        return Err(decode_err(
+                            "GET",
+                            path,
+                            "Vast repeated a pagination token",
+                            &v,
+                        ));
                     }
                     token = Some(t);
                 }
@@ -584,7 +624,14 @@ impl VastClient {
     pub async fn destroy_instance(&self, id: u64) -> Result<(), VastError> {
         let path = format!("/instances/{id}/");
         match self
-            .call_ok(Endpoint::DestroyInstance, Method::DELETE, &path, &[], Some(&json!({})), RetryMode::Safe)
+            .call_ok(
+                Endpoint::DestroyInstance,
+                Method::DELETE,
+                &path,
+                &[],
+                Some(&json!({})),
+                RetryMode::Safe,
+            )
             .await
         {
             Ok(_) => Ok(()),
@@ -642,17 +689,31 @@ impl VastClient {
 
     async fn update_instance(&self, id: u64, body: Value) -> Result<(), VastError> {
         let path = format!("/instances/{id}/");
-        self.call_ok(Endpoint::UpdateInstance, Method::PUT, &path, &[], Some(&body), RetryMode::Safe)
-            .await
-            .map(drop)
+        self.call_ok(
+            Endpoint::UpdateInstance,
+            Method::PUT,
+            &path,
+            &[],
+            Some(&body),
+            RetryMode::Safe,
+        )
+        .await
+        .map(drop)
     }
 
     /// Restart the container without losing GPU priority (`PUT /instances/reboot/{id}/`).
     pub async fn reboot_instance(&self, id: u64) -> Result<(), VastError> {
         let path = format!("/instances/reboot/{id}/");
-        self.call_ok(Endpoint::RebootInstance, Method::PUT, &path, &[], Some(&json!({})), RetryMode::Safe)
-            .await
-            .map(drop)
+        self.call_ok(
+            Endpoint::RebootInstance,
+            Method::PUT,
+            &path,
+            &[],
+            Some(&json!({})),
+            RetryMode::Safe,
+        )
+        .await
+        .map(drop)
     }
 
     /// Change an interruptible instance's bid, in $/h (`PUT /instances/bid_price/{id}/`).
@@ -665,9 +726,16 @@ impl VastClient {
         }
         let path = format!("/instances/bid_price/{id}/");
         let body = json!({"client_id": "me", "price": price});
-        self.call_ok(Endpoint::ChangeBid, Method::PUT, &path, &[], Some(&body), RetryMode::Safe)
-            .await
-            .map(drop)
+        self.call_ok(
+            Endpoint::ChangeBid,
+            Method::PUT,
+            &path,
+            &[],
+            Some(&body),
+            RetryMode::Safe,
+        )
+        .await
+        .map(drop)
     }
 
     /// Add a public SSH key to a running instance (`POST /instances/{id}/ssh/`).
@@ -686,9 +754,16 @@ impl VastClient {
             });
         }
         let path = format!("/instances/{id}/ssh/");
-        self.call_ok(Endpoint::AttachSshKey, Method::POST, &path, &[], Some(&json!({"ssh_key": key})), RetryMode::Safe)
-            .await
-            .map(drop)
+        self.call_ok(
+            Endpoint::AttachSshKey,
+            Method::POST,
+            &path,
+            &[],
+            Some(&json!({"ssh_key": key})),
+            RetryMode::Safe,
+        )
+        .await
+        .map(drop)
     }
 
     /// The container's logs: ask Vast to upload them (`PUT /instances/request_logs/{id}/`), then
@@ -701,7 +776,14 @@ impl VastClient {
             body.insert("tail".into(), Value::String(t.to_string()));
         }
         let v = self
-            .call_ok(Endpoint::RequestLogs, Method::PUT, &path, &[], Some(&Value::Object(body)), RetryMode::Safe)
+            .call_ok(
+                Endpoint::RequestLogs,
+                Method::PUT,
+                &path,
+                &[],
+                Some(&Value::Object(body)),
+                RetryMode::Safe,
+            )
             .await?;
         let Some(url) = v.get("result_url").and_then(Value::as_str) else {
             return Err(decode_err("PUT", &path, "no result_url", &v));
@@ -737,7 +819,14 @@ impl VastClient {
     pub async fn current_user(&self) -> Result<CurrentUser, VastError> {
         let path = "/users/current";
         let v = self
-            .call_ok(Endpoint::CurrentUser, Method::GET, path, &[], None, RetryMode::Safe)
+            .call_ok(
+                Endpoint::CurrentUser,
+                Method::GET,
+                path,
+                &[],
+                None,
+                RetryMode::Safe,
+            )
             .await?;
         serde_json::from_value(v).map_err(|e| VastError::Decode {
             method: "GET".into(),
@@ -750,7 +839,11 @@ impl VastClient {
 
     /// Per-contract charges with their gpu/disk/bwu/bwd items for days in
     /// `[from_epoch_s, to_epoch_s]` (`GET /api/v0/charges/`, following `next_token`).
-    pub async fn charges(&self, from_epoch_s: i64, to_epoch_s: i64) -> Result<Vec<Charge>, VastError> {
+    pub async fn charges(
+        &self,
+        from_epoch_s: i64,
+        to_epoch_s: i64,
+    ) -> Result<Vec<Charge>, VastError> {
         if from_epoch_s > to_epoch_s {
             return Err(VastError::InvalidArgument {
                 what: "charges range",
@@ -773,15 +866,27 @@ impl VastClient {
                 query.push(("after_token", t.clone()));
             }
             let v = self
-                .call_ok(Endpoint::Charges, Method::GET, path, &query, None, RetryMode::Safe)
+                .call_ok(
+                    Endpoint::Charges,
+                    Method::GET,
+                    path,
+                    &query,
+                    None,
+                    RetryMode::Safe,
+                )
                 .await?;
-            let page: ChargePage =
-                serde_json::from_value(v.clone()).map_err(|e| decode_err("GET", path, &e.to_string(), &v))?;
+            let page: ChargePage = serde_json::from_value(v.clone())
+                .map_err(|e| decode_err("GET", path, &e.to_string(), &v))?;
             out.extend(page.results);
             match page.next_token {
                 Some(t) if !t.is_empty() => {
                     if !seen.insert(t.clone()) {
-                        return Err(decode_err("GET", path, "Vast repeated a pagination token", &v));
+                        return Err(decode_err(
+                            "GET",
+                            path,
+                            "Vast repeated a pagination token",
+                            &v,
+                        ));
                     }
                     token = Some(t);
                 }
@@ -803,7 +908,9 @@ impl VastClient {
         body: Option<&Value>,
         mode: RetryMode,
     ) -> Result<Value, VastError> {
-        let v = self.call(ep, method.clone(), path, query, body, mode).await?;
+        let v = self
+            .call(ep, method.clone(), path, query, body, mode)
+            .await?;
         if v.get("success") == Some(&Value::Bool(false)) {
             let eb = error_body_from_json(&v);
             return Err(VastError::Failed {
@@ -923,7 +1030,11 @@ impl VastClient {
             };
             if retryable_status && !last {
                 let wait = match retry_after {
-                    Some(ra) if Duration::from_secs_f64(ra) > s.retry.max_retry_after && code == 429 => None,
+                    Some(ra)
+                        if Duration::from_secs_f64(ra) > s.retry.max_retry_after && code == 429 =>
+                    {
+                        None
+                    }
                     Some(ra) => Some(Duration::from_secs_f64(ra)),
                     None => Some(s.retry.backoff(attempt - 1)),
                 };
@@ -938,7 +1049,14 @@ impl VastClient {
         unreachable!("the retry loop returns on its last attempt")
     }
 
-    fn status_error(&self, method: &str, path: &str, status: StatusCode, attempts: u32, eb: ErrorBody) -> VastError {
+    fn status_error(
+        &self,
+        method: &str,
+        path: &str,
+        status: StatusCode,
+        attempts: u32,
+        eb: ErrorBody,
+    ) -> VastError {
         let code = status.as_u16();
         let (method, path) = (method.to_string(), path.to_string());
         if let Some(id) = eb.new_contract {
@@ -950,18 +1068,52 @@ impl VastClient {
         }
         let auth_msg = eb.msg.contains("Invalid user key");
         match code {
-            401 => VastError::AuthRejected { method, path, status: code, msg: eb.msg },
-            404 if eb.error.as_deref() == Some("auth_error") || auth_msg => VastError::AuthRejected {
+            401 => VastError::AuthRejected {
                 method,
                 path,
                 status: code,
                 msg: eb.msg,
             },
-            403 => VastError::Forbidden { method, path, error: eb.error, msg: eb.msg },
-            410 => VastError::Deprecated { method, path, error: eb.error, msg: eb.msg },
-            429 => VastError::RateLimited { method, path, attempts, msg: eb.msg },
-            500..=599 => VastError::Server { method, path, status: code, attempts, msg: eb.msg },
-            _ => VastError::Http { method, path, status: code, error: eb.error, msg: eb.msg },
+            404 if eb.error.as_deref() == Some("auth_error") || auth_msg => {
+                VastError::AuthRejected {
+                    method,
+                    path,
+                    status: code,
+                    msg: eb.msg,
+                }
+            }
+            403 => VastError::Forbidden {
+                method,
+                path,
+                error: eb.error,
+                msg: eb.msg,
+            },
+            410 => VastError::Deprecated {
+                method,
+                path,
+                error: eb.error,
+                msg: eb.msg,
+            },
+            429 => VastError::RateLimited {
+                method,
+                path,
+                attempts,
+                msg: eb.msg,
+            },
+            500..=599 => VastError::Server {
+                method,
+                path,
+                status: code,
+                attempts,
+                msg: eb.msg,
+            },
+            _ => VastError::Http {
+                method,
+                path,
+                status: code,
+                error: eb.error,
+                msg: eb.msg,
+            },
         }
     }
 
@@ -1000,7 +1152,11 @@ impl VastClient {
             return;
         }
         let wait_until = {
-            let mut slots = self.inner.next_slot.lock().unwrap_or_else(|p| p.into_inner());
+            let mut slots = self
+                .inner
+                .next_slot
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             let now = Instant::now();
             let slot = slots.get(&ep).copied().filter(|t| *t > now).unwrap_or(now);
             slots.insert(ep, slot + interval);
@@ -1036,8 +1192,13 @@ fn error_body_from_json(v: &Value) -> ErrorBody {
 fn is_not_found(e: &VastError) -> bool {
     match e {
         VastError::Http { status: 404, .. } => true,
-        VastError::Failed { error: Some(code), .. } => {
-            matches!(code.as_str(), "no_such_instance" | "not_found" | "invalid_id")
+        VastError::Failed {
+            error: Some(code), ..
+        } => {
+            matches!(
+                code.as_str(),
+                "no_such_instance" | "not_found" | "invalid_id"
+            )
         }
         _ => false,
     }

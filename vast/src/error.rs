@@ -32,7 +32,9 @@ pub enum VastError {
     BadBaseUrl(String),
 
     /// Vast does not accept the key: HTTP 404 `auth_error` "Invalid user key", or 401.
-    #[error("Vast rejected the API key ({method} {path} answered HTTP {status}: {msg}); check VAST_API_KEY or the key file")]
+    #[error(
+        "Vast rejected the API key ({method} {path} answered HTTP {status}: {msg}); check VAST_API_KEY or the key file"
+    )]
     AuthRejected {
         method: String,
         path: String,
@@ -68,7 +70,9 @@ pub enum VastError {
     },
 
     /// HTTP 5xx (after retries for 502/503/504).
-    #[error("Vast server error on {method} {path} after {attempts} attempt(s): HTTP {status}: {msg}")]
+    #[error(
+        "Vast server error on {method} {path} after {attempts} attempt(s): HTTP {status}: {msg}"
+    )]
     Server {
         method: String,
         path: String,
@@ -115,7 +119,9 @@ pub enum VastError {
     },
 
     /// Could not connect (or the connection broke), on every attempt.
-    #[error("cannot reach Vast at {base_url} for {method} {path} after {attempts} attempt(s): {source}")]
+    #[error(
+        "cannot reach Vast at {base_url} for {method} {path} after {attempts} attempt(s): {source}"
+    )]
     Connect {
         base_url: String,
         method: String,
@@ -142,7 +148,9 @@ pub enum VastError {
     },
 
     /// The instance is still listed after destroy and the checks that followed.
-    #[error("instance {id} is still present after destroy and {checks} checks (actual_status {status:?})")]
+    #[error(
+        "instance {id} is still present after destroy and {checks} checks (actual_status {status:?})"
+    )]
     NotGone {
         id: u64,
         checks: u32,

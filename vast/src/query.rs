@@ -334,7 +334,9 @@ pub fn parse_query_into(q: &str, res: &mut Map<String, Value>) -> Result<Vec<Str
 
         let json = if let Some(mult) = multiplier(&field) {
             let x = match &val {
-                PyVal::Str(s) => py_float(s).ok_or_else(|| QueryError::NotANumber { value: s.clone() })?,
+                PyVal::Str(s) => {
+                    py_float(s).ok_or_else(|| QueryError::NotANumber { value: s.clone() })?
+                }
                 PyVal::Int(i) => *i as f64,
                 PyVal::List(_) => return Err(QueryError::ListForUnitField),
                 PyVal::None => return Err(QueryError::ListForUnitField),
@@ -695,7 +697,9 @@ mod tests {
     #[test]
     fn lists_versions_durations() {
         assert_eq!(
-            p(r#"gpu_name in [RTX_4090,"RTX 3090"] geolocation notin [CN,VN] driver_version >= 535.86.05 duration>2 num_gpus in [1,2]"#),
+            p(
+                r#"gpu_name in [RTX_4090,"RTX 3090"] geolocation notin [CN,VN] driver_version >= 535.86.05 duration>2 num_gpus in [1,2]"#
+            ),
             json!({"gpu_name":{"in":["RTX 4090","RTX 3090"]},"geolocation":{"notin":["CN","VN"]},
                    "driver_version":{"gte":535086005},"duration":{"gt":172800.0},"num_gpus":{"in":["1","2"]}})
         );
@@ -720,7 +724,10 @@ mod tests {
             e("gpu_ram=<5"),
             "Unknown operator. Did you forget to quote your query? '=<'"
         );
-        assert_eq!(e("foo"), "Unknown operator. Did you forget to quote your query? ''");
+        assert_eq!(
+            e("foo"),
+            "Unknown operator. Did you forget to quote your query? ''"
+        );
         assert_eq!(
             e("!!!"),
             "Unconsumed text. Did you forget to quote your query? '' != '!!!'"

@@ -218,8 +218,14 @@ async fn search_sends_cli_body_with_bearer_and_keeps_raw_offers() {
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].method, "POST");
     assert_eq!(seen[0].path, "/api/v0/bundles/");
-    assert_eq!(seen[0].auth.as_deref(), Some(format!("Bearer {KEY}").as_str()));
-    assert!(!seen[0].query.contains("SECRET"), "key must not travel in the URL");
+    assert_eq!(
+        seen[0].auth.as_deref(),
+        Some(format!("Bearer {KEY}").as_str())
+    );
+    assert!(
+        !seen[0].query.contains("SECRET"),
+        "key must not travel in the URL"
+    );
     assert_eq!(seen[0].json(), req.to_body().unwrap());
 
     assert_eq!(offers.len(), 2);
@@ -252,10 +258,15 @@ async fn refused_query_sends_nothing() {
 
 #[tokio::test]
 async fn success_false_with_http_200_is_an_error() {
-    let f = fake(|_, _| ok(json!({"success": false, "error": "invalid_state", "msg": "Instance is busy"}))).await;
+    let f = fake(|_, _| {
+        ok(json!({"success": false, "error": "invalid_state", "msg": "Instance is busy"}))
+    })
+    .await;
     let err = client(&f.base).stop_instance(42).await.unwrap_err();
     match &err {
-        VastError::Failed { error, msg, path, .. } => {
+        VastError::Failed {
+            error, msg, path, ..
+        } => {
             assert_eq!(error.as_deref(), Some("invalid_state"));
             assert_eq!(msg, "Instance is busy");
             assert_eq!(path, "/instances/42/");
@@ -263,14 +274,23 @@ async fn success_false_with_http_200_is_an_error() {
         other => panic!("expected Failed, got {other:?}"),
     }
     let r = &f.requests()[0];
-    assert_eq!((r.method.as_str(), r.path.as_str()), ("PUT", "/api/v0/instances/42/"));
+    assert_eq!(
+        (r.method.as_str(), r.path.as_str()),
+        ("PUT", "/api/v0/instances/42/")
+    );
     assert_eq!(r.json(), json!({"state": "stopped"}));
     assert_eq!(f.requests().len(), 1, "a refusal is not retried");
 }
 
 #[tokio::test]
 async fn bad_key_404_auth_error_says_key_rejected() {
-    let f = fake(|_, _| status(404, json!({"success": false, "error": "auth_error", "msg": "Invalid user key"}))).await;
+    let f = fake(|_, _| {
+        status(
+            404,
+            json!({"success": false, "error": "auth_error", "msg": "Invalid user key"}),
+        )
+    })
+    .await;
     let err = client(&f.base).current_user().await.unwrap_err();
     assert!(err.is_auth(), "{err:?}");
     let text = err.to_string();
@@ -293,7 +313,10 @@ async fn forbidden_403_and_deprecated_410() {
     .await;
     let c = client(&f.base);
     let err = c.reboot_instance(7).await.unwrap_err();
-    assert!(matches!(&err, VastError::Forbidden { msg, .. } if msg == "This action requires login."), "{err:?}");
+    assert!(
+        matches!(&err, VastError::Forbidden { msg, .. } if msg == "This action requires login."),
+        "{err:?}"
+    );
     let err = c.list_instances(None).await.unwrap_err();
     assert!(
         matches!(&err, VastError::Deprecated { error: Some(e), .. } if e == "deprecated_endpoint"),
@@ -315,12 +338,21 @@ async fn rate_limit_plain_text_is_retried_then_succeeds() {
     .await;
     client(&f.base).change_bid(9, 0.25).await.unwrap();
     assert_eq!(f.count("PUT", "/api/v0/instances/bid_price/9/"), 3);
-    assert_eq!(f.requests()[2].json(), json!({"client_id": "me", "price": 0.25}));
+    assert_eq!(
+        f.requests()[2].json(),
+        json!({"client_id": "me", "price": 0.25})
+    );
 }
 
 #[tokio::test]
 async fn rate_limit_exhausts_attempts_with_json_detail() {
-    let f = fake(|_, _| status(429, json!({"detail": "API requests too frequent endpoint threshold=1.0"}))).await;
+    let f = fake(|_, _| {
+        status(
+            429,
+            json!({"detail": "API requests too frequent endpoint threshold=1.0"}),
+        )
+    })
+    .await;
     let err = client(&f.base).get_instance(5).await.unwrap_err();
     match &err {
         VastError::RateLimited { attempts, msg, .. } => {
@@ -335,16 +367,30 @@ async fn rate_limit_exhausts_attempts_with_json_detail() {
 
 #[tokio::test]
 async fn search_quota_429_is_not_retried() {
-    let f = fake(|_, _| status(429, json!({"error": "search_quota_exceeded", "msg": "daily quota"}))).await;
-    let err = client(&f.base).search_offers(&SearchRequest::default()).await.unwrap_err();
-    assert!(matches!(err, VastError::RateLimited { attempts: 1, .. }), "{err:?}");
+    let f = fake(|_, _| {
+        status(
+            429,
+            json!({"error": "search_quota_exceeded", "msg": "daily quota"}),
+        )
+    })
+    .await;
+    let err = client(&f.base)
+        .search_offers(&SearchRequest::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, VastError::RateLimited { attempts: 1, .. }),
+        "{err:?}"
+    );
     assert_eq!(f.requests().len(), 1);
 }
 
 #[tokio::test]
 async fn gateway_errors_are_retried_but_500_is_not() {
     let f = fake(|r, n| match r.path.as_str() {
-        "/api/v0/instances/reboot/1/" if n < 2 => text(if n == 0 { 502 } else { 503 }, "<html>bad gateway</html>"),
+        "/api/v0/instances/reboot/1/" if n < 2 => {
+            text(if n == 0 { 502 } else { 503 }, "<html>bad gateway</html>")
+        }
         "/api/v0/instances/reboot/1/" => ok(json!({"success": true})),
         _ => text(500, "Internal Server Error"),
     })
@@ -375,7 +421,10 @@ async fn timeouts_are_retried_then_reported() {
         .build()
         .unwrap();
     let err = c.get_instance(3).await.unwrap_err();
-    assert!(matches!(err, VastError::Timeout { attempts: 2, .. }), "{err:?}");
+    assert!(
+        matches!(err, VastError::Timeout { attempts: 2, .. }),
+        "{err:?}"
+    );
     assert_eq!(f.requests().len(), 2);
 }
 
@@ -389,7 +438,9 @@ async fn connection_refused_is_retried_then_reported() {
     let base = format!("http://127.0.0.1:{port}");
     let err = client(&base).current_user().await.unwrap_err();
     match &err {
-        VastError::Connect { attempts, base_url, .. } => {
+        VastError::Connect {
+            attempts, base_url, ..
+        } => {
             assert_eq!(*attempts, 3);
             assert_eq!(base_url, &base);
         }
@@ -470,10 +521,24 @@ async fn create_is_not_retried_after_a_gateway_error_but_is_after_429() {
         .create_instance(1, &CreateInstanceRequest::default())
         .await
         .unwrap_err();
-    assert!(matches!(err, VastError::Server { status: 504, .. }), "{err:?}");
-    assert_eq!(f.requests().len(), 1, "a create Vast may have acted on is not repeated");
+    assert!(
+        matches!(err, VastError::Server { status: 504, .. }),
+        "{err:?}"
+    );
+    assert_eq!(
+        f.requests().len(),
+        1,
+        "a create Vast may have acted on is not repeated"
+    );
 
-    let f = fake(|_, n| if n == 0 { text(429, "API requests too frequent") } else { ok(json!({"success": true, "new_contract": 5})) }).await;
+    let f = fake(|_, n| {
+        if n == 0 {
+            text(429, "API requests too frequent")
+        } else {
+            ok(json!({"success": true, "new_contract": 5}))
+        }
+    })
+    .await;
     let resp = client(&f.base)
         .create_instance(1, &CreateInstanceRequest::default())
         .await
@@ -492,21 +557,43 @@ fn instance_json(id: u64, label: &str) -> Value {
 #[tokio::test]
 async fn list_follows_next_token_and_filters_by_label() {
     let all: Vec<Value> = (1..=60)
-        .map(|i| instance_json(i, if i % 3 == 0 { "vc-ws-job" } else if i % 3 == 1 { "other" } else { "" }))
+        .map(|i| {
+            instance_json(
+                i,
+                if i % 3 == 0 {
+                    "vc-ws-job"
+                } else if i % 3 == 1 {
+                    "other"
+                } else {
+                    ""
+                },
+            )
+        })
         .collect();
     let f = fake(move |r, _| {
-        let start: usize = r.param("after_token").map_or(0, |t| t.trim_start_matches("tok").parse().unwrap());
+        let start: usize = r
+            .param("after_token")
+            .map_or(0, |t| t.trim_start_matches("tok").parse().unwrap());
         let limit: usize = r.param("limit").unwrap().parse().unwrap();
         let end = (start + limit).min(all.len());
-        let next = if end < all.len() { json!(format!("tok{end}")) } else { Value::Null };
-        ok(json!({"success": true, "instances": all[start..end], "next_token": next,
-                  "total_instances": all.len()}))
+        let next = if end < all.len() {
+            json!(format!("tok{end}"))
+        } else {
+            Value::Null
+        };
+        ok(
+            json!({"success": true, "instances": all[start..end], "next_token": next,
+                  "total_instances": all.len()}),
+        )
     })
     .await;
     let c = client(&f.base);
     let everything = c.list_instances(None).await.unwrap();
     assert_eq!(everything.len(), 60);
-    assert_eq!(everything.iter().map(|i| i.id).collect::<Vec<_>>(), (1..=60).collect::<Vec<_>>());
+    assert_eq!(
+        everything.iter().map(|i| i.id).collect::<Vec<_>>(),
+        (1..=60).collect::<Vec<_>>()
+    );
     let seen = f.requests();
     assert_eq!(seen.len(), 3, "60 instances at 25 a page");
     assert!(seen.iter().all(|r| r.path == "/api/v1/instances/"));
@@ -522,9 +609,13 @@ async fn list_follows_next_token_and_filters_by_label() {
 
 #[tokio::test]
 async fn repeated_pagination_token_is_an_error_not_a_loop() {
-    let f = fake(|_, _| ok(json!({"instances": [instance_json(1, "x")], "next_token": "same"}))).await;
+    let f =
+        fake(|_, _| ok(json!({"instances": [instance_json(1, "x")], "next_token": "same"}))).await;
     let err = client(&f.base).list_instances(None).await.unwrap_err();
-    assert!(err.to_string().contains("repeated a pagination token"), "{err}");
+    assert!(
+        err.to_string().contains("repeated a pagination token"),
+        "{err}"
+    );
     assert_eq!(f.requests().len(), 2);
 }
 
@@ -549,7 +640,10 @@ async fn tolerant_instance_parsing_and_ssh_endpoints() {
     let c = client(&f.base);
 
     let i1 = c.get_instance(1).await.unwrap().unwrap();
-    assert_eq!(i1.status(), InstanceStatus::Other("hibernating_new_state".into()));
+    assert_eq!(
+        i1.status(),
+        InstanceStatus::Other("hibernating_new_state".into())
+    );
     assert_eq!(i1.actual_status.as_deref(), Some("hibernating_new_state"));
     assert!(i1.ports.is_empty());
     assert_eq!(i1.public_ipaddr.as_deref(), Some("203.0.113.9"));
@@ -557,11 +651,17 @@ async fn tolerant_instance_parsing_and_ssh_endpoints() {
     assert_eq!(i1.num_gpus, Some(1));
     assert_eq!(i1.is_bid, Some(true));
     let ssh = i1.ssh_endpoint().unwrap();
-    assert_eq!((ssh.host.as_str(), ssh.port, ssh.direct), ("ssh5.vast.ai", 22023, false));
+    assert_eq!(
+        (ssh.host.as_str(), ssh.port, ssh.direct),
+        ("ssh5.vast.ai", 22023, false)
+    );
 
     let i2 = c.get_instance(2).await.unwrap().unwrap();
     let ssh = i2.ssh_endpoint().unwrap();
-    assert_eq!((ssh.host.as_str(), ssh.port, ssh.direct), ("203.0.113.10", 40022, true));
+    assert_eq!(
+        (ssh.host.as_str(), ssh.port, ssh.direct),
+        ("203.0.113.10", 40022, true)
+    );
     assert_eq!(ssh.url(), "ssh://root@203.0.113.10:40022");
     assert_eq!(i2.status(), InstanceStatus::Running);
 
@@ -597,14 +697,29 @@ async fn destroy_and_verify_reports_an_instance_that_stays() {
     })
     .await;
     let err = client(&f.base).destroy_and_verify(8).await.unwrap_err();
-    assert!(matches!(err, VastError::NotGone { id: 8, checks: 3, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            VastError::NotGone {
+                id: 8,
+                checks: 3,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
 async fn destroying_a_gone_instance_is_fine() {
     let f = fake(|r, _| match r.path.as_str() {
-        "/api/v0/instances/1/" => ok(json!({"success": false, "error": "no_such_instance", "msg": "no such instance"})),
-        _ => status(404, json!({"error": "not_found", "msg": "Instance not found"})),
+        "/api/v0/instances/1/" => {
+            ok(json!({"success": false, "error": "no_such_instance", "msg": "no such instance"}))
+        }
+        _ => status(
+            404,
+            json!({"error": "not_found", "msg": "Instance not found"}),
+        ),
     })
     .await;
     let c = client(&f.base);
@@ -618,7 +733,9 @@ async fn small_operations_send_what_the_cli_sends() {
     let c = client(&f.base);
     c.start_instance(1).await.unwrap();
     c.set_label(1, "vc-ws-7").await.unwrap();
-    c.attach_ssh_key(1, "ssh-ed25519 AAAAC3Nza test@host\n").await.unwrap();
+    c.attach_ssh_key(1, "ssh-ed25519 AAAAC3Nza test@host\n")
+        .await
+        .unwrap();
     let err = c
         .attach_ssh_key(1, "-----BEGIN OPENSSH PRIVATE KEY-----\nabc")
         .await
@@ -626,11 +743,21 @@ async fn small_operations_send_what_the_cli_sends() {
     assert!(matches!(err, VastError::InvalidArgument { .. }));
     assert!(c.change_bid(1, f64::NAN).await.is_err());
     let seen = f.requests();
-    assert_eq!(seen.len(), 3, "invalid arguments are refused before sending");
+    assert_eq!(
+        seen.len(),
+        3,
+        "invalid arguments are refused before sending"
+    );
     assert_eq!(seen[0].json(), json!({"state": "running"}));
     assert_eq!(seen[1].json(), json!({"label": "vc-ws-7"}));
-    assert_eq!((seen[2].method.as_str(), seen[2].path.as_str()), ("POST", "/api/v0/instances/1/ssh/"));
-    assert_eq!(seen[2].json(), json!({"ssh_key": "ssh-ed25519 AAAAC3Nza test@host"}));
+    assert_eq!(
+        (seen[2].method.as_str(), seen[2].path.as_str()),
+        ("POST", "/api/v0/instances/1/ssh/")
+    );
+    assert_eq!(
+        seen[2].json(),
+        json!({"ssh_key": "ssh-ed25519 AAAAC3Nza test@host"})
+    );
 }
 
 #[tokio::test]
@@ -652,7 +779,10 @@ async fn logs_are_requested_then_polled_without_auth() {
     assert_eq!(seen[0].json(), json!({"tail": "100"}));
     let polls: Vec<&Req> = seen.iter().filter(|r| r.path == "/logs/abc.log").collect();
     assert_eq!(polls.len(), 3);
-    assert!(polls.iter().all(|r| r.auth.is_none()), "the result URL gets no credentials");
+    assert!(
+        polls.iter().all(|r| r.auth.is_none()),
+        "the result URL gets no credentials"
+    );
 }
 
 #[tokio::test]
@@ -660,20 +790,30 @@ async fn logs_that_never_appear_give_up() {
     let base = Arc::new(Mutex::new(String::new()));
     let b2 = base.clone();
     let f = fake(move |r, _| match r.path.as_str() {
-        "/api/v0/instances/request_logs/4/" => ok(json!({"result_url": format!("{}/logs/x", b2.lock().unwrap())})),
+        "/api/v0/instances/request_logs/4/" => {
+            ok(json!({"result_url": format!("{}/logs/x", b2.lock().unwrap())}))
+        }
         _ => text(404, "NoSuchKey"),
     })
     .await;
     *base.lock().unwrap() = f.base.clone();
     let err = client(&f.base).logs(4, None).await.unwrap_err();
-    assert!(matches!(err, VastError::LogsNotReady { id: 4, tries: 5 }), "{err:?}");
+    assert!(
+        matches!(err, VastError::LogsNotReady { id: 4, tries: 5 }),
+        "{err:?}"
+    );
     assert_eq!(f.requests()[0].json(), json!({}));
 }
 
 #[tokio::test]
 async fn current_user_drops_the_api_key_vast_sends_back() {
-    let f = fake(|_, _| ok(json!({"id": 77, "email": "a@b.c", "credit": "25.5", "balance": 0,
-                                   "api_key": KEY, "username": "ann"}))).await;
+    let f = fake(|_, _| {
+        ok(
+            json!({"id": 77, "email": "a@b.c", "credit": "25.5", "balance": 0,
+                                   "api_key": KEY, "username": "ann"}),
+        )
+    })
+    .await;
     let user = client(&f.base).current_user().await.unwrap();
     assert_eq!(user.credit, Some(25.5));
     assert_eq!(user.id, Some(77));
@@ -697,7 +837,10 @@ async fn charges_with_day_range_pages_and_items() {
                   "next_token": if page2 { Value::Null } else { json!("t2") }}))
     })
     .await;
-    let charges = client(&f.base).charges(1730419200, 1730937600).await.unwrap();
+    let charges = client(&f.base)
+        .charges(1730419200, 1730937600)
+        .await
+        .unwrap();
     assert_eq!(charges.len(), 2);
     assert_eq!(charges[0].instance_id(), Some(1));
     assert_eq!(charges[1].instance_id(), Some(2));
@@ -708,15 +851,24 @@ async fn charges_with_day_range_pages_and_items() {
     let r = &f.requests()[0];
     assert_eq!(r.path, "/api/v0/charges/");
     let filters: Value = serde_json::from_str(&r.param("select_filters").unwrap()).unwrap();
-    assert_eq!(filters, json!({"day": {"gte": 1730419200, "lte": 1730937600}}));
+    assert_eq!(
+        filters,
+        json!({"day": {"gte": 1730419200, "lte": 1730937600}})
+    );
     assert!(client(&f.base).charges(10, 5).await.is_err());
 }
 
 #[tokio::test]
 async fn api_key_never_appears_in_debug_or_errors() {
     // A server that echoes the key back in its error message.
-    let f = fake(|_, _| status(400, json!({"success": false, "error": "invalid_args",
-        "msg": format!("bad request from key {KEY}")}))).await;
+    let f = fake(|_, _| {
+        status(
+            400,
+            json!({"success": false, "error": "invalid_args",
+        "msg": format!("bad request from key {KEY}")}),
+        )
+    })
+    .await;
     let c = client(&f.base);
     assert_no_key("client Debug", &format!("{c:?}"));
     assert_no_key("ApiKey Debug", &format!("{:?}", ApiKey::new(KEY)));
@@ -736,13 +888,20 @@ async fn api_key_never_appears_in_debug_or_errors() {
 async fn pacing_spaces_requests_to_one_endpoint() {
     let f = fake(|_, _| ok(json!({"success": true}))).await;
     let mut pacing = Pacing::none();
-    pacing.per_endpoint.insert("PUT /instances/reboot/{id}/".into(), Duration::from_millis(150));
+    pacing.per_endpoint.insert(
+        "PUT /instances/reboot/{id}/".into(),
+        Duration::from_millis(150),
+    );
     let c = VastClient::builder(&f.base, ApiKey::new(KEY))
         .retry(RetryPolicy::none())
         .pacing(pacing)
         .build()
         .unwrap();
-    let (a, b, d) = tokio::join!(c.reboot_instance(1), c.reboot_instance(2), c.reboot_instance(3));
+    let (a, b, d) = tokio::join!(
+        c.reboot_instance(1),
+        c.reboot_instance(2),
+        c.reboot_instance(3)
+    );
     a.unwrap();
     b.unwrap();
     d.unwrap();
@@ -757,7 +916,10 @@ async fn pacing_spaces_requests_to_one_endpoint() {
     assert_eq!(times.len(), 3);
     for w in times.windows(2) {
         let gap = w[1] - w[0];
-        assert!(gap >= Duration::from_millis(140), "requests only {gap:?} apart");
+        assert!(
+            gap >= Duration::from_millis(140),
+            "requests only {gap:?} apart"
+        );
     }
 }
 
@@ -771,32 +933,68 @@ fn key_resolution_order() {
 
     let missing = resolve_api_key_from(None, Some(&xdg), Some(&home)).unwrap_err();
     let msg = missing.to_string();
-    assert!(msg.contains("VAST_API_KEY") && msg.contains("vast_api_key"), "{msg}");
+    assert!(
+        msg.contains("VAST_API_KEY") && msg.contains("vast_api_key"),
+        "{msg}"
+    );
 
     std::fs::write(home.join(".vast_api_key"), "legacy-key\n").unwrap();
     let k = resolve_api_key_from(None, Some(&xdg), Some(&home)).unwrap();
     assert_eq!(k.expose(), "legacy-key");
 
     // Without XDG_CONFIG_HOME the file is under ~/.config.
-    std::fs::write(home.join(".config/vastai/vast_api_key"), "  home-config-key \n").unwrap();
-    assert_eq!(resolve_api_key_from(None, None, Some(&home)).unwrap().expose(), "home-config-key");
+    std::fs::write(
+        home.join(".config/vastai/vast_api_key"),
+        "  home-config-key \n",
+    )
+    .unwrap();
+    assert_eq!(
+        resolve_api_key_from(None, None, Some(&home))
+            .unwrap()
+            .expose(),
+        "home-config-key"
+    );
     // XDG_CONFIG_HOME is honoured.
     std::fs::write(xdg.join("vastai/vast_api_key"), "xdg-key").unwrap();
-    assert_eq!(resolve_api_key_from(None, Some(&xdg), Some(&home)).unwrap().expose(), "xdg-key");
+    assert_eq!(
+        resolve_api_key_from(None, Some(&xdg), Some(&home))
+            .unwrap()
+            .expose(),
+        "xdg-key"
+    );
     // The environment wins; an empty value does not count.
-    assert_eq!(resolve_api_key_from(Some("env-key"), Some(&xdg), Some(&home)).unwrap().expose(), "env-key");
-    assert_eq!(resolve_api_key_from(Some(" "), Some(&xdg), Some(&home)).unwrap().expose(), "xdg-key");
+    assert_eq!(
+        resolve_api_key_from(Some("env-key"), Some(&xdg), Some(&home))
+            .unwrap()
+            .expose(),
+        "env-key"
+    );
+    assert_eq!(
+        resolve_api_key_from(Some(" "), Some(&xdg), Some(&home))
+            .unwrap()
+            .expose(),
+        "xdg-key"
+    );
 }
 
 #[test]
 fn url_prefixing_as_the_cli() {
     let b = "http://h:1";
-    assert_eq!(api_url(b, "/instances/1/"), "http://h:1/api/v0/instances/1/");
-    assert_eq!(api_url(b, "/api/v1/instances/"), "http://h:1/api/v1/instances/");
+    assert_eq!(
+        api_url(b, "/instances/1/"),
+        "http://h:1/api/v0/instances/1/"
+    );
+    assert_eq!(
+        api_url(b, "/api/v1/instances/"),
+        "http://h:1/api/v1/instances/"
+    );
     assert_eq!(api_url(b, "/api/v12/x/"), "http://h:1/api/v12/x/");
     assert_eq!(api_url(b, "/api/vx/"), "http://h:1/api/v0/api/vx/");
     assert_eq!(api_url(b, "/api/v1"), "http://h:1/api/v0/api/v1");
-    assert_eq!(api_url("http://h:1/prefix", "/bundles/"), "http://h:1/prefix/api/v0/bundles/");
+    assert_eq!(
+        api_url("http://h:1/prefix", "/bundles/"),
+        "http://h:1/prefix/api/v0/bundles/"
+    );
     assert!(matches!(
         VastClient::new("ftp://x", ApiKey::new("k")),
         Err(VastError::BadBaseUrl(_))

@@ -150,7 +150,16 @@ const ACCEPTED: &[Case] = &[
     qa("verified=any rentable=true", &["-n"]),
     qa(
         "gpu_ram>=24 num_gpus=1 dph<2",
-        &["-o", "dph", "--limit", "5", "--storage", "20", "--type", "bid"],
+        &[
+            "-o",
+            "dph",
+            "--limit",
+            "5",
+            "--storage",
+            "20",
+            "--type",
+            "bid",
+        ],
     ),
 ];
 
@@ -201,7 +210,13 @@ struct CliRun {
     stderr: String,
 }
 
-async fn run_cli(bin: &PathBuf, base: &str, n: usize, case: &Case, home: &std::path::Path) -> CliRun {
+async fn run_cli(
+    bin: &PathBuf,
+    base: &str,
+    n: usize,
+    case: &Case,
+    home: &std::path::Path,
+) -> CliRun {
     let mut cmd = tokio::process::Command::new(bin);
     cmd.arg("--url")
         .arg(format!("{base}/case{n}"))
@@ -321,7 +336,9 @@ async fn query_bodies_match_official_cli() {
             }
         } else {
             if !sent.is_empty() {
-                failures.push(format!("{label}: the CLI should have sent nothing, it sent {sent:?}"));
+                failures.push(format!(
+                    "{label}: the CLI should have sent nothing, it sent {sent:?}"
+                ));
             }
             let Some(reason) = cli_refusal(run) else {
                 failures.push(format!(
@@ -341,10 +358,18 @@ async fn query_bodies_match_official_cli() {
             }
         }
     }
-    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     assert_eq!(compared_ok, ACCEPTED.len());
     assert_eq!(compared_err, REJECTED.len());
-    assert!(compared_ok >= 30, "at least 30 accepted query strings are compared");
+    assert!(
+        compared_ok >= 30,
+        "at least 30 accepted query strings are compared"
+    );
     eprintln!(
         "compared {compared_ok} accepted and {compared_err} refused queries with {}",
         bin.display()
