@@ -724,7 +724,7 @@ mod tests {
             ("lr=0.1,,0.2", "empty value"),
             ("seed=10..0", "empty"),
             ("seed=0..", "no end"),
-            ("x=0..1", "integer ends"),
+            ("x=0.5..2", "integer ends"),
             ("x=0..1:step:0", "positive"),
             ("x=0..1:log:3", "positive ends"),
             ("x=1..2:cubic:3", "unknown range kind"),
