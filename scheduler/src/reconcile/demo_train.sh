@@ -22,6 +22,9 @@ while [ "$step" -lt "$steps" ]; do
   step=$((step + 1))
   loss=$(awk -v l="$loss" -v r="$lr" 'BEGIN { printf "%.6f", l * (1 - r) }')
   echo "step $step/$steps loss $loss"
+  if [ -n "${TRACE_FILE:-}" ]; then
+    echo "${VASTICLAUDE_JOB_ID:-0} ${VASTICLAUDE_ATTEMPT:-0} $step" >> "$TRACE_FILE"
+  fi
   printf '{"step": %d, "total": %d, "metrics": {"loss": %s}}\n' "$step" "$steps" "$loss" >> "$progress"
   if [ $((step % every)) -eq 0 ] || [ "$step" -eq "$steps" ]; then
     printf '%d %s\n' "$step" "$loss" > "$ck/state.tmp"

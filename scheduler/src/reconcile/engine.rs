@@ -527,6 +527,11 @@ impl Engine {
             }
             Action::DestroyOrphan { vast_id, label } => {
                 self.stats.orphans_destroyed += 1;
+                if let Some(key) = parse_label(&self.state.world.workspace, label) {
+                    if self.state.world.instances.get(&key).and_then(|i| i.vast_id) == Some(*vast_id) {
+                        self.state.book.close_instance(key, now);
+                    }
+                }
                 self.event(now, "orphan", format!("destroying {label} (Vast {vast_id}): not in our journal"));
                 self.market.destroy(*vast_id).await.map_err(|e| e.to_string())
             }
@@ -580,6 +585,8 @@ impl Engine {
                 match self.market.destroy(*id).await {
                     Ok(()) => {
                         self.stats.destroys += 1;
+                        // Billing stops at the (verified) destroy.
+                        self.state.book.close_instance(*key, now);
                         self.record(a, &Outcome::Done, now).map_err(j)?;
                         let label = self.state.world.instances.get(key).map(|i| i.label.clone()).unwrap_or_default();
                         self.event(now, "destroy", format!("destroyed {label} (Vast {id}): {reason}"));
