@@ -117,4 +117,23 @@ mod tests {
         let got = sample_with("false", Duration::from_secs(5)).await;
         assert!(matches!(&got, GpuSample::Failed(w) if w.contains("exited")), "{got:?}");
     }
+
+    #[tokio::test]
+    async fn a_fake_nvidia_smi_is_sampled_and_parsed() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let fake = d.path().join("nvidia-smi");
+        std::fs::write(
+            &fake,
+            "#!/bin/sh\ncase \"$1\" in --query-gpu=index,uuid,*) ;; *) exit 9;; esac\n\
+             echo '0, GPU-x, NVIDIA H200, 55, 1000, 143771, 40, 120.5'\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let got = sample_with(fake.to_str().unwrap(), Duration::from_secs(5)).await;
+        let GpuSample::Stats(g) = got else { panic!("{got:?}") };
+        assert_eq!(g.len(), 1);
+        assert_eq!(g[0].name, "NVIDIA H200");
+        assert_eq!(g[0].memory_total_mib, Some(143771.0));
+    }
 }
