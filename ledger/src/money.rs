@@ -33,10 +33,22 @@ pub enum MoneyError {
 
 /// An exact amount of US dollars. Arithmetic never rounds (within `Decimal`'s 28 digits).
 ///
-/// Serialized as a decimal string (`"0.6897438611"`), so JSON readers never see a float.
-#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
+/// Serialized as an exact decimal string without trailing zeros (`"0.6897438611"`, `"20"`),
+/// so JSON readers never see a float.
+#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Usd(pub Decimal);
+
+impl Serialize for Usd {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0.normalize().to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Usd {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <Decimal as Deserialize<'de>>::deserialize(d).map(Usd)
+    }
+}
 
 impl Usd {
     pub const ZERO: Usd = Usd(Decimal::ZERO);
@@ -292,8 +304,9 @@ mod tests {
 
     #[test]
     fn serializes_as_exact_string() {
-        let j = serde_json::to_string(&Usd(dec!(0.1))).unwrap();
+        let j = serde_json::to_string(&Usd(dec!(0.100000000))).unwrap();
         assert_eq!(j, "\"0.1\"");
+        assert_eq!(serde_json::to_string(&NanoUsd(20_000_000_000).to_usd()).unwrap(), "\"20\"");
         let back: Usd = serde_json::from_str(&j).unwrap();
         assert_eq!(back, Usd(dec!(0.1)));
     }

@@ -1,0 +1,253 @@
+//! `vasticlaude ledger report`, `budget` and `report` end to end: a fresh VASTICLAUDE_HOME, the
+//! real binary, and a real SMTP server (aiosmtpd) on loopback.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use crate::require;
+
+fn vasticlaude(home: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vasticlaude"));
+    c.env("VASTICLAUDE_HOME", home)
+        .env_remove("VASTICLAUDE_DATABASE_URL")
+        .env_remove("VASTICLAUDE_SMTP_URL")
+        .env_remove("VASTICLAUDE_EMAIL_FROM")
+        .env("VASTICLAUDE_USER", "tester");
+    c
+}
+
+fn run(c: &mut Command) -> Output {
+    c.output().expect("run vasticlaude")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// aiosmtpd writing a Maildir, killed on drop.
+struct Smtp {
+    port: u16,
+    maildir: PathBuf,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Smtp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn python_with_aiosmtpd() -> Result<PathBuf, String> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf();
+    let mut candidates = Vec::new();
+    if let Some(p) = std::env::var_os("AIOSMTPD_PYTHON") {
+        candidates.push(PathBuf::from(p));
+    }
+    candidates.push(root.join(".venv/bin/python"));
+    candidates.push(PathBuf::from("python3"));
+    for c in &candidates {
+        let ok = Command::new(c)
+            .args(["-c", "import aiosmtpd"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if ok {
+            return Ok(c.clone());
+        }
+    }
+    Err(format!(
+        "no python with aiosmtpd among {candidates:?}; set AIOSMTPD_PYTHON or create .venv"
+    ))
+}
+
+impl Smtp {
+    fn start() -> Option<Smtp> {
+        let python = match python_with_aiosmtpd() {
+            Ok(p) => p,
+            Err(why) => {
+                require("aiosmtpd", false, &why);
+                return None;
+            }
+        };
+        let dir = tempfile::tempdir().expect("temp dir");
+        let maildir = dir.path().join("maildir"); // aiosmtpd creates it
+        let port = free_port();
+        let child = Command::new(python)
+            .args(["-m", "aiosmtpd", "-n", "-l"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(["-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(&maildir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn aiosmtpd");
+        let s = Smtp {
+            port,
+            maildir,
+            child,
+            _dir: dir,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "aiosmtpd did not listen on port {port}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Some(s)
+    }
+
+    fn messages(&self) -> Vec<String> {
+        let Ok(rd) = std::fs::read_dir(self.maildir.join("new")) else {
+            return Vec::new();
+        };
+        rd.filter_map(|e| e.ok())
+            .map(|e| {
+                std::fs::read_to_string(e.path())
+                    .expect("read mail")
+                    .replace("=\r\n", "")
+                    .replace("=\n", "")
+            })
+            .collect()
+    }
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+fn subject_of(msg: &str) -> String {
+    msg.lines()
+        .find_map(|l| l.strip_prefix("Subject: "))
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+fn report_as_json_on_a_fresh_home() {
+    let home = tempfile::tempdir().unwrap();
+    let out = run(vasticlaude(home.path()).args(["ledger", "report", "--format", "json"]));
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&out.stdout)));
+    assert_eq!(v["grand_total"], "0");
+    assert_eq!(v["currency"], "USD");
+    assert!(v["experiments"].as_array().unwrap().is_empty());
+    assert!(home.path().join("state.db").exists());
+    // The table and CSV renderings work on the same empty ledger.
+    let out = run(vasticlaude(home.path()).args(["ledger", "report"]));
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("Total: $0.00"), "{}", text(&out.stdout));
+    let out = run(vasticlaude(home.path()).args(["ledger", "report", "--format", "csv", "--by", "day"]));
+    assert!(out.status.success());
+    assert_eq!(text(&out.stdout).trim(), "day,compute,storage,bandwidth,total");
+}
+
+#[test]
+fn report_by_email_reaches_a_real_smtp_server() {
+    let Some(smtp) = Smtp::start() else {
+        return;
+    };
+    let home = tempfile::tempdir().unwrap();
+    let out = run(vasticlaude(home.path())
+        .env("VASTICLAUDE_SMTP_URL", format!("smtp://127.0.0.1:{}", smtp.port))
+        .args(["ledger", "report", "--email", "ops@example.com"]));
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("ops@example.com"), "{}", text(&out.stdout));
+    let msgs = smtp.messages();
+    assert_eq!(msgs.len(), 1, "{msgs:?}");
+    let m = &msgs[0];
+    assert!(subject_of(m).contains("vasticlaude"), "{m}");
+    assert!(m.contains("To: ops@example.com"), "{m}");
+    assert!(m.contains("From: vasticlaude@localhost"), "{m}");
+    assert!(m.contains("multipart/alternative"), "{m}");
+    assert!(m.contains("vasticlaude spend report"), "{m}");
+}
+
+#[test]
+fn smtp_credentials_never_show() {
+    let home = tempfile::tempdir().unwrap();
+    let port = free_port(); // nothing listens there
+    let out = run(vasticlaude(home.path())
+        .env("VASTICLAUDE_SMTP_URL", format!("smtp://mailer:hunter2@127.0.0.1:{port}"))
+        .args(["ledger", "report", "--email", "ops@example.com"]));
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+    assert!(!err.contains("hunter2") && !text(&out.stdout).contains("hunter2"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one-line error: {err}");
+
+    let out = run(vasticlaude(home.path())
+        .env("VASTICLAUDE_SMTP_URL", "smtpx://mailer:hunter2@host")
+        .args(["ledger", "report", "--email", "ops@example.com"]));
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("unsupported scheme") && !err.contains("hunter2"), "{err}");
+}
+
+#[test]
+fn budgets_and_schedules_round_trip() {
+    let home = tempfile::tempdir().unwrap();
+    let ok = |args: &[&str]| {
+        let out = run(vasticlaude(home.path()).args(args));
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let fails = |args: &[&str], want: &str| {
+        let out = run(vasticlaude(home.path()).args(args));
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out.stderr));
+        let err = text(&out.stderr);
+        assert!(err.contains(want), "{args:?}: {err}");
+    };
+    assert!(ok(&["budget", "set", "exp-1", "12.50", "--warn", "50,80"]).contains("$12.50"));
+    ok(&["budget", "set", "--user", "ann", "$100", "--soft"]);
+    ok(&["budget", "set", "--workspace", "500"]);
+    // Re-setting the amount keeps the thresholds.
+    ok(&["budget", "set", "exp-1", "20"]);
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&["budget", "list", "--json"])).unwrap();
+    let rows = v.as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    let exp = rows
+        .iter()
+        .find(|r| r["budget"]["scope"]["scope"] == "experiment")
+        .unwrap();
+    assert_eq!(exp["budget"]["amount"], "20");
+    assert_eq!(exp["budget"]["warn_percents"], serde_json::json!([50, 80]));
+    assert_eq!(exp["budget"]["hard"], true);
+    let user = rows
+        .iter()
+        .find(|r| r["budget"]["scope"]["scope"] == "user")
+        .unwrap();
+    assert_eq!(user["budget"]["hard"], false);
+    assert!(ok(&["budget", "list"]).contains("exp-1"));
+    fails(&["budget", "set", "exp-1", "lots"], "\"lots\"");
+    fails(&["budget", "set", "exp-1", "5", "--warn", "50,x"], "\"x\"");
+    fails(&["budget", "set", "exp-1"], "AMOUNT");
+    ok(&["budget", "remove", "--workspace"]);
+    let out = run(vasticlaude(home.path()).args(["budget", "remove", "--workspace"]));
+    assert!(!out.status.success());
+
+    let added = ok(&["report", "schedule", "add", "0 9 * * 1-5", "--email", "ops@example.com", "--json"]);
+    let s: serde_json::Value = serde_json::from_str(&added).unwrap();
+    assert_eq!(s["cron"], "0 0 9 * * 1-5");
+    let id = s["id"].as_i64().unwrap().to_string();
+    assert!(ok(&["report", "schedule", "list"]).contains("ops@example.com"));
+    fails(&["report", "schedule", "add", "* * *", "--email", "ops@example.com"], "\"* * *\"");
+    fails(&["report", "schedule", "add", "0 9 * * *", "--email", "nobody"], "nobody");
+    // tick needs SMTP configured, and says so.
+    fails(&["report", "tick"], "VASTICLAUDE_SMTP_URL");
+    ok(&["report", "schedule", "remove", &id]);
+    let listed: serde_json::Value =
+        serde_json::from_str(&ok(&["report", "schedule", "list", "--json"])).unwrap();
+    assert!(listed.as_array().unwrap().is_empty());
+}
