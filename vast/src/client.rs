@@ -52,6 +52,18 @@ impl ApiKey {
     }
 }
 
+impl From<String> for ApiKey {
+    fn from(key: String) -> Self {
+        Self::new(key)
+    }
+}
+
+impl From<&str> for ApiKey {
+    fn from(key: &str) -> Self {
+        Self::new(key)
+    }
+}
+
 impl std::fmt::Debug for ApiKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("ApiKey(<redacted>)")
@@ -410,10 +422,10 @@ struct ErrorBody {
 impl VastClient {
     /// Settings with defaults: retries as [`RetryPolicy::default`], pacing as
     /// [`Pacing::vast_defaults`], 30 s timeout.
-    pub fn builder(base_url: impl Into<String>, api_key: ApiKey) -> VastClientBuilder {
+    pub fn builder(base_url: impl Into<String>, api_key: impl Into<ApiKey>) -> VastClientBuilder {
         VastClientBuilder {
             base_url: base_url.into(),
-            api_key,
+            api_key: api_key.into(),
             retry: RetryPolicy::default(),
             pacing: Pacing::vast_defaults(),
             timeout: Duration::from_secs(30),
@@ -427,7 +439,7 @@ impl VastClient {
     }
 
     /// A client with default settings.
-    pub fn new(base_url: impl Into<String>, api_key: ApiKey) -> Result<Self, VastError> {
+    pub fn new(base_url: impl Into<String>, api_key: impl Into<ApiKey>) -> Result<Self, VastError> {
         Self::builder(base_url, api_key).build()
     }
 
