@@ -1,10 +1,70 @@
-//! `vasticlaude logs` (placeholder until the scheduler issue lands).
+//! `vasticlaude logs JOB [--follow]`: a job's output as pulled to
+//! `$VASTICLAUDE_HOME/experiments/<experiment>/jobs/<job>/logs/` (the newest attempt).
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::time::Duration;
+
+use scheduler::reconcile::engine::{FileJournal, job_dir};
+use scheduler::reconcile::Journal;
 
 use crate::context::Context;
+use crate::output::UsageError;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Job id.
+    pub job: i64,
+    /// Keep printing as the log grows (Ctrl-C to stop).
+    #[arg(long)]
+    pub follow: bool,
+    /// Show stderr instead of stdout.
+    #[arg(long)]
+    pub stderr: bool,
+}
 
-pub async fn run(_args: Args, _ctx: &Context) -> anyhow::Result<()> {
-    anyhow::bail!("`vasticlaude logs` is not available in this build yet")
+pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
+    let state = FileJournal::in_home(&ctx.home).load()?.unwrap_or_default();
+    let job = state
+        .world
+        .jobs
+        .get(&args.job)
+        .ok_or_else(|| UsageError(format!("no job {} in {}", args.job, ctx.home.display())))?;
+    let logs = job_dir(&ctx.home, &job.experiment, job.id).join("logs");
+    let newest = std::fs::read_dir(&logs)
+        .ok()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let n: i64 = e.file_name().to_string_lossy().strip_prefix("attempt-")?.parse().ok()?;
+            Some((n, e.path()))
+        })
+        .max_by_key(|(n, _)| *n);
+    let Some((_, dir)) = newest else {
+        anyhow::bail!(
+            "no logs pulled yet for job {} ({}); they arrive when an attempt ends",
+            job.id,
+            job.state.as_str()
+        );
+    };
+    let file = dir.join(if args.stderr { "stderr.log" } else { "stdout.log" });
+    let mut f = std::fs::File::open(&file).map_err(|e| anyhow::anyhow!("cannot open {}: {e}", file.display()))?;
+    let mut out = std::io::stdout();
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf)?;
+    out.write_all(&buf)?;
+    out.flush()?;
+    while args.follow {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let pos = f.stream_position()?;
+        let len = f.metadata()?.len();
+        if len < pos {
+            f.seek(SeekFrom::Start(0))?;
+        }
+        buf.clear();
+        f.read_to_end(&mut buf)?;
+        out.write_all(&buf)?;
+        out.flush()?;
+    }
+    Ok(())
 }
