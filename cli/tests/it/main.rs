@@ -1,6 +1,7 @@
 //! CLI-level tests of the `vasticlaude` binary.
 
 mod ledger_cli;
+mod queue_cli;
 
 /// Skip a test whose external part is missing, or fail it under `CI=true`.
 pub fn require(part: &str, available: bool, why: &str) -> bool {
