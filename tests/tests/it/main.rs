@@ -1,1 +1,3 @@
 //! Workspace-level end-to-end tests, one binary to keep link times down.
+
+mod offers_must_show;
