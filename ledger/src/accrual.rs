@@ -302,8 +302,8 @@ mod tests {
     fn bid_replaces_on_demand_price() {
         let mut r = rates();
         r.bid_per_hour = Some(Usd(dec!(0.2)));
-        let c = accrue_interval(&r, &StateInterval::new(0, 3_600_000, BillingState::Running))
-            .unwrap();
+        let c =
+            accrue_interval(&r, &StateInterval::new(0, 3_600_000, BillingState::Running)).unwrap();
         assert_eq!(c.compute, Usd(dec!(0.2)));
     }
 }

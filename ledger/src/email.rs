@@ -364,7 +364,10 @@ mod tests {
         let c = SmtpConfig::from_url("smtp://127.0.0.1:2525").unwrap();
         assert_eq!((c.port, c.security), (2525, Security::Opportunistic));
         let c = SmtpConfig::from_url("smtp://u:p@[::1]:2525?tls=none").unwrap();
-        assert_eq!((c.host.as_str(), c.port, c.security), ("::1", 2525, Security::None));
+        assert_eq!(
+            (c.host.as_str(), c.port, c.security),
+            ("::1", 2525, Security::None)
+        );
         let c = SmtpConfig::from_url("smtp://h?tls=required").unwrap();
         assert_eq!((c.port, c.security), (25, Security::StartTls));
     }

@@ -95,12 +95,27 @@ impl MigrationTrait for M0001LedgerInit {
                 .to_owned(),
         )
         .await?;
-        m.create_index(index("ix_ledger_entry_experiment", "ledger_entry", &["experiment"], false))
-            .await?;
-        m.create_index(index("ix_ledger_entry_instance", "ledger_entry", &["instance"], false))
-            .await?;
-        m.create_index(index("ix_ledger_entry_end", "ledger_entry", &["end_ms"], false))
-            .await?;
+        m.create_index(index(
+            "ix_ledger_entry_experiment",
+            "ledger_entry",
+            &["experiment"],
+            false,
+        ))
+        .await?;
+        m.create_index(index(
+            "ix_ledger_entry_instance",
+            "ledger_entry",
+            &["instance"],
+            false,
+        ))
+        .await?;
+        m.create_index(index(
+            "ix_ledger_entry_end",
+            "ledger_entry",
+            &["end_ms"],
+            false,
+        ))
+        .await?;
         m.create_table(
             create("ledger_budget")
                 .col(big_pk_auto("id"))

@@ -306,7 +306,10 @@ mod tests {
     fn serializes_as_exact_string() {
         let j = serde_json::to_string(&Usd(dec!(0.100000000))).unwrap();
         assert_eq!(j, "\"0.1\"");
-        assert_eq!(serde_json::to_string(&NanoUsd(20_000_000_000).to_usd()).unwrap(), "\"20\"");
+        assert_eq!(
+            serde_json::to_string(&NanoUsd(20_000_000_000).to_usd()).unwrap(),
+            "\"20\""
+        );
         let back: Usd = serde_json::from_str(&j).unwrap();
         assert_eq!(back, Usd(dec!(0.1)));
     }

@@ -153,7 +153,11 @@ mod tests {
         assert_eq!(a.drift.compute, Usd(dec!(0.0001)));
         assert_eq!(a.drift.bandwidth, Usd(dec!(0.0004)));
         assert!(a.within_rounding);
-        let ol = r.instances.iter().find(|d| d.instance == "only-ledger").unwrap();
+        let ol = r
+            .instances
+            .iter()
+            .find(|d| d.instance == "only-ledger")
+            .unwrap();
         assert!(ol.vast.is_none());
         assert!(!ol.within_rounding);
         assert_eq!(r.drift_total, Usd(dec!(-0.9995)));

@@ -226,8 +226,10 @@ impl Ledger {
                 _ => None,
             })
             .collect();
-        let progress_map: BTreeMap<&str, &ExperimentProgress> =
-            progress.iter().map(|p| (p.experiment.as_str(), p)).collect();
+        let progress_map: BTreeMap<&str, &ExperimentProgress> = progress
+            .iter()
+            .map(|p| (p.experiment.as_str(), p))
+            .collect();
         let mut names: BTreeSet<String> = per_exp.keys().cloned().collect();
         names.extend(progress.iter().map(|p| p.experiment.clone()));
         names.extend(budgets.keys().cloned());
@@ -253,8 +255,8 @@ impl Ledger {
             };
             let st = budgets.get(&name);
             let burn_rate = burn.get(&name).copied().unwrap_or(Usd::ZERO);
-            let cost_per_job = (jobs_done > 0)
-                .then(|| Usd(spent_all_time.0 / Decimal::from(jobs_done)));
+            let cost_per_job =
+                (jobs_done > 0).then(|| Usd(spent_all_time.0 / Decimal::from(jobs_done)));
             let remaining = jobs_total.saturating_sub(jobs_done + jobs_failed);
             let (forecast_total, forecast_hours) = match cost_per_job {
                 Some(cpj) => {
@@ -397,7 +399,11 @@ fn csv_field(s: &str) -> String {
 }
 
 fn csv_line(fields: &[String]) -> String {
-    let mut l = fields.iter().map(|f| csv_field(f)).collect::<Vec<_>>().join(",");
+    let mut l = fields
+        .iter()
+        .map(|f| csv_field(f))
+        .collect::<Vec<_>>()
+        .join(",");
     l.push('\n');
     l
 }
@@ -422,8 +428,16 @@ impl Report {
 
     fn experiment_rows(&self) -> (Vec<&'static str>, Vec<Vec<String>>) {
         let headers = vec![
-            "Experiment", "Jobs done", "Failed", "Spent", "Budget", "Left", "Burn now",
-            "Forecast", "To finish", "Per job",
+            "Experiment",
+            "Jobs done",
+            "Failed",
+            "Spent",
+            "Budget",
+            "Left",
+            "Burn now",
+            "Forecast",
+            "To finish",
+            "Per job",
         ];
         let rows = self
             .experiments
@@ -452,7 +466,12 @@ impl Report {
 
     fn split_rows(&self) -> (Vec<&'static str>, Vec<Vec<String>>) {
         let headers = vec![
-            "Experiment", "Compute", "Storage", "Bandwidth", "Overhead", "Lost: preemption",
+            "Experiment",
+            "Compute",
+            "Storage",
+            "Bandwidth",
+            "Overhead",
+            "Lost: preemption",
             "Lost: failures",
         ];
         let rows = self
@@ -509,9 +528,10 @@ impl Report {
         let _ = writeln!(
             s,
             "vasticlaude spend report, {} ({}), generated {}",
-            self.experiment_filter
-                .as_deref()
-                .map_or_else(|| "all experiments".to_string(), |e| format!("experiment {e}")),
+            self.experiment_filter.as_deref().map_or_else(
+                || "all experiments".to_string(),
+                |e| format!("experiment {e}")
+            ),
             self.window(),
             fmt_time(self.generated_ms)
         );
@@ -563,12 +583,10 @@ impl Report {
         let _ = write!(
             s,
             "<h2>vasticlaude spend report</h2><p>{} ({}), generated {}</p>",
-            html_escape(
-                &self
-                    .experiment_filter
-                    .as_deref()
-                    .map_or_else(|| "All experiments".to_string(), |e| format!("Experiment {e}"))
-            ),
+            html_escape(&self.experiment_filter.as_deref().map_or_else(
+                || "All experiments".to_string(),
+                |e| format!("Experiment {e}")
+            )),
             html_escape(&self.window()),
             html_escape(&fmt_time(self.generated_ms))
         );
@@ -601,10 +619,24 @@ impl Report {
         if self.by == GroupBy::Experiment {
             s.push_str(&csv_line(
                 &[
-                    "experiment", "jobs_total", "jobs_done", "jobs_failed", "jobs_running",
-                    "spent", "spent_all_time", "budget", "left", "burn_rate_per_hour",
-                    "cost_per_completed_job", "forecast_total", "forecast_hours",
-                    "lost_preemption", "lost_failure", "overhead", "compute", "storage",
+                    "experiment",
+                    "jobs_total",
+                    "jobs_done",
+                    "jobs_failed",
+                    "jobs_running",
+                    "spent",
+                    "spent_all_time",
+                    "budget",
+                    "left",
+                    "burn_rate_per_hour",
+                    "cost_per_completed_job",
+                    "forecast_total",
+                    "forecast_hours",
+                    "lost_preemption",
+                    "lost_failure",
+                    "overhead",
+                    "compute",
+                    "storage",
                     "bandwidth",
                 ]
                 .map(String::from),

@@ -45,7 +45,10 @@ impl CronExpr {
             original.clone()
         } else {
             match fields {
-                5 => format!("0 {}", original.split_whitespace().collect::<Vec<_>>().join(" ")),
+                5 => format!(
+                    "0 {}",
+                    original.split_whitespace().collect::<Vec<_>>().join(" ")
+                ),
                 6 | 7 => original.split_whitespace().collect::<Vec<_>>().join(" "),
                 n => {
                     return Err(LedgerError::Invalid {
@@ -58,12 +61,11 @@ impl CronExpr {
                 }
             }
         };
-        let schedule =
-            cron::Schedule::from_str(&normalized).map_err(|e| LedgerError::Invalid {
-                what: "cron expression",
-                value: original.clone(),
-                reason: e.to_string(),
-            })?;
+        let schedule = cron::Schedule::from_str(&normalized).map_err(|e| LedgerError::Invalid {
+            what: "cron expression",
+            value: original.clone(),
+            reason: e.to_string(),
+        })?;
         Ok(CronExpr {
             original,
             normalized,
@@ -74,7 +76,10 @@ impl CronExpr {
     /// The first fire time strictly after `after_ms` (UTC), or `None` if it never fires again.
     pub fn next_after(&self, after_ms: i64) -> Option<i64> {
         let dt = DateTime::<Utc>::from_timestamp_millis(after_ms)?;
-        self.schedule.after(&dt).next().map(|t| t.timestamp_millis())
+        self.schedule
+            .after(&dt)
+            .next()
+            .map(|t| t.timestamp_millis())
     }
 }
 
@@ -169,11 +174,13 @@ impl Ledger {
         const OP: &str = "adding a schedule";
         let cron = CronExpr::parse(cron_expr)?;
         crate::email::parse_address(email)?;
-        let next = cron.next_after(now_ms).ok_or_else(|| LedgerError::Invalid {
-            what: "cron expression",
-            value: cron.original.clone(),
-            reason: "never fires after now".into(),
-        })?;
+        let next = cron
+            .next_after(now_ms)
+            .ok_or_else(|| LedgerError::Invalid {
+                what: "cron expression",
+                value: cron.original.clone(),
+                reason: "never fires after now".into(),
+            })?;
         let rows = query(
             self.connection(),
             OP,
@@ -434,7 +441,11 @@ impl Ledger {
             vec![],
         )
         .await?;
-        Ok(rows.first().map(|r| get(r, OP, "n")).transpose()?.unwrap_or(0))
+        Ok(rows
+            .first()
+            .map(|r| get(r, OP, "n"))
+            .transpose()?
+            .unwrap_or(0))
     }
 
     /// Sends every due report and every new budget alert through `mailer`, recording each.
@@ -519,7 +530,6 @@ impl Ledger {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -534,7 +544,9 @@ mod tests {
             .timestamp_millis();
         let next = c.next_after(t).unwrap();
         assert_eq!(
-            DateTime::<Utc>::from_timestamp_millis(next).unwrap().to_rfc3339(),
+            DateTime::<Utc>::from_timestamp_millis(next)
+                .unwrap()
+                .to_rfc3339(),
             "2026-11-28T12:15:00+00:00"
         );
         assert!(CronExpr::parse("0 30 9 * * Mon-Fri").is_ok());

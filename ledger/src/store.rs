@@ -19,7 +19,9 @@ use sea_orm::{
 use sea_orm_migration::MigratorTrait;
 use serde::{Deserialize, Serialize};
 
-use crate::accrual::{AccrualError, Component, CostBreakdown, Rates, StateInterval, accrue_interval};
+use crate::accrual::{
+    AccrualError, Component, CostBreakdown, Rates, StateInterval, accrue_interval,
+};
 use crate::attribution::{Allocation, AttributionError, JobSpan, Owner, Reason, attribute};
 use crate::email::EmailError;
 use crate::money::{MoneyError, NanoUsd, Usd};
@@ -394,7 +396,10 @@ fn parse_decimal(what: &'static str, s: &str) -> Result<Decimal, LedgerError> {
 }
 
 fn warn_to_text(w: &[u32]) -> String {
-    w.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",")
+    w.iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Parses `50,80,100` (spaces and a trailing `%` allowed) into sorted distinct percents
@@ -546,9 +551,21 @@ impl Ledger {
         }
         let mut carries = CostBreakdown::ZERO;
         for (c, col, what) in [
-            (Component::Compute, "carry_compute", "ledger_instance.carry_compute"),
-            (Component::Storage, "carry_storage", "ledger_instance.carry_storage"),
-            (Component::Bandwidth, "carry_bandwidth", "ledger_instance.carry_bandwidth"),
+            (
+                Component::Compute,
+                "carry_compute",
+                "ledger_instance.carry_compute",
+            ),
+            (
+                Component::Storage,
+                "carry_storage",
+                "ledger_instance.carry_storage",
+            ),
+            (
+                Component::Bandwidth,
+                "carry_bandwidth",
+                "ledger_instance.carry_bandwidth",
+            ),
         ] {
             let s: String = get(row, OP, col)?;
             *carries.get_mut(c) = Usd(parse_decimal(what, &s)?);
@@ -1042,7 +1059,11 @@ async fn consumed_on<C: ConnectionTrait>(c: &C, r: &Reservation) -> Result<Usd, 
         ],
     )
     .await?;
-    let total: i64 = rows.first().map(|r| get(r, OP, "total")).transpose()?.unwrap_or(0);
+    let total: i64 = rows
+        .first()
+        .map(|r| get(r, OP, "total"))
+        .transpose()?
+        .unwrap_or(0);
     Ok(NanoUsd(total).to_usd())
 }
 
@@ -1063,7 +1084,11 @@ async fn spent_on<C: ConnectionTrait>(c: &C, scope: &BudgetScope) -> Result<Usd,
         values,
     )
     .await?;
-    let total: i64 = rows.first().map(|r| get(r, OP, "total")).transpose()?.unwrap_or(0);
+    let total: i64 = rows
+        .first()
+        .map(|r| get(r, OP, "total"))
+        .transpose()?
+        .unwrap_or(0);
     Ok(NanoUsd(total).to_usd())
 }
 

@@ -47,7 +47,10 @@ fn per_second_compute_example() {
     .unwrap();
     assert_eq!(c.compute.amount(), dec!(0.4567) * dec!(5437) / dec!(3600));
     assert!(
-        c.compute.amount().to_string().starts_with("0.689743861111111"),
+        c.compute
+            .amount()
+            .to_string()
+            .starts_with("0.689743861111111"),
         "{}",
         c.compute.amount()
     );
@@ -114,9 +117,12 @@ fn sums_are_exact_over_many_ticks() {
     }
     let d = (total.compute.amount() - dec!(0.4567)).abs();
     assert!(d < dec!(0.0000000000000000001), "{d}");
-    assert_eq!(total.compute.to_nano().unwrap(), Usd(dec!(0.4567)).to_nano().unwrap());
-    let one = accrue_interval(&r, &StateInterval::new(0, 3_600_000, BillingState::Running))
-        .unwrap();
+    assert_eq!(
+        total.compute.to_nano().unwrap(),
+        Usd(dec!(0.4567)).to_nano().unwrap()
+    );
+    let one =
+        accrue_interval(&r, &StateInterval::new(0, 3_600_000, BillingState::Running)).unwrap();
     let d: Decimal = (total.storage - one.storage).amount().abs();
     assert!(d < dec!(0.0000000000000000001), "{d}");
 }

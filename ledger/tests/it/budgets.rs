@@ -22,7 +22,15 @@ fn dollar_an_hour() -> Rates {
     }
 }
 
-async fn run_hours(l: &Ledger, instance: &str, exp: &str, user: &str, job: &str, from_h: i64, hours: i64) {
+async fn run_hours(
+    l: &Ledger,
+    instance: &str,
+    exp: &str,
+    user: &str,
+    job: &str,
+    from_h: i64,
+    hours: i64,
+) {
     let input = AccrualInput {
         instance: instance.into(),
         owner: Owner {
@@ -42,7 +50,9 @@ async fn run_hours(l: &Ledger, instance: &str, exp: &str, user: &str, job: &str,
             reason: Reason::Work,
         }],
     };
-    l.record_interval(&input, (from_h + hours) * H).await.unwrap();
+    l.record_interval(&input, (from_h + hours) * H)
+        .await
+        .unwrap();
 }
 
 /// The shared scenario, run on each backend.
@@ -96,7 +106,13 @@ async fn budget_scenario(l: &Ledger) {
     };
     let rb = l.reserve(&big, 12).await.unwrap();
     l.release(rb.id, 13).await.unwrap();
-    assert!(l.release(rb.id, 14).await.unwrap_err().to_string().contains("already released"));
+    assert!(
+        l.release(rb.id, 14)
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("already released")
+    );
 
     // j1 runs 2 h ($2): its reservation shrinks to $1, so $2 more fits (2 + 1 + 2 = 5).
     run_hours(l, "i1", "exp-a", "ann", "j1", 1, 2).await;
@@ -116,7 +132,10 @@ async fn budget_scenario(l: &Ledger) {
 
     // Alerts: $3 spent of $5 crosses 50 % once; $5 crosses 80 % and reaches the budget.
     run_hours(l, "i1", "exp-a", "ann", "j2", 3, 1).await;
-    let a1 = l.claim_alerts(&["ops@example.com".into()], 5 * H).await.unwrap();
+    let a1 = l
+        .claim_alerts(&["ops@example.com".into()], 5 * H)
+        .await
+        .unwrap();
     assert_eq!(a1.len(), 1);
     assert_eq!(a1[0].threshold_percent, 50);
     assert_eq!(a1[0].recipients, vec!["ops@example.com".to_string()]);
@@ -145,7 +164,10 @@ async fn budget_scenario(l: &Ledger) {
     .unwrap();
     let stops = l.over_hard_budgets().await.unwrap();
     assert_eq!(
-        stops.iter().map(|s| s.experiment.as_str()).collect::<Vec<_>>(),
+        stops
+            .iter()
+            .map(|s| s.experiment.as_str())
+            .collect::<Vec<_>>(),
         vec!["exp-a", "exp-c"]
     );
     // Raising the experiment's budget re-arms its thresholds; removing works once.

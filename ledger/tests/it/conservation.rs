@@ -24,45 +24,49 @@ fn money() -> impl Strategy<Value = Usd> {
 }
 
 fn rates() -> impl Strategy<Value = Rates> {
-    (money(), proptest::option::of(money()), 1i64..2000, money(), money(), money()).prop_map(
-        |(c, bid, disk, st, up, down)| Rates {
+    (
+        money(),
+        proptest::option::of(money()),
+        1i64..2000,
+        money(),
+        money(),
+        money(),
+    )
+        .prop_map(|(c, bid, disk, st, up, down)| Rates {
             compute_per_hour: c,
             bid_per_hour: bid,
             disk_gb: Decimal::from(disk),
             storage_per_gb_month: st,
             upload_per_gb: up,
             download_per_gb: down,
-        },
-    )
+        })
 }
 
 /// Jobs on a `gpus`-GPU instance over `[0, len)`, never more GPUs in total than the instance
 /// has (so any timing is feasible).
 fn jobs(gpus: u32, len: i64) -> impl Strategy<Value = Vec<JobSpan>> {
-    proptest::collection::vec(
-        (1u32..=4, 0..=len, 0..=len, 0usize..3, 0usize..3),
-        0..6,
-    )
-    .prop_map(move |raw| {
-        let mut used = 0;
-        let mut out = Vec::new();
-        for (i, (g, a, b, e, r)) in raw.into_iter().enumerate() {
-            if used + g > gpus {
-                continue;
+    proptest::collection::vec((1u32..=4, 0..=len, 0..=len, 0usize..3, 0usize..3), 0..6).prop_map(
+        move |raw| {
+            let mut used = 0;
+            let mut out = Vec::new();
+            for (i, (g, a, b, e, r)) in raw.into_iter().enumerate() {
+                if used + g > gpus {
+                    continue;
+                }
+                used += g;
+                out.push(JobSpan {
+                    job: format!("j{i}"),
+                    experiment: format!("exp{e}"),
+                    user: Some(format!("u{e}")),
+                    gpus: g,
+                    start_ms: a.min(b),
+                    end_ms: a.max(b),
+                    reason: REASONS[r],
+                });
             }
-            used += g;
-            out.push(JobSpan {
-                job: format!("j{i}"),
-                experiment: format!("exp{e}"),
-                user: Some(format!("u{e}")),
-                gpus: g,
-                start_ms: a.min(b),
-                end_ms: a.max(b),
-                reason: REASONS[r],
-            });
-        }
-        out
-    })
+            out
+        },
+    )
 }
 
 /// Prices small enough that no history overflows nano-dollar storage (±9.2e9 USD).
@@ -71,7 +75,14 @@ fn small_money() -> impl Strategy<Value = Usd> {
 }
 
 fn small_rates() -> impl Strategy<Value = Rates> {
-    (small_money(), proptest::option::of(small_money()), 1i64..2000, small_money(), small_money(), small_money())
+    (
+        small_money(),
+        proptest::option::of(small_money()),
+        1i64..2000,
+        small_money(),
+        small_money(),
+        small_money(),
+    )
         .prop_map(|(c, bid, disk, st, up, down)| Rates {
             compute_per_hour: c,
             bid_per_hour: bid,
@@ -83,9 +94,24 @@ fn small_rates() -> impl Strategy<Value = Rates> {
 }
 
 fn case() -> impl Strategy<Value = (Rates, u32, i64, usize, u64, u64, Vec<JobSpan>)> {
-    (rates(), 1u32..=8, 0i64..10_000_000, 0usize..6, 0u64..10_000_000_000, 0u64..10_000_000_000)
+    (
+        rates(),
+        1u32..=8,
+        0i64..10_000_000,
+        0usize..6,
+        0u64..10_000_000_000,
+        0u64..10_000_000_000,
+    )
         .prop_flat_map(|(r, g, len, s, up, down)| {
-            (Just(r), Just(g), Just(len), Just(s), Just(up), Just(down), jobs(g, len))
+            (
+                Just(r),
+                Just(g),
+                Just(len),
+                Just(s),
+                Just(up),
+                Just(down),
+                jobs(g, len),
+            )
         })
 }
 

@@ -148,6 +148,9 @@ async fn tick_sends_reports_and_alerts_once() {
         .iter()
         .find(|m| subject_of(m).starts_with("vasticlaude budget alert"))
         .expect("an alert email");
-    assert!(subject_of(alert).contains("experiment exp-mail reached 50%"), "{alert}");
+    assert!(
+        subject_of(alert).contains("experiment exp-mail reached 50%"),
+        "{alert}"
+    );
     assert!(alert.contains("To: owner@example.com"), "{alert}");
 }

@@ -6,6 +6,7 @@ mod accrual;
 mod budgets;
 mod conservation;
 mod email;
+mod report;
 mod schedules;
 
 use std::path::PathBuf;
@@ -44,7 +45,10 @@ pub fn unique_suffix() -> String {
 /// A ledger on a fresh SQLite file (kept alive by the returned directory).
 pub async fn sqlite_ledger() -> (Ledger, tempfile::TempDir, String) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("ledger.db").display());
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("ledger.db").display()
+    );
     let l = Ledger::open(&url).await.expect("open sqlite ledger");
     (l, dir, url)
 }
@@ -82,7 +86,10 @@ impl PgDb {
     pub async fn drop_db(self) {
         if let Ok(admin) = Database::connect(PG_ADMIN_URL).await {
             let _ = admin
-                .execute_unprepared(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
+                .execute_unprepared(&format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    self.name
+                ))
                 .await;
             let _ = admin.close().await;
         }

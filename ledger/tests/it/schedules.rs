@@ -16,30 +16,71 @@ where
     Fut: std::future::Future<Output = Ledger>,
 {
     let s = first
-        .add_schedule("*/5 * * * *", "ops@example.com", Some("exp-a"), t("2026-11-28T12:01:00Z"))
+        .add_schedule(
+            "*/5 * * * *",
+            "ops@example.com",
+            Some("exp-a"),
+            t("2026-11-28T12:01:00Z"),
+        )
         .await
         .unwrap();
     assert_eq!(s.cron, "0 */5 * * * *");
     assert_eq!(s.next_fire_ms, t("2026-11-28T12:05:00Z"));
-    assert!(first.claim_due_reports(t("2026-11-28T12:04:59Z")).await.unwrap().is_empty());
-    let c = first.claim_due_reports(t("2026-11-28T12:05:00Z")).await.unwrap();
+    assert!(
+        first
+            .claim_due_reports(t("2026-11-28T12:04:59Z"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let c = first
+        .claim_due_reports(t("2026-11-28T12:05:00Z"))
+        .await
+        .unwrap();
     assert_eq!(c.len(), 1);
     assert_eq!(c[0].due_ms, t("2026-11-28T12:05:00Z"));
     assert_eq!(c[0].schedule.next_fire_ms, t("2026-11-28T12:10:00Z"));
     // The same instant again, and a little later: nothing.
-    assert!(first.claim_due_reports(t("2026-11-28T12:05:00Z")).await.unwrap().is_empty());
-    assert!(first.claim_due_reports(t("2026-11-28T12:07:00Z")).await.unwrap().is_empty());
-    first.finish_firing(c[0].firing_id, Ok(()), t("2026-11-28T12:05:01Z")).await.unwrap();
+    assert!(
+        first
+            .claim_due_reports(t("2026-11-28T12:05:00Z"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        first
+            .claim_due_reports(t("2026-11-28T12:07:00Z"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    first
+        .finish_firing(c[0].firing_id, Ok(()), t("2026-11-28T12:05:01Z"))
+        .await
+        .unwrap();
     drop(first);
 
     // "Restart": a new process on the same database.
     let second = open().await;
-    assert!(second.claim_due_reports(t("2026-11-28T12:08:00Z")).await.unwrap().is_empty());
-    let c2 = second.claim_due_reports(t("2026-11-28T12:10:00Z")).await.unwrap();
+    assert!(
+        second
+            .claim_due_reports(t("2026-11-28T12:08:00Z"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let c2 = second
+        .claim_due_reports(t("2026-11-28T12:10:00Z"))
+        .await
+        .unwrap();
     assert_eq!(c2.len(), 1);
     assert_eq!(c2[0].due_ms, t("2026-11-28T12:10:00Z"));
     // Down for a while: the missed firings coalesce into one, and the next is after now.
-    let c3 = second.claim_due_reports(t("2026-11-28T12:31:00Z")).await.unwrap();
+    let c3 = second
+        .claim_due_reports(t("2026-11-28T12:31:00Z"))
+        .await
+        .unwrap();
     assert_eq!(c3.len(), 1);
     assert_eq!(c3[0].due_ms, t("2026-11-28T12:15:00Z"));
     assert_eq!(c3[0].schedule.next_fire_ms, t("2026-11-28T12:35:00Z"));
@@ -89,9 +130,14 @@ async fn schedule_fires_once_across_restart_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_claims_fire_once() {
     let (l, _dir, url) = sqlite_ledger().await;
-    l.add_schedule("0 * * * *", "ops@example.com", None, t("2026-11-28T11:59:00Z"))
-        .await
-        .unwrap();
+    l.add_schedule(
+        "0 * * * *",
+        "ops@example.com",
+        None,
+        t("2026-11-28T11:59:00Z"),
+    )
+    .await
+    .unwrap();
     let mut handles = Vec::new();
     for _ in 0..4 {
         let url = url.clone();
