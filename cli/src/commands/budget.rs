@@ -198,7 +198,15 @@ async fn list(a: ListArgs, ctx: &Context) -> anyhow::Result<()> {
         "{}",
         ledger::render_table(
             &[
-                "Scope", "Name", "Budget", "Spent", "Reserved", "Left", "Used", "Type", "Warn %",
+                "Scope",
+                "Name",
+                "Budget",
+                "Spent",
+                "Reserved",
+                "Left",
+                "Used",
+                "Type",
+                "Warn %",
                 "Alerts to",
             ],
             &rows

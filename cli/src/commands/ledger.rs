@@ -70,8 +70,16 @@ pub async fn run(cmd: Command, ctx: &Context) -> anyhow::Result<()> {
 
 async fn report(a: ReportArgs, ctx: &Context) -> anyhow::Result<()> {
     let now = now_ms();
-    let since = a.since.as_deref().map(|s| parse_time("--since", s, now)).transpose()?;
-    let until = a.until.as_deref().map(|s| parse_time("--until", s, now)).transpose()?;
+    let since = a
+        .since
+        .as_deref()
+        .map(|s| parse_time("--since", s, now))
+        .transpose()?;
+    let until = a
+        .until
+        .as_deref()
+        .map(|s| parse_time("--until", s, now))
+        .transpose()?;
     if let (Some(s), Some(u)) = (since, until)
         && s >= u
     {
@@ -227,7 +235,12 @@ mod tests {
             parse_time("--since", "2026-11-28T00:00:00Z", now).unwrap()
         );
         assert_eq!(parse_time("--since", "1234", now).unwrap(), 1234);
-        let err = parse_time("--since", "yesterday", now).unwrap_err().to_string();
-        assert!(err.contains("--since") && err.contains("yesterday"), "{err}");
+        let err = parse_time("--since", "yesterday", now)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--since") && err.contains("yesterday"),
+            "{err}"
+        );
     }
 }

@@ -107,7 +107,9 @@ async fn list(a: ListArgs, ctx: &Context) -> anyhow::Result<()> {
         return print_json(&schedules);
     }
     if schedules.is_empty() {
-        println!("No report schedules. Add one with: vasticlaude report schedule add '0 9 * * *' --email ADDR");
+        println!(
+            "No report schedules. Add one with: vasticlaude report schedule add '0 9 * * *' --email ADDR"
+        );
         return Ok(());
     }
     let firings = l.firings(None).await.map_err(ledger_err)?;

@@ -146,10 +146,18 @@ fn report_as_json_on_a_fresh_home() {
     // The table and CSV renderings work on the same empty ledger.
     let out = run(vasticlaude(home.path()).args(["ledger", "report"]));
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("Total: $0.00"), "{}", text(&out.stdout));
-    let out = run(vasticlaude(home.path()).args(["ledger", "report", "--format", "csv", "--by", "day"]));
+    assert!(
+        text(&out.stdout).contains("Total: $0.00"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out =
+        run(vasticlaude(home.path()).args(["ledger", "report", "--format", "csv", "--by", "day"]));
     assert!(out.status.success());
-    assert_eq!(text(&out.stdout).trim(), "day,compute,storage,bandwidth,total");
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "day,compute,storage,bandwidth,total"
+    );
 }
 
 #[test]
@@ -159,10 +167,17 @@ fn report_by_email_reaches_a_real_smtp_server() {
     };
     let home = tempfile::tempdir().unwrap();
     let out = run(vasticlaude(home.path())
-        .env("VASTICLAUDE_SMTP_URL", format!("smtp://127.0.0.1:{}", smtp.port))
+        .env(
+            "VASTICLAUDE_SMTP_URL",
+            format!("smtp://127.0.0.1:{}", smtp.port),
+        )
         .args(["ledger", "report", "--email", "ops@example.com"]));
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("ops@example.com"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("ops@example.com"),
+        "{}",
+        text(&out.stdout)
+    );
     let msgs = smtp.messages();
     assert_eq!(msgs.len(), 1, "{msgs:?}");
     let m = &msgs[0];
@@ -178,12 +193,18 @@ fn smtp_credentials_never_show() {
     let home = tempfile::tempdir().unwrap();
     let port = free_port(); // nothing listens there
     let out = run(vasticlaude(home.path())
-        .env("VASTICLAUDE_SMTP_URL", format!("smtp://mailer:hunter2@127.0.0.1:{port}"))
+        .env(
+            "VASTICLAUDE_SMTP_URL",
+            format!("smtp://mailer:hunter2@127.0.0.1:{port}"),
+        )
         .args(["ledger", "report", "--email", "ops@example.com"]));
     assert!(!out.status.success());
     let err = text(&out.stderr);
     assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
-    assert!(!err.contains("hunter2") && !text(&out.stdout).contains("hunter2"), "{err}");
+    assert!(
+        !err.contains("hunter2") && !text(&out.stdout).contains("hunter2"),
+        "{err}"
+    );
     assert_eq!(err.trim().lines().count(), 1, "one-line error: {err}");
 
     let out = run(vasticlaude(home.path())
@@ -191,7 +212,10 @@ fn smtp_credentials_never_show() {
         .args(["ledger", "report", "--email", "ops@example.com"]));
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
-    assert!(err.contains("unsupported scheme") && !err.contains("hunter2"), "{err}");
+    assert!(
+        err.contains("unsupported scheme") && !err.contains("hunter2"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -204,7 +228,12 @@ fn budgets_and_schedules_round_trip() {
     };
     let fails = |args: &[&str], want: &str| {
         let out = run(vasticlaude(home.path()).args(args));
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
         let err = text(&out.stderr);
         assert!(err.contains(want), "{args:?}: {err}");
     };
@@ -213,8 +242,7 @@ fn budgets_and_schedules_round_trip() {
     ok(&["budget", "set", "--workspace", "500"]);
     // Re-setting the amount keeps the thresholds.
     ok(&["budget", "set", "exp-1", "20"]);
-    let v: serde_json::Value =
-        serde_json::from_str(&ok(&["budget", "list", "--json"])).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&ok(&["budget", "list", "--json"])).unwrap();
     let rows = v.as_array().unwrap();
     assert_eq!(rows.len(), 3);
     let exp = rows
@@ -237,17 +265,77 @@ fn budgets_and_schedules_round_trip() {
     let out = run(vasticlaude(home.path()).args(["budget", "remove", "--workspace"]));
     assert!(!out.status.success());
 
-    let added = ok(&["report", "schedule", "add", "0 9 * * 1-5", "--email", "ops@example.com", "--json"]);
+    let added = ok(&[
+        "report",
+        "schedule",
+        "add",
+        "0 9 * * 1-5",
+        "--email",
+        "ops@example.com",
+        "--json",
+    ]);
     let s: serde_json::Value = serde_json::from_str(&added).unwrap();
     assert_eq!(s["cron"], "0 0 9 * * 1-5");
     let id = s["id"].as_i64().unwrap().to_string();
     assert!(ok(&["report", "schedule", "list"]).contains("ops@example.com"));
-    fails(&["report", "schedule", "add", "* * *", "--email", "ops@example.com"], "\"* * *\"");
-    fails(&["report", "schedule", "add", "0 9 * * *", "--email", "nobody"], "nobody");
+    fails(
+        &[
+            "report",
+            "schedule",
+            "add",
+            "* * *",
+            "--email",
+            "ops@example.com",
+        ],
+        "\"* * *\"",
+    );
+    fails(
+        &[
+            "report",
+            "schedule",
+            "add",
+            "0 9 * * *",
+            "--email",
+            "nobody",
+        ],
+        "nobody",
+    );
     // tick needs SMTP configured, and says so.
     fails(&["report", "tick"], "VASTICLAUDE_SMTP_URL");
     ok(&["report", "schedule", "remove", &id]);
     let listed: serde_json::Value =
         serde_json::from_str(&ok(&["report", "schedule", "list", "--json"])).unwrap();
     assert!(listed.as_array().unwrap().is_empty());
+}
+
+#[test]
+fn report_reads_job_progress_from_the_queue() {
+    let home = tempfile::tempdir().unwrap();
+    let out = run(vasticlaude(home.path()).args([
+        "queue",
+        "add",
+        "--experiment",
+        "e-prog",
+        "--sweep",
+        "seed=0,1,2",
+        "--",
+        "echo",
+        "{seed}",
+    ]));
+    assert!(out.status.success(), "queue add: {}", text(&out.stderr));
+    let out = run(vasticlaude(home.path()).args(["ledger", "report", "--json"]));
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let e = v["experiments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["experiment"] == "e-prog")
+        .unwrap_or_else(|| panic!("e-prog missing: {v}"));
+    assert_eq!(e["jobs_total"], 3);
+    assert_eq!(e["jobs_done"], 0);
+    assert_eq!(e["spent"], "0");
+    // One experiment: the table says 0/3.
+    let out = run(vasticlaude(home.path()).args(["ledger", "report", "-e", "e-prog"]));
+    assert!(text(&out.stdout).contains("0/3"), "{}", text(&out.stdout));
 }
