@@ -90,6 +90,7 @@ pub async fn run(args: Args, _ctx: &Context) -> anyhow::Result<()> {
                 "per_experiment_sum_equals_per_instance_sum": outcome.per_experiment_sum_equals_per_instance_sum,
                 "lost_to_interruptions": outcome.costs.lost,
                 "market_charged_total": outcome.market_charged_total,
+                "market_per_instance": outcome.market_per_instance,
             },
             "stats": outcome.stats,
             "outputs": outcome.outputs,

@@ -367,8 +367,10 @@ impl Engine {
         }
     }
 
+    /// One on-demand search: its offers carry `min_bid` too, which prices interruptible rentals.
+    /// (A `type=bid` search reports `min_bid` as the offer's base price, so its prices must not
+    /// be mixed with on-demand ones.)
     async fn refresh_offers(&mut self, now: EpochMs) {
-        let mut offers = Vec::new();
         let disk = self
             .state
             .world
@@ -377,41 +379,19 @@ impl Engine {
             .filter(|j| j.state == JobState::Queued)
             .map(|j| j.disk_gb())
             .fold(10.0_f64, f64::max);
-        let any_bid = self
-            .state
-            .world
-            .jobs
-            .values()
-            .any(|j| j.state == JobState::Queued && j.req.interruptible);
-        for interruptible in [false, true] {
-            if interruptible && !any_bid {
-                continue;
+        let q = OfferSearch {
+            query: format!("{} disk_space>={}", self.cfg.offer_query, disk.ceil()),
+            interruptible: false,
+            disk_gb: disk,
+            limit: self.cfg.offer_limit,
+        };
+        match self.market.search(&q).await {
+            Ok(o) => {
+                self.offers = o;
+                self.offers_at = Some(now);
             }
-            let q = OfferSearch {
-                query: format!("{} disk_space>={}", self.cfg.offer_query, disk.ceil()),
-                interruptible,
-                disk_gb: disk,
-                limit: self.cfg.offer_limit,
-            };
-            match self.market.search(&q).await {
-                Ok(mut o) => offers.append(&mut o),
-                Err(e) => self.event(now, "warn", format!("offer search failed: {e}")),
-            }
+            Err(e) => self.event(now, "warn", format!("offer search failed: {e}")),
         }
-        // One entry per offer id (the bid search repeats on-demand offers with min_bid).
-        let mut by_id: BTreeMap<i64, OfferObs> = BTreeMap::new();
-        for o in offers {
-            by_id
-                .entry(o.offer_id)
-                .and_modify(|e| {
-                    if o.min_bid > Decimal::ZERO && o.min_bid < e.min_bid {
-                        e.min_bid = o.min_bid;
-                    }
-                })
-                .or_insert(o);
-        }
-        self.offers = by_id.into_values().collect();
-        self.offers_at = Some(now);
     }
 
     async fn active_attempts(&self) -> Vec<ActiveAttempt> {

@@ -150,6 +150,8 @@ pub struct SimRunOutcome {
     pub costs: CostSummary,
     /// The simulator's own exact charges (sum over every instance).
     pub market_charged_total: Decimal,
+    /// The simulator's own exact charges per instance label.
+    pub market_per_instance: BTreeMap<String, Decimal>,
     pub per_experiment_sum_equals_per_instance_sum: bool,
     pub stats: EngineStats,
     pub reports: Vec<ExperimentReport>,
@@ -246,7 +248,17 @@ pub fn outcome(engine: &mut Engine, sim: &SimMarket, started: Instant, now: i64,
     let prefix = label_prefix(&w.workspace);
     let instances_left = sim.live_with_prefix(&prefix).len();
     let costs = engine.costs(now);
-    let market_charged_total = sim.charges().iter().map(|(_, c)| *c).sum();
+    let charges = sim.charges();
+    let market_charged_total = charges.iter().map(|(_, c)| *c).sum();
+    let labels: BTreeMap<i64, String> = w
+        .instances
+        .values()
+        .filter_map(|i| i.vast_id.map(|v| (v, i.label.clone())))
+        .collect();
+    let market_per_instance: BTreeMap<String, Decimal> = charges
+        .iter()
+        .map(|(id, c)| (labels.get(id).cloned().unwrap_or_else(|| format!("vast-{id}")), *c))
+        .collect();
     let equal = costs.instances_total == costs.experiments_total;
     let recovered = w
         .jobs
@@ -268,6 +280,7 @@ pub fn outcome(engine: &mut Engine, sim: &SimMarket, started: Instant, now: i64,
         instances_left,
         costs,
         market_charged_total,
+        market_per_instance,
         per_experiment_sum_equals_per_instance_sum: equal,
         stats: engine.stats.clone(),
         reports,
