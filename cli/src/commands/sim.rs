@@ -45,8 +45,9 @@ struct ServeRequest {
 impl ServeArgs {
     fn into_request(self) -> anyhow::Result<ServeRequest> {
         let mut config = match &self.config {
-            Some(path) => vast::sim::SimConfig::from_toml_file(path)
-                .map_err(|e| UsageError(e.to_string()))?,
+            Some(path) => {
+                vast::sim::SimConfig::from_toml_file(path).map_err(|e| UsageError(e.to_string()))?
+            }
             None => vast::sim::SimConfig::default(),
         };
         if let Some(seed) = self.seed {
@@ -80,7 +81,9 @@ async fn serve(req: ServeRequest) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", req.port))
         .await
         .with_context(|| format!("cannot listen on 127.0.0.1:{}", req.port))?;
-    let addr = listener.local_addr().context("cannot read the listening address")?;
+    let addr = listener
+        .local_addr()
+        .context("cannot read the listening address")?;
     let market = Arc::new(Mutex::new(vast::sim::Market::new(req.config)));
     {
         let mut out = std::io::stdout().lock();

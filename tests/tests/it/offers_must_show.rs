@@ -21,14 +21,22 @@ fn workspace_root() -> PathBuf {
 fn vastai_bin() -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("VASTAI_BIN") {
         let p = PathBuf::from(p);
-        return if p.is_file() { Ok(p) } else { Err(format!("VASTAI_BIN={} is not a file", p.display())) };
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(format!("VASTAI_BIN={} is not a file", p.display()))
+        };
     }
     let venv = workspace_root().join(".venv/bin/vastai");
     if venv.is_file() {
         return Ok(venv);
     }
     std::env::var_os("PATH")
-        .and_then(|path| std::env::split_paths(&path).map(|d| d.join("vastai")).find(|c| c.is_file()))
+        .and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|d| d.join("vastai"))
+                .find(|c| c.is_file())
+        })
         .ok_or_else(|| format!("no vastai in VASTAI_BIN, {} or PATH", venv.display()))
 }
 
@@ -58,19 +66,37 @@ fn start_sim(root: &Path) -> String {
 }
 
 fn ids(stdout: &[u8], what: &str) -> Vec<u64> {
-    let v: Value = serde_json::from_slice(stdout)
-        .unwrap_or_else(|e| panic!("{what} printed no JSON ({e}): {}", String::from_utf8_lossy(stdout)));
+    let v: Value = serde_json::from_slice(stdout).unwrap_or_else(|e| {
+        panic!(
+            "{what} printed no JSON ({e}): {}",
+            String::from_utf8_lossy(stdout)
+        )
+    });
     let rows = match &v {
         Value::Array(a) => a.clone(),
-        other => other.get("offers").and_then(Value::as_array).cloned().unwrap_or_default(),
+        other => other
+            .get("offers")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default(),
     };
-    rows.iter().map(|o| o["id"].as_u64().unwrap_or_else(|| panic!("{what}: offer without id: {o}"))).collect()
+    rows.iter()
+        .map(|o| {
+            o["id"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{what}: offer without id: {o}"))
+        })
+        .collect()
 }
 
 #[test]
 fn offers_search_lists_what_the_official_cli_lists() {
     let vastai = vastai_bin();
-    if !tests::require("vastai CLI", vastai.is_ok(), vastai.as_ref().err().map(String::as_str).unwrap_or("")) {
+    if !tests::require(
+        "vastai CLI",
+        vastai.is_ok(),
+        vastai.as_ref().err().map(String::as_str).unwrap_or(""),
+    ) {
         return;
     }
     let ours = workspace_root().join("target/debug/vasticlaude");
@@ -88,12 +114,26 @@ fn offers_search_lists_what_the_official_cli_lists() {
     let cases: &[(&str, &str)] = &[
         ("gpu_ram>=24 num_gpus=1 dph<2", "dph"),
         ("num_gpus>=2 reliability>0.99", "dph_total"),
-        ("gpu_name in [RTX_4090,RTX_3090] geolocation notin [CN,VN]", "dlperf_usd-"),
+        (
+            "gpu_name in [RTX_4090,RTX_3090] geolocation notin [CN,VN]",
+            "dlperf_usd-",
+        ),
         ("cuda_vers>=12.4 num_gpus=8", "score-"),
     ];
     for (query, order) in cases {
         let official = Command::new(vastai.as_ref().expect("checked"))
-            .args(["--url", &url, "--api-key", "sim", "search", "offers", query, "-o", order, "--raw"])
+            .args([
+                "--url",
+                &url,
+                "--api-key",
+                "sim",
+                "search",
+                "offers",
+                query,
+                "-o",
+                order,
+                "--raw",
+            ])
             .env("HOME", home.path())
             .env("XDG_CONFIG_HOME", home.path().join(".config"))
             .env("XDG_CACHE_HOME", home.path().join(".cache"))
@@ -102,7 +142,11 @@ fn offers_search_lists_what_the_official_cli_lists() {
             .env_remove("VAST_API_KEY")
             .output()
             .expect("run vastai");
-        assert!(official.status.success(), "vastai failed: {}", String::from_utf8_lossy(&official.stderr));
+        assert!(
+            official.status.success(),
+            "vastai failed: {}",
+            String::from_utf8_lossy(&official.stderr)
+        );
         let mine = Command::new(&ours)
             .args(["offers", "search", query, "--order", order, "--json"])
             .env("VAST_URL", &url)
@@ -110,7 +154,11 @@ fn offers_search_lists_what_the_official_cli_lists() {
             .env("VASTICLAUDE_HOME", home.path().join(".vasticlaude"))
             .output()
             .expect("run vasticlaude");
-        assert!(mine.status.success(), "vasticlaude failed: {}", String::from_utf8_lossy(&mine.stderr));
+        assert!(
+            mine.status.success(),
+            "vasticlaude failed: {}",
+            String::from_utf8_lossy(&mine.stderr)
+        );
         let a = ids(&official.stdout, "vastai");
         let b = ids(&mine.stdout, "vasticlaude");
         assert!(!a.is_empty(), "{query}: the sim lists offers");

@@ -34,19 +34,201 @@ pub struct GpuModel {
 }
 
 pub const GPU_MODELS: &[GpuModel] = &[
-    GpuModel { name: "RTX 3090", ram_mb: 24576, compute_cap: 860, tflops: 35.6, dlperf: 21.0, mem_bw: 936.0, max_power: 350.0, price: (0.13, 0.26), weight: 16.0, datacenter: 0.05, counts: [4.0, 2.0, 2.0, 1.5], min_driver: 0, nvlink: 0.0 },
-    GpuModel { name: "RTX 4090", ram_mb: 24564, compute_cap: 890, tflops: 82.6, dlperf: 40.0, mem_bw: 1008.0, max_power: 450.0, price: (0.27, 0.55), weight: 20.0, datacenter: 0.1, counts: [4.0, 2.0, 2.0, 2.0], min_driver: 0, nvlink: 0.0 },
-    GpuModel { name: "RTX 5090", ram_mb: 32607, compute_cap: 1200, tflops: 104.8, dlperf: 58.0, mem_bw: 1792.0, max_power: 575.0, price: (0.55, 0.95), weight: 8.0, datacenter: 0.1, counts: [4.0, 2.0, 1.5, 1.0], min_driver: 3, nvlink: 0.0 },
-    GpuModel { name: "RTX A4000", ram_mb: 16376, compute_cap: 860, tflops: 19.2, dlperf: 11.0, mem_bw: 448.0, max_power: 140.0, price: (0.08, 0.17), weight: 6.0, datacenter: 0.2, counts: [3.0, 2.0, 2.0, 1.0], min_driver: 0, nvlink: 0.0 },
-    GpuModel { name: "RTX A5000", ram_mb: 24564, compute_cap: 860, tflops: 27.8, dlperf: 16.0, mem_bw: 768.0, max_power: 230.0, price: (0.15, 0.30), weight: 7.0, datacenter: 0.3, counts: [3.0, 2.0, 2.0, 1.5], min_driver: 0, nvlink: 0.0 },
-    GpuModel { name: "RTX A6000", ram_mb: 49140, compute_cap: 860, tflops: 38.7, dlperf: 23.0, mem_bw: 768.0, max_power: 300.0, price: (0.35, 0.62), weight: 7.0, datacenter: 0.4, counts: [3.0, 2.0, 2.0, 2.0], min_driver: 0, nvlink: 56.0 },
-    GpuModel { name: "L4", ram_mb: 23034, compute_cap: 890, tflops: 30.3, dlperf: 17.0, mem_bw: 300.0, max_power: 72.0, price: (0.18, 0.36), weight: 4.0, datacenter: 0.8, counts: [2.0, 2.0, 2.0, 2.0], min_driver: 0, nvlink: 0.0 },
-    GpuModel { name: "L40S", ram_mb: 46068, compute_cap: 890, tflops: 91.6, dlperf: 48.0, mem_bw: 864.0, max_power: 350.0, price: (0.55, 1.05), weight: 5.0, datacenter: 0.8, counts: [2.0, 2.0, 2.0, 3.0], min_driver: 0, nvlink: 0.0 },
-    GpuModel { name: "A100 PCIE", ram_mb: 81920, compute_cap: 800, tflops: 19.5, dlperf: 60.0, mem_bw: 1935.0, max_power: 300.0, price: (0.65, 1.30), weight: 5.0, datacenter: 0.8, counts: [3.0, 2.0, 2.0, 2.0], min_driver: 0, nvlink: 0.0 },
-    GpuModel { name: "A100 SXM4", ram_mb: 81920, compute_cap: 800, tflops: 19.5, dlperf: 66.0, mem_bw: 2039.0, max_power: 400.0, price: (0.80, 1.50), weight: 5.0, datacenter: 0.95, counts: [1.0, 1.0, 2.0, 5.0], min_driver: 0, nvlink: 600.0 },
-    GpuModel { name: "H100 PCIE", ram_mb: 81559, compute_cap: 900, tflops: 51.2, dlperf: 95.0, mem_bw: 2039.0, max_power: 350.0, price: (1.50, 2.30), weight: 4.0, datacenter: 0.9, counts: [2.0, 2.0, 2.0, 2.0], min_driver: 0, nvlink: 0.0 },
-    GpuModel { name: "H100 SXM", ram_mb: 81559, compute_cap: 900, tflops: 66.9, dlperf: 110.0, mem_bw: 3350.0, max_power: 700.0, price: (1.70, 2.80), weight: 5.0, datacenter: 0.95, counts: [1.0, 1.0, 2.0, 6.0], min_driver: 0, nvlink: 900.0 },
-    GpuModel { name: "H200", ram_mb: 143771, compute_cap: 900, tflops: 66.9, dlperf: 125.0, mem_bw: 4800.0, max_power: 700.0, price: (2.40, 3.80), weight: 3.0, datacenter: 1.0, counts: [1.0, 1.0, 2.0, 6.0], min_driver: 1, nvlink: 900.0 },
+    GpuModel {
+        name: "RTX 3090",
+        ram_mb: 24576,
+        compute_cap: 860,
+        tflops: 35.6,
+        dlperf: 21.0,
+        mem_bw: 936.0,
+        max_power: 350.0,
+        price: (0.13, 0.26),
+        weight: 16.0,
+        datacenter: 0.05,
+        counts: [4.0, 2.0, 2.0, 1.5],
+        min_driver: 0,
+        nvlink: 0.0,
+    },
+    GpuModel {
+        name: "RTX 4090",
+        ram_mb: 24564,
+        compute_cap: 890,
+        tflops: 82.6,
+        dlperf: 40.0,
+        mem_bw: 1008.0,
+        max_power: 450.0,
+        price: (0.27, 0.55),
+        weight: 20.0,
+        datacenter: 0.1,
+        counts: [4.0, 2.0, 2.0, 2.0],
+        min_driver: 0,
+        nvlink: 0.0,
+    },
+    GpuModel {
+        name: "RTX 5090",
+        ram_mb: 32607,
+        compute_cap: 1200,
+        tflops: 104.8,
+        dlperf: 58.0,
+        mem_bw: 1792.0,
+        max_power: 575.0,
+        price: (0.55, 0.95),
+        weight: 8.0,
+        datacenter: 0.1,
+        counts: [4.0, 2.0, 1.5, 1.0],
+        min_driver: 3,
+        nvlink: 0.0,
+    },
+    GpuModel {
+        name: "RTX A4000",
+        ram_mb: 16376,
+        compute_cap: 860,
+        tflops: 19.2,
+        dlperf: 11.0,
+        mem_bw: 448.0,
+        max_power: 140.0,
+        price: (0.08, 0.17),
+        weight: 6.0,
+        datacenter: 0.2,
+        counts: [3.0, 2.0, 2.0, 1.0],
+        min_driver: 0,
+        nvlink: 0.0,
+    },
+    GpuModel {
+        name: "RTX A5000",
+        ram_mb: 24564,
+        compute_cap: 860,
+        tflops: 27.8,
+        dlperf: 16.0,
+        mem_bw: 768.0,
+        max_power: 230.0,
+        price: (0.15, 0.30),
+        weight: 7.0,
+        datacenter: 0.3,
+        counts: [3.0, 2.0, 2.0, 1.5],
+        min_driver: 0,
+        nvlink: 0.0,
+    },
+    GpuModel {
+        name: "RTX A6000",
+        ram_mb: 49140,
+        compute_cap: 860,
+        tflops: 38.7,
+        dlperf: 23.0,
+        mem_bw: 768.0,
+        max_power: 300.0,
+        price: (0.35, 0.62),
+        weight: 7.0,
+        datacenter: 0.4,
+        counts: [3.0, 2.0, 2.0, 2.0],
+        min_driver: 0,
+        nvlink: 56.0,
+    },
+    GpuModel {
+        name: "L4",
+        ram_mb: 23034,
+        compute_cap: 890,
+        tflops: 30.3,
+        dlperf: 17.0,
+        mem_bw: 300.0,
+        max_power: 72.0,
+        price: (0.18, 0.36),
+        weight: 4.0,
+        datacenter: 0.8,
+        counts: [2.0, 2.0, 2.0, 2.0],
+        min_driver: 0,
+        nvlink: 0.0,
+    },
+    GpuModel {
+        name: "L40S",
+        ram_mb: 46068,
+        compute_cap: 890,
+        tflops: 91.6,
+        dlperf: 48.0,
+        mem_bw: 864.0,
+        max_power: 350.0,
+        price: (0.55, 1.05),
+        weight: 5.0,
+        datacenter: 0.8,
+        counts: [2.0, 2.0, 2.0, 3.0],
+        min_driver: 0,
+        nvlink: 0.0,
+    },
+    GpuModel {
+        name: "A100 PCIE",
+        ram_mb: 81920,
+        compute_cap: 800,
+        tflops: 19.5,
+        dlperf: 60.0,
+        mem_bw: 1935.0,
+        max_power: 300.0,
+        price: (0.65, 1.30),
+        weight: 5.0,
+        datacenter: 0.8,
+        counts: [3.0, 2.0, 2.0, 2.0],
+        min_driver: 0,
+        nvlink: 0.0,
+    },
+    GpuModel {
+        name: "A100 SXM4",
+        ram_mb: 81920,
+        compute_cap: 800,
+        tflops: 19.5,
+        dlperf: 66.0,
+        mem_bw: 2039.0,
+        max_power: 400.0,
+        price: (0.80, 1.50),
+        weight: 5.0,
+        datacenter: 0.95,
+        counts: [1.0, 1.0, 2.0, 5.0],
+        min_driver: 0,
+        nvlink: 600.0,
+    },
+    GpuModel {
+        name: "H100 PCIE",
+        ram_mb: 81559,
+        compute_cap: 900,
+        tflops: 51.2,
+        dlperf: 95.0,
+        mem_bw: 2039.0,
+        max_power: 350.0,
+        price: (1.50, 2.30),
+        weight: 4.0,
+        datacenter: 0.9,
+        counts: [2.0, 2.0, 2.0, 2.0],
+        min_driver: 0,
+        nvlink: 0.0,
+    },
+    GpuModel {
+        name: "H100 SXM",
+        ram_mb: 81559,
+        compute_cap: 900,
+        tflops: 66.9,
+        dlperf: 110.0,
+        mem_bw: 3350.0,
+        max_power: 700.0,
+        price: (1.70, 2.80),
+        weight: 5.0,
+        datacenter: 0.95,
+        counts: [1.0, 1.0, 2.0, 6.0],
+        min_driver: 0,
+        nvlink: 900.0,
+    },
+    GpuModel {
+        name: "H200",
+        ram_mb: 143771,
+        compute_cap: 900,
+        tflops: 66.9,
+        dlperf: 125.0,
+        mem_bw: 4800.0,
+        max_power: 700.0,
+        price: (2.40, 3.80),
+        weight: 3.0,
+        datacenter: 1.0,
+        counts: [1.0, 1.0, 2.0, 6.0],
+        min_driver: 1,
+        nvlink: 900.0,
+    },
 ];
 
 /// (driver version, cuda_max_good), oldest first.
@@ -98,8 +280,21 @@ const CPUS: &[(&str, u32, f64)] = &[
     ("Intel Xeon Platinum 8480+", 112, 2.0),
 ];
 
-const MOBOS: &[&str] = &["ROMED8-2T", "X570 AORUS ELITE", "PRO WS WRX80E-SAGE SE WIFI", "H12SSL-i", "Z790 AORUS ELITE AX", "MZ73-LM0-000"];
-const DISKS: &[&str] = &["Samsung SSD 980 PRO 2TB", "WD_BLACK SN850X 4000GB", "SAMSUNG MZQL23T8HCLS-00A07", "KIOXIA KCD8XPUG7T68", "Micron_7450_MTFDKCC3T8TFR"];
+const MOBOS: &[&str] = &[
+    "ROMED8-2T",
+    "X570 AORUS ELITE",
+    "PRO WS WRX80E-SAGE SE WIFI",
+    "H12SSL-i",
+    "Z790 AORUS ELITE AX",
+    "MZ73-LM0-000",
+];
+const DISKS: &[&str] = &[
+    "Samsung SSD 980 PRO 2TB",
+    "WD_BLACK SN850X 4000GB",
+    "SAMSUNG MZQL23T8HCLS-00A07",
+    "KIOXIA KCD8XPUG7T68",
+    "Micron_7450_MTFDKCC3T8TFR",
+];
 
 /// A host machine and everything its offers are made of.
 #[derive(Debug, Clone)]
@@ -216,7 +411,10 @@ pub fn generate(seed: u64, count: usize, start_s: i64) -> Vec<Machine> {
         let inet_up_cost = dec(rng.range(0.0, 0.02), 4);
         let inet_down_cost = dec(rng.range(0.0, 0.02), 4);
         let place = PLACES[rng.weighted(&place_w)].0;
-        let geolocode = place.bytes().fold(5381u64, |h, b| h.wrapping_mul(33) ^ b as u64) % 1_000_000_000;
+        let geolocode = place
+            .bytes()
+            .fold(5381u64, |h, b| h.wrapping_mul(33) ^ b as u64)
+            % 1_000_000_000;
         let inet_down = (rng.range(100.0, if datacenter { 10_000.0 } else { 2_000.0 })).round();
         let inet_up = (inet_down * rng.range(0.3, 1.0)).round();
         let reliability = if datacenter {
@@ -225,9 +423,16 @@ pub fn generate(seed: u64, count: usize, start_s: i64) -> Vec<Machine> {
             1.0 - rng.exp(0.02).min(0.2)
         };
         let verified = datacenter || rng.chance(0.85);
-        let pci_gen = if gpu.compute_cap >= 890 { *rng.pick(&[4.0, 5.0]) } else { *rng.pick(&[3.0, 4.0]) };
+        let pci_gen = if gpu.compute_cap >= 890 {
+            *rng.pick(&[4.0, 5.0])
+        } else {
+            *rng.pick(&[3.0, 4.0])
+        };
         let gpu_lanes = *rng.pick(&[8u32, 16]);
-        let pcie_bw = ((pci_gen - 2.0) * 3.9 * gpu_lanes as f64 / 16.0 * rng.range(0.75, 0.98) * 10.0).round() / 10.0;
+        let pcie_bw =
+            ((pci_gen - 2.0) * 3.9 * gpu_lanes as f64 / 16.0 * rng.range(0.75, 0.98) * 10.0)
+                .round()
+                / 10.0;
         let days = rng.range(7.0, 180.0);
         out.push(Machine {
             machine_id: 1_000 + i as u64 * 7 + rng.int(0, 6),
@@ -240,8 +445,8 @@ pub fn generate(seed: u64, count: usize, start_s: i64) -> Vec<Machine> {
             cpu_ram_mb,
             disk_space_gb,
             disk_bw: (rng.range(1_000.0, 7_000.0)).round(),
-            disk_name: *rng.pick(DISKS),
-            mobo_name: *rng.pick(MOBOS),
+            disk_name: rng.pick::<&str>(DISKS),
+            mobo_name: rng.pick::<&str>(MOBOS),
             inet_up,
             inet_down,
             inet_up_cost,
@@ -255,7 +460,11 @@ pub fn generate(seed: u64, count: usize, start_s: i64) -> Vec<Machine> {
             verified,
             hosting_type: u8::from(datacenter),
             static_ip: datacenter || rng.chance(0.5),
-            direct_port_count: if rng.chance(0.8) { rng.int(10, 1000) as u32 } else { 0 },
+            direct_port_count: if rng.chance(0.8) {
+                rng.int(10, 1000) as u32
+            } else {
+                0
+            },
             driver_version,
             cuda_max_good,
             pci_gen,

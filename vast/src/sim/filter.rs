@@ -222,7 +222,9 @@ fn field_matches(field: &str, op: &str, wanted: &Value, offer: &Value) -> bool {
         "verified" => {
             let actual = match offer.get("vericode") {
                 Some(v) if !v.is_null() => v.clone(),
-                _ => Value::Bool(offer.get("verification").and_then(Value::as_str) == Some("verified")),
+                _ => Value::Bool(
+                    offer.get("verification").and_then(Value::as_str) == Some("verified"),
+                ),
             };
             compare(&actual, op, wanted)
         }
@@ -240,9 +242,9 @@ fn field_matches(field: &str, op: &str, wanted: &Value, offer: &Value) -> bool {
                 },
             };
             let conv = |v: &Value| match v {
-                Value::String(s) if s.contains('.') => {
-                    numeric_version(s).map(Value::from).unwrap_or_else(|| v.clone())
-                }
+                Value::String(s) if s.contains('.') => numeric_version(s)
+                    .map(Value::from)
+                    .unwrap_or_else(|| v.clone()),
                 other => other.clone(),
             };
             compare(&actual, op, &map_values(wanted, &conv))
@@ -334,11 +336,20 @@ mod tests {
     fn numeric_strings_are_coerced() {
         let offer = json!({"reliability": 0.99, "num_gpus": 2, "gpu_name": "RTX 4090"});
         assert!(matches(&f(json!({"reliability": {"gt": "0.98"}})), &offer));
-        assert!(!matches(&f(json!({"reliability": {"gt": "0.995"}})), &offer));
+        assert!(!matches(
+            &f(json!({"reliability": {"gt": "0.995"}})),
+            &offer
+        ));
         assert!(matches(&f(json!({"num_gpus": {"in": ["1", "2"]}})), &offer));
-        assert!(matches(&f(json!({"num_gpus": {"notin": ["1", "4"]}})), &offer));
+        assert!(matches(
+            &f(json!({"num_gpus": {"notin": ["1", "4"]}})),
+            &offer
+        ));
         assert!(matches(&f(json!({"gpu_name": {"eq": "RTX 4090"}})), &offer));
-        assert!(!matches(&f(json!({"gpu_name": {"neq": "RTX 4090"}})), &offer));
+        assert!(!matches(
+            &f(json!({"gpu_name": {"neq": "RTX 4090"}})),
+            &offer
+        ));
     }
 
     #[test]
@@ -348,24 +359,47 @@ mod tests {
         assert!(matches(&f(json!({"verified": {"eq": true}})), &offer));
         assert!(!matches(&f(json!({"verified": {"eq": false}})), &offer));
         assert!(matches(&f(json!({"datacenter": {"eq": false}})), &offer));
-        assert!(matches(&f(json!({"geolocation": {"in": ["US", "CA"]}})), &offer));
-        assert!(!matches(&f(json!({"geolocation": {"notin": ["US"]}})), &offer));
+        assert!(matches(
+            &f(json!({"geolocation": {"in": ["US", "CA"]}})),
+            &offer
+        ));
+        assert!(!matches(
+            &f(json!({"geolocation": {"notin": ["US"]}})),
+            &offer
+        ));
         assert!(matches(&f(json!({"geolocation": {"eq": "us"}})), &offer));
-        assert!(matches(&f(json!({"driver_version": {"gte": "535.86.05"}})), &offer));
-        assert!(!matches(&f(json!({"driver_version": {"gt": 535086005}})), &offer));
+        assert!(matches(
+            &f(json!({"driver_version": {"gte": "535.86.05"}})),
+            &offer
+        ));
+        assert!(!matches(
+            &f(json!({"driver_version": {"gt": 535086005}})),
+            &offer
+        ));
         assert!(matches(&f(json!({"allocated_storage": 50.0})), &offer));
         assert!(!matches(&f(json!({"allocated_storage": 150.0})), &offer));
         assert!(matches(&f(json!({"duration": {"gte": 3600}})), &offer));
-        assert!(matches(&f(json!({"rented": {"eq": false}, "order": [["x","asc"]]})), &offer));
+        assert!(matches(
+            &f(json!({"rented": {"eq": false}, "order": [["x","asc"]]})),
+            &offer
+        ));
     }
 
     #[test]
     fn order_and_aliases() {
         assert_eq!(
             parse_order(&json!([["dph", "asc"], ["score", "desc"]])),
-            vec![("dph_total".to_string(), false), ("score".to_string(), true)]
+            vec![
+                ("dph_total".to_string(), false),
+                ("score".to_string(), true)
+            ]
         );
-        let mut rows = vec![json!({"id": 3, "x": 2}), json!({"id": 1, "x": null}), json!({"id": 2, "x": 2}), json!({"id": 4, "x": 1})];
+        let mut rows = vec![
+            json!({"id": 3, "x": 2}),
+            json!({"id": 1, "x": null}),
+            json!({"id": 2, "x": 2}),
+            json!({"id": 4, "x": 1}),
+        ];
         sort_rows(&mut rows, &parse_order(&json!([["x", "desc"]])));
         let ids: Vec<i64> = rows.iter().map(|r| r["id"].as_i64().unwrap_or(0)).collect();
         assert_eq!(ids, vec![2, 3, 4, 1]);

@@ -295,7 +295,7 @@ impl Instance {
             "gpu_arch": "nvidia",
             "gpu_ram": m.gpu.ram_mb,
             "gpu_totalram": m.gpu.ram_mb * self.num_gpus as u64,
-            "gpu_util": if running { 0.0 } else { 0.0 },
+            "gpu_util": 0.0,
             "gpu_temp": if running { 41.0 } else { 0.0 },
             "gpu_frac": self.num_gpus as f64 / m.num_gpus as f64,
             "gpu_lanes": m.gpu_lanes,

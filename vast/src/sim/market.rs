@@ -56,7 +56,9 @@ impl SimError {
     pub fn code(&self) -> &'static str {
         match self {
             SimError::NoSuchAsk(_) | SimError::NoLongerAvailable(_) => "no_such_ask",
-            SimError::InvalidArgs(_) | SimError::InvalidSearchKey(_) | SimError::MissingDayFilter => "invalid_args",
+            SimError::InvalidArgs(_)
+            | SimError::InvalidSearchKey(_)
+            | SimError::MissingDayFilter => "invalid_args",
             SimError::InvalidPrice(_) => "invalid_price",
             SimError::NoSuchInstance(_) => "no_such_instance",
             SimError::InvalidToken => "invalid_token",
@@ -93,7 +95,10 @@ impl CreateResult {
             v["msg"] = json!(m);
         }
         if self.success {
-            v["instance_api_key"] = json!(format!("{:032x}", (self.new_contract as u128).wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835)));
+            v["instance_api_key"] = json!(format!(
+                "{:032x}",
+                (self.new_contract as u128).wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835)
+            ));
         }
         v
     }
@@ -145,11 +150,26 @@ struct Holder {
 #[derive(Debug, Clone)]
 enum Event {
     /// Next boot step (null → created → loading → running) if `epoch` still matches.
-    Boot { id: u64, epoch: u64 },
-    Exit { id: u64, epoch: u64 },
-    Offline { id: u64, epoch: u64 },
-    Outbid { id: u64, epoch: u64 },
-    ExternalLeave { ext: u64, machine: usize },
+    Boot {
+        id: u64,
+        epoch: u64,
+    },
+    Exit {
+        id: u64,
+        epoch: u64,
+    },
+    Offline {
+        id: u64,
+        epoch: u64,
+    },
+    Outbid {
+        id: u64,
+        epoch: u64,
+    },
+    ExternalLeave {
+        ext: u64,
+        machine: usize,
+    },
     ChurnArrival,
 }
 
@@ -201,7 +221,9 @@ fn dec_of(v: &Value) -> Option<Decimal> {
     match v {
         Value::Number(n) => {
             let s = n.to_string();
-            s.parse::<Decimal>().ok().or_else(|| Decimal::from_scientific(&s).ok())
+            s.parse::<Decimal>()
+                .ok()
+                .or_else(|| Decimal::from_scientific(&s).ok())
         }
         Value::String(s) => s.trim().parse::<Decimal>().ok(),
         _ => None,
@@ -237,7 +259,10 @@ fn parse_env(v: &Value) -> Vec<(String, String)> {
                 match words[i] {
                     "-e" if i + 1 < words.len() => {
                         if let Some((k, v)) = words[i + 1].split_once('=') {
-                            out.push((k.to_string(), v.trim_matches('"').trim_matches('\'').to_string()));
+                            out.push((
+                                k.to_string(),
+                                v.trim_matches('"').trim_matches('\'').to_string(),
+                            ));
                         }
                         i += 2;
                     }
@@ -266,10 +291,13 @@ fn kill_work(dir: &Path) -> usize {
     };
     let mut killed = 0;
     for entry in rd.flatten() {
-        if let Some(pgid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) {
-            if kill_group(pgid) {
-                killed += 1;
-            }
+        if let Some(pgid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+            && kill_group(pgid)
+        {
+            killed += 1;
         }
         let _ = std::fs::remove_file(entry.path());
     }
@@ -399,7 +427,13 @@ impl Market {
         self.machines.len()
     }
 
-    fn log_event(&mut self, instance: Option<u64>, machine: Option<usize>, kind: &str, detail: String) {
+    fn log_event(
+        &mut self,
+        instance: Option<u64>,
+        machine: Option<usize>,
+        kind: &str,
+        detail: String,
+    ) {
         let machine_id = machine.map(|m| self.machines[m].machine_id);
         self.events.push(SimEvent {
             at_ms: self.now_ms,
@@ -430,7 +464,11 @@ impl Market {
     }
 
     fn bid_held(&self, m: usize) -> u32 {
-        self.holders[m].iter().filter(|h| h.bid.is_some()).map(|h| h.gpus).sum()
+        self.holders[m]
+            .iter()
+            .filter(|h| h.bid.is_some())
+            .map(|h| h.gpus)
+            .sum()
     }
 
     /// Decodes an offer id into (machine index, GPUs).
@@ -457,14 +495,22 @@ impl Market {
         let nf = n as f64;
         let ondemand = mach.dph_per_gpu * Decimal::from(n);
         let min_bid = mach.min_bid_per_gpu * Decimal::from(n);
-        let base = if typ == OfferType::Bid { min_bid } else { ondemand };
+        let base = if typ == OfferType::Bid {
+            min_bid
+        } else {
+            ondemand
+        };
         let storage_dec = Decimal::from_f64_retain(storage_gb).unwrap_or_default();
         let storage_total = storage_dec * mach.storage_cost / Decimal::from(720);
         let dph_total = base + storage_total;
         let dph_total_f = f64_of(dph_total);
         let dlperf = mach.gpu.dlperf * nf * (1.0 - 0.04 * nf.log2());
         let total_flops = mach.gpu.tflops * nf;
-        let dlperf_usd = if dph_total_f > 0.0 { dlperf / dph_total_f } else { 0.0 };
+        let dlperf_usd = if dph_total_f > 0.0 {
+            dlperf / dph_total_f
+        } else {
+            0.0
+        };
         let free = self.free_gpus(m);
         let id = Self::offer_id(m, slot);
         let now_s = self.now_ms / 1000;
@@ -603,8 +649,11 @@ impl Market {
         };
         let typ = match q.get("type") {
             None | Some(Value::Null) => OfferType::OnDemand,
-            Some(Value::String(s)) => OfferType::parse(s)
-                .ok_or_else(|| SimError::InvalidArgs(format!("Invalid type: {s}; expected on-demand, bid or reserved")))?,
+            Some(Value::String(s)) => OfferType::parse(s).ok_or_else(|| {
+                SimError::InvalidArgs(format!(
+                    "Invalid type: {s}; expected on-demand, bid or reserved"
+                ))
+            })?,
             Some(other) => return Err(SimError::InvalidArgs(format!("Invalid type: {other}"))),
         };
         let storage = match q.get("allocated_storage") {
@@ -618,7 +667,8 @@ impl Market {
             Some(v) => Some(
                 filter::as_num(v)
                     .filter(|x| *x >= 0.0)
-                    .ok_or_else(|| SimError::InvalidArgs(format!("Invalid limit: {v}")))? as usize,
+                    .ok_or_else(|| SimError::InvalidArgs(format!("Invalid limit: {v}")))?
+                    as usize,
             ),
         };
         let mut filters: Map<String, Value> = q.clone();
@@ -650,13 +700,17 @@ impl Market {
     /// currently available.
     pub fn offer(&self, offer_id: u64) -> Option<Value> {
         let (m, n) = self.decode_offer(offer_id)?;
-        let slot = self.machines[m].bundle_sizes().iter().position(|x| *x == n)?;
+        let slot = self.machines[m]
+            .bundle_sizes()
+            .iter()
+            .position(|x| *x == n)?;
         Some(self.offer_json(m, slot, n, OfferType::OnDemand, 8.0))
     }
 
     /// Whether an offer can be rented right now.
     pub fn offer_available(&self, offer_id: u64) -> bool {
-        self.decode_offer(offer_id).is_some_and(|(m, n)| self.offer_visible(m, n))
+        self.decode_offer(offer_id)
+            .is_some_and(|(m, n)| self.offer_visible(m, n))
     }
 
     // ---------------------------------------------------------------- churn (other renters)
@@ -679,10 +733,15 @@ impl Market {
         if self.offline[m] || free == 0 {
             return;
         }
-        let sizes: Vec<u32> = self.machines[m].bundle_sizes().into_iter().filter(|s| *s <= free).collect();
+        let sizes: Vec<u32> = self.machines[m]
+            .bundle_sizes()
+            .into_iter()
+            .filter(|s| *s <= free)
+            .collect();
         let n = *self.rng.pick(&sizes);
         let bid = if self.rng.chance(0.3) {
-            let b = self.machines[m].min_bid_per_gpu * Decimal::from(n)
+            let b = self.machines[m].min_bid_per_gpu
+                * Decimal::from(n)
                 * Decimal::from_f64_retain(self.rng.range(1.0, 1.3)).unwrap_or(Decimal::ONE);
             Some(b.round_dp(4))
         } else {
@@ -690,12 +749,21 @@ impl Market {
         };
         let ext = self.next_external_id;
         self.next_external_id += 1;
-        self.holders[m].push(Holder { who: Who::External(ext), gpus: n, bid });
+        self.holders[m].push(Holder {
+            who: Who::External(ext),
+            gpus: n,
+            bid,
+        });
         let hold = self.rng.exp(self.config.churn.hold_mean_h * 3600.0);
         let at = self.now_ms + Self::secs(hold).max(1000);
         self.schedule(at, Event::ExternalLeave { ext, machine: m });
         if log {
-            self.log_event(None, Some(m), "external_rent", format!("renter {ext} took {n} GPU(s)"));
+            self.log_event(
+                None,
+                Some(m),
+                "external_rent",
+                format!("renter {ext} took {n} GPU(s)"),
+            );
         }
     }
 
@@ -706,7 +774,9 @@ impl Market {
     }
 
     fn inst_mut(&mut self, id: u64) -> Result<&mut Instance, SimError> {
-        self.instances.get_mut(&id).ok_or(SimError::NoSuchInstance(id))
+        self.instances
+            .get_mut(&id)
+            .ok_or(SimError::NoSuchInstance(id))
     }
 
     /// Tries to give instance `id` its GPUs, evicting lower-priority renters (on-demand beats
@@ -720,7 +790,11 @@ impl Market {
         }
         let m = inst.machine;
         let n = inst.num_gpus;
-        let prio = if inst.is_bid { Some(inst.gpu_rate()) } else { None };
+        let prio = if inst.is_bid {
+            Some(inst.gpu_rate())
+        } else {
+            None
+        };
         if self.offline[m] {
             return false;
         }
@@ -755,16 +829,29 @@ impl Market {
             }
             for who in evict {
                 match who {
-                    Who::Ours(other) => self.preempt(other, "outbid", "Instance outbid by a higher priority renter"),
+                    Who::Ours(other) => self.preempt(
+                        other,
+                        "outbid",
+                        "Instance outbid by a higher priority renter",
+                    ),
                     Who::External(ext) => {
                         self.holders[m].retain(|h| h.who != Who::External(ext));
-                        self.log_event(None, Some(m), "external_evicted", format!("renter {ext} lost its GPUs to instance {id}"));
+                        self.log_event(
+                            None,
+                            Some(m),
+                            "external_evicted",
+                            format!("renter {ext} lost its GPUs to instance {id}"),
+                        );
                     }
                 }
             }
         }
         let bid = prio;
-        self.holders[m].push(Holder { who: Who::Ours(id), gpus: n, bid });
+        self.holders[m].push(Holder {
+            who: Who::Ours(id),
+            gpus: n,
+            bid,
+        });
         if let Some(inst) = self.instances.get_mut(&id) {
             inst.holds_gpus = true;
         }
@@ -861,7 +948,9 @@ impl Market {
             None => {
                 let stuck = inst.plan.stuck_created;
                 let rest = self.rng.range(boot.created_s.0, boot.created_s.1) * 0.7;
-                let Some(inst) = self.instances.get_mut(&id) else { return };
+                let Some(inst) = self.instances.get_mut(&id) else {
+                    return;
+                };
                 inst.set_actual(now, Some("created"));
                 inst.status_msg = Some("Creating container".into());
                 inst.log(now, "container created");
@@ -869,7 +958,12 @@ impl Market {
                     inst.status_msg = Some(OCI_ERROR.to_string());
                     inst.log(now, OCI_ERROR);
                     let m = inst.machine;
-                    self.log_event(Some(id), Some(m), "stuck_created", "OCI runtime create failed".into());
+                    self.log_event(
+                        Some(id),
+                        Some(m),
+                        "stuck_created",
+                        "OCI runtime create failed".into(),
+                    );
                     return;
                 }
                 self.schedule(now + Self::secs(rest), Event::Boot { id, epoch });
@@ -878,7 +972,9 @@ impl Market {
                 let factor = inst.plan.loading_factor.max(1.0);
                 let image = inst.image.clone();
                 let load = self.draw_loading_s() * factor;
-                let Some(inst) = self.instances.get_mut(&id) else { return };
+                let Some(inst) = self.instances.get_mut(&id) else {
+                    return;
+                };
                 inst.set_actual(now, Some("loading"));
                 inst.status_msg = Some(format!("Pulling image {image}"));
                 inst.log(now, format!("pulling {image}"));
@@ -892,7 +988,9 @@ impl Market {
     fn enter_running(&mut self, id: u64) {
         let now = self.now_ms;
         let outbid_rate = self.config.faults.outbid_per_hour;
-        let Some(inst) = self.instances.get_mut(&id) else { return };
+        let Some(inst) = self.instances.get_mut(&id) else {
+            return;
+        };
         inst.set_actual(now, Some("running"));
         inst.intended = "running";
         inst.cur_state = "running";
@@ -933,7 +1031,12 @@ impl Market {
         for (_, _, id) in waiting {
             if self.try_acquire(id) {
                 let resumed = self.instances.get(&id).map(|i| i.actual);
-                self.log_event(Some(id), Some(m), "resumed", format!("got its GPUs back (was {:?})", resumed.flatten()));
+                self.log_event(
+                    Some(id),
+                    Some(m),
+                    "resumed",
+                    format!("got its GPUs back (was {:?})", resumed.flatten()),
+                );
                 self.begin_boot(id, false);
             }
         }
@@ -943,7 +1046,11 @@ impl Market {
         match ev {
             Event::Boot { id, epoch } => self.on_boot(id, epoch),
             Event::Exit { id, epoch } => {
-                if self.instances.get(&id).is_some_and(|i| i.epoch == epoch && i.actual == Some("running")) {
+                if self
+                    .instances
+                    .get(&id)
+                    .is_some_and(|i| i.epoch == epoch && i.actual == Some("running"))
+                {
                     let now = self.now_ms;
                     self.release(id);
                     if let Some(inst) = self.instances.get_mut(&id) {
@@ -951,7 +1058,8 @@ impl Market {
                         inst.epoch += 1;
                         inst.set_actual(now, Some("exited"));
                         inst.cur_state = "stopped";
-                        inst.status_msg = Some("Error: container exited unexpectedly with code 137".into());
+                        inst.status_msg =
+                            Some("Error: container exited unexpectedly with code 137".into());
                         inst.log(now, "container exited with code 137");
                         let m = inst.machine;
                         self.kill(id);
@@ -961,13 +1069,21 @@ impl Market {
                 }
             }
             Event::Offline { id, epoch } => {
-                if self.instances.get(&id).is_some_and(|i| i.epoch == epoch && i.actual == Some("running")) {
+                if self
+                    .instances
+                    .get(&id)
+                    .is_some_and(|i| i.epoch == epoch && i.actual == Some("running"))
+                {
                     let m = self.instances[&id].machine;
                     self.take_machine_offline(m);
                 }
             }
             Event::Outbid { id, epoch } => {
-                if self.instances.get(&id).is_some_and(|i| i.epoch == epoch && i.actual == Some("running") && i.is_bid) {
+                if self
+                    .instances
+                    .get(&id)
+                    .is_some_and(|i| i.epoch == epoch && i.actual == Some("running") && i.is_bid)
+                {
                     self.outbid_now(id);
                 }
             }
@@ -988,7 +1104,12 @@ impl Market {
     fn take_machine_offline(&mut self, m: usize) {
         let now = self.now_ms;
         self.offline[m] = true;
-        let ids: Vec<u64> = self.instances.values().filter(|i| i.machine == m).map(|i| i.id).collect();
+        let ids: Vec<u64> = self
+            .instances
+            .values()
+            .filter(|i| i.machine == m)
+            .map(|i| i.id)
+            .collect();
         for id in ids {
             if let Some(inst) = self.instances.get_mut(&id) {
                 inst.plan.fired = true;
@@ -1003,19 +1124,29 @@ impl Market {
     }
 
     fn outbid_now(&mut self, id: u64) {
-        let Some(inst) = self.instances.get(&id) else { return };
+        let Some(inst) = self.instances.get(&id) else {
+            return;
+        };
         let m = inst.machine;
         let n = inst.num_gpus;
         let ours = inst.gpu_rate();
         let factor = Decimal::from_f64_retain(self.rng.range(1.1, 1.5)).unwrap_or(Decimal::TWO);
         let their_bid = (ours * factor).round_dp(4).max(ours + Decimal::new(1, 3));
-        self.preempt(id, "outbid", &format!("Instance outbid: another renter bid ${their_bid}/hr"));
+        self.preempt(
+            id,
+            "outbid",
+            &format!("Instance outbid: another renter bid ${their_bid}/hr"),
+        );
         // The outbidding renter takes the freed GPUs (evicting other lower bids if needed).
         let ext = self.next_external_id;
         self.next_external_id += 1;
         let free = self.free_gpus(m);
         let take = n.min(free.max(n));
-        self.holders[m].push(Holder { who: Who::External(ext), gpus: take, bid: Some(their_bid) });
+        self.holders[m].push(Holder {
+            who: Who::External(ext),
+            gpus: take,
+            bid: Some(their_bid),
+        });
         let hold = self.rng.exp(self.config.faults.outbid_hold_mean_h * 3600.0);
         let at = self.now_ms + Self::secs(hold).max(1000);
         self.schedule(at, Event::ExternalLeave { ext, machine: m });
@@ -1027,8 +1158,18 @@ impl Market {
         }
         if self.credit() <= Decimal::ZERO {
             self.credit_exhausted = true;
-            let ids: Vec<u64> = self.instances.values().filter(|i| i.intended == "running").map(|i| i.id).collect();
-            self.log_event(None, None, "credit_exhausted", format!("stopping {} instance(s)", ids.len()));
+            let ids: Vec<u64> = self
+                .instances
+                .values()
+                .filter(|i| i.intended == "running")
+                .map(|i| i.id)
+                .collect();
+            self.log_event(
+                None,
+                None,
+                "credit_exhausted",
+                format!("stopping {} instance(s)", ids.len()),
+            );
             for id in ids {
                 let _ = self.stop(id);
             }
@@ -1040,15 +1181,21 @@ impl Market {
     /// the instance is interruptible at that bid.
     pub fn create(&mut self, offer_id: u64, body: &Value) -> Result<CreateResult, SimError> {
         let now = self.now_ms;
-        let (m, n) = self.decode_offer(offer_id).ok_or(SimError::NoSuchAsk(offer_id))?;
+        let (m, n) = self
+            .decode_offer(offer_id)
+            .ok_or(SimError::NoSuchAsk(offer_id))?;
         if !self.offer_visible(m, n) {
             return Err(SimError::NoSuchAsk(offer_id));
         }
-        let b = body.as_object().ok_or_else(|| SimError::InvalidArgs("Invalid json body".into()))?;
+        let b = body
+            .as_object()
+            .ok_or_else(|| SimError::InvalidArgs("Invalid json body".into()))?;
         let image = match b.get("image") {
             Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_string(),
             _ => {
-                if b.get("template_hash_id").and_then(Value::as_str).is_some() || b.get("template_id").is_some_and(|v| !v.is_null()) {
+                if b.get("template_hash_id").and_then(Value::as_str).is_some()
+                    || b.get("template_id").is_some_and(|v| !v.is_null())
+                {
                     "vastai/base-image:cuda-12.4.1-auto".to_string()
                 } else {
                     return Err(SimError::InvalidArgs(
@@ -1057,12 +1204,15 @@ impl Market {
                 }
             }
         };
-        let mach_disk = (self.machines[m].disk_space_gb * n as f64 / self.machines[m].num_gpus as f64).round();
+        let mach_disk =
+            (self.machines[m].disk_space_gb * n as f64 / self.machines[m].num_gpus as f64).round();
         let disk_gb = match b.get("disk") {
             None | Some(Value::Null) => Decimal::from(8),
-            Some(v) => dec_of(v)
-                .filter(|d| *d > Decimal::ZERO)
-                .ok_or_else(|| SimError::InvalidArgs(format!("Invalid args: disk must be a positive number of GB, got {v}")))?,
+            Some(v) => dec_of(v).filter(|d| *d > Decimal::ZERO).ok_or_else(|| {
+                SimError::InvalidArgs(format!(
+                    "Invalid args: disk must be a positive number of GB, got {v}"
+                ))
+            })?,
         };
         if f64_of(disk_gb) > mach_disk {
             return Err(SimError::InvalidArgs(format!(
@@ -1072,7 +1222,8 @@ impl Market {
         let price = match b.get("price") {
             None | Some(Value::Null) => None,
             Some(v) => {
-                let p = dec_of(v).ok_or_else(|| SimError::InvalidPrice(format!("Invalid bid price: {v}")))?;
+                let p = dec_of(v)
+                    .ok_or_else(|| SimError::InvalidPrice(format!("Invalid bid price: {v}")))?;
                 if p < Decimal::new(1, 3) || p > Decimal::from(128) {
                     return Err(SimError::InvalidPrice(format!(
                         "Invalid bid price {p}: must be between 0.001 and 128.0"
@@ -1081,12 +1232,19 @@ impl Market {
                 Some(p)
             }
         };
-        let cancel_unavail = b.get("cancel_unavail").and_then(Value::as_bool).unwrap_or(false);
+        let cancel_unavail = b
+            .get("cancel_unavail")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
         let target_stopped = b.get("target_state").and_then(Value::as_str) == Some("stopped");
         let label = b.get("label").and_then(Value::as_str).map(str::to_string);
         let onstart = b.get("onstart").and_then(Value::as_str).map(str::to_string);
         let env = b.get("env").map(parse_env).unwrap_or_default();
-        let runtype = b.get("runtype").and_then(Value::as_str).unwrap_or("ssh").to_string();
+        let runtype = b
+            .get("runtype")
+            .and_then(Value::as_str)
+            .unwrap_or("ssh")
+            .to_string();
         let args = match b.get("args") {
             Some(Value::Array(a)) => Value::Array(a.clone()),
             _ => match b.get("args_str").and_then(Value::as_str) {
@@ -1164,12 +1322,21 @@ impl Market {
             inst.cur_state = "stopped";
             inst.next_state = "stopped";
             inst.wants_gpus = low_bid && !target_stopped;
-            inst.status_msg = Some(if low_bid { "Bid below the minimum bid; instance stopped".into() } else { "Created stopped".into() });
+            inst.status_msg = Some(if low_bid {
+                "Bid below the minimum bid; instance stopped".into()
+            } else {
+                "Created stopped".into()
+            });
         }
         let min_bid = inst.min_bid;
         self.instances.insert(id, inst);
         if low_bid {
-            self.log_event(Some(id), Some(m), "created", format!("offer {offer_id}, bid below min_bid {min_bid}: stopped"));
+            self.log_event(
+                Some(id),
+                Some(m),
+                "created",
+                format!("offer {offer_id}, bid below min_bid {min_bid}: stopped"),
+            );
             return Ok(CreateResult {
                 success: false,
                 new_contract: id,
@@ -1181,11 +1348,33 @@ impl Market {
             });
         }
         if target_stopped {
-            self.log_event(Some(id), Some(m), "created", format!("offer {offer_id}, target_state stopped"));
-            return Ok(CreateResult { success: true, new_contract: id, error: None, msg: None });
+            self.log_event(
+                Some(id),
+                Some(m),
+                "created",
+                format!("offer {offer_id}, target_state stopped"),
+            );
+            return Ok(CreateResult {
+                success: true,
+                new_contract: id,
+                error: None,
+                msg: None,
+            });
         }
         if self.try_acquire(id) {
-            self.log_event(Some(id), Some(m), "created", format!("offer {offer_id}, {n} GPU(s){}", if price.is_some() { ", interruptible" } else { "" }));
+            self.log_event(
+                Some(id),
+                Some(m),
+                "created",
+                format!(
+                    "offer {offer_id}, {n} GPU(s){}",
+                    if price.is_some() {
+                        ", interruptible"
+                    } else {
+                        ""
+                    }
+                ),
+            );
             self.begin_boot(id, true);
         } else if cancel_unavail {
             self.instances.remove(&id);
@@ -1201,15 +1390,29 @@ impl Market {
                 inst.wants_gpus = true;
                 inst.status_msg = Some("Waiting for GPUs: outbid by current renters".into());
             }
-            self.log_event(Some(id), Some(m), "created", format!("offer {offer_id}: outbid at creation, waiting"));
+            self.log_event(
+                Some(id),
+                Some(m),
+                "created",
+                format!("offer {offer_id}: outbid at creation, waiting"),
+            );
         }
-        Ok(CreateResult { success: true, new_contract: id, error: None, msg: None })
+        Ok(CreateResult {
+            success: true,
+            new_contract: id,
+            error: None,
+            msg: None,
+        })
     }
 
     /// The instance as `GET /api/v0/instances/{id}/` returns it; `None` once destroyed.
     pub fn get(&self, id: u64) -> Option<Value> {
         let inst = self.instances.get(&id)?;
-        Some(inst.to_json(&self.machines[inst.machine], self.now_ms, self.config.ssh_port))
+        Some(inst.to_json(
+            &self.machines[inst.machine],
+            self.now_ms,
+            self.config.ssh_port,
+        ))
     }
 
     /// All live instances (optionally only those with this label), by id.
@@ -1233,7 +1436,10 @@ impl Market {
         self.inst(id)?;
         self.release(id);
         self.kill(id);
-        let mut inst = self.instances.remove(&id).ok_or(SimError::NoSuchInstance(id))?;
+        let mut inst = self
+            .instances
+            .remove(&id)
+            .ok_or(SimError::NoSuchInstance(id))?;
         inst.close_segment(now);
         inst.destroyed_ms = Some(now);
         inst.actual = None;
@@ -1284,11 +1490,22 @@ impl Market {
         }
         let ext = self.next_external_id;
         self.next_external_id += 1;
-        self.holders[m].push(Holder { who: Who::External(ext), gpus: take, bid: None });
-        let hold = self.rng.exp(self.config.faults.gpu_taken_hold_mean_h * 3600.0);
+        self.holders[m].push(Holder {
+            who: Who::External(ext),
+            gpus: take,
+            bid: None,
+        });
+        let hold = self
+            .rng
+            .exp(self.config.faults.gpu_taken_hold_mean_h * 3600.0);
         let at = self.now_ms + Self::secs(hold).max(1000);
         self.schedule(at, Event::ExternalLeave { ext, machine: m });
-        self.log_event(None, Some(m), "gpus_taken", format!("renter {ext} took {take} GPU(s)"));
+        self.log_event(
+            None,
+            Some(m),
+            "gpus_taken",
+            format!("renter {ext} took {take} GPU(s)"),
+        );
     }
 
     /// Starts a stopped instance: `loading` then `running` when its GPUs are free, else
@@ -1297,10 +1514,10 @@ impl Market {
         let now = self.now_ms;
         let inst = self.inst(id)?;
         match inst.actual {
-            Some("running") | Some("loading") | Some("scheduling") | Some("created") | None => {
-                if inst.intended == "running" {
-                    return Ok(());
-                }
+            Some("running") | Some("loading") | Some("scheduling") | Some("created") | None
+                if inst.intended == "running" =>
+            {
+                return Ok(());
             }
             Some("offline") => return Ok(()),
             _ => {}
@@ -1317,7 +1534,8 @@ impl Market {
             inst.cur_state = "stopped";
             inst.next_state = "running";
             inst.wants_gpus = true;
-            inst.status_msg = Some("Waiting for the GPUs on this machine to become available".into());
+            inst.status_msg =
+                Some("Waiting for the GPUs on this machine to become available".into());
             inst.log(now, "scheduling: GPUs are in use");
             self.log_event(Some(id), Some(m), "scheduling", String::new());
         }
@@ -1365,7 +1583,9 @@ impl Market {
             }
         };
         if price < Decimal::new(1, 3) || price > Decimal::from(128) {
-            return Err(SimError::InvalidPrice("Please set a bid price >= 0.001.".into()));
+            return Err(SimError::InvalidPrice(
+                "Please set a bid price >= 0.001.".into(),
+            ));
         }
         let inst = self.inst_mut(id)?;
         inst.close_segment(now);
@@ -1392,7 +1612,9 @@ impl Market {
     /// Sets (or clears) the label.
     pub fn set_label(&mut self, id: u64, label: Option<String>) -> Result<(), SimError> {
         if label.as_ref().is_some_and(|l| l.chars().count() > 1024) {
-            return Err(SimError::InvalidArgs("label is longer than 1024 characters".into()));
+            return Err(SimError::InvalidArgs(
+                "label is longer than 1024 characters".into(),
+            ));
         }
         let inst = self.inst_mut(id)?;
         inst.label = label;
@@ -1403,7 +1625,9 @@ impl Market {
     pub fn attach_ssh_key(&mut self, id: u64, key: &str) -> Result<(), SimError> {
         let key = key.trim();
         if !key.starts_with("ssh") {
-            return Err(SimError::InvalidArgs("Invalid ssh key: a public key starts with 'ssh'".into()));
+            return Err(SimError::InvalidArgs(
+                "Invalid ssh key: a public key starts with 'ssh'".into(),
+            ));
         }
         let now = self.now_ms;
         let inst = self.inst_mut(id)?;
@@ -1436,9 +1660,15 @@ impl Market {
     pub fn add_account_ssh_key(&mut self, key: &str) -> Result<SshKey, SimError> {
         let key = key.trim();
         if !key.starts_with("ssh") {
-            return Err(SimError::InvalidArgs("no_ssh_key: a public key starting with 'ssh' is required".into()));
+            return Err(SimError::InvalidArgs(
+                "no_ssh_key: a public key starting with 'ssh' is required".into(),
+            ));
         }
-        let k = SshKey { id: self.next_key_id, public_key: key.to_string(), created_at: self.now_ms as f64 / 1000.0 };
+        let k = SshKey {
+            id: self.next_key_id,
+            public_key: key.to_string(),
+            created_at: self.now_ms as f64 / 1000.0,
+        };
         self.next_key_id += 1;
         self.ssh_keys.push(k.clone());
         Ok(k)
@@ -1466,14 +1696,24 @@ impl Market {
 
     /// The log text of an instance (its lifecycle lines plus container output), last `tail`
     /// lines, optionally only lines containing `filter`.
-    pub fn log_text(&self, id: u64, tail: Option<usize>, filter: Option<&str>) -> Result<String, SimError> {
+    pub fn log_text(
+        &self,
+        id: u64,
+        tail: Option<usize>,
+        filter: Option<&str>,
+    ) -> Result<String, SimError> {
         let inst = self.inst(id)?;
         let mut lines: Vec<String> = Vec::new();
         for (at, line) in &inst.history {
             lines.push(format!("[{:.3}] {line}", *at as f64 / 1000.0));
         }
         if let Some(since) = inst.running_since {
-            lines.push(format!("[{:.3}] {} is up; ssh root@127.0.0.1 -p {}", since as f64 / 1000.0, inst.image, self.config.ssh_port));
+            lines.push(format!(
+                "[{:.3}] {} is up; ssh root@127.0.0.1 -p {}",
+                since as f64 / 1000.0,
+                inst.image,
+                self.config.ssh_port
+            ));
         }
         let log_file = inst.dir.join("container.log");
         if let Ok(text) = std::fs::read_to_string(&log_file) {
@@ -1491,7 +1731,12 @@ impl Market {
 
     /// Prepares logs for download: stores the text under a fresh token and returns the token
     /// (the server serves it at `/sim/logs/<token>.log` without auth, like Vast's S3 URLs).
-    pub fn request_logs(&mut self, id: u64, tail: Option<usize>, filter: Option<&str>) -> Result<String, SimError> {
+    pub fn request_logs(
+        &mut self,
+        id: u64,
+        tail: Option<usize>,
+        filter: Option<&str>,
+    ) -> Result<String, SimError> {
         let text = self.log_text(id, tail, filter)?;
         let token = format!("{:016x}{:08x}", self.http_rng.next_u64(), self.logs.len());
         self.logs.insert(token.clone(), text);
@@ -1512,7 +1757,12 @@ impl Market {
 
     /// Ids of every instance ever created (live and destroyed).
     pub fn all_instance_ids(&self) -> Vec<u64> {
-        let mut v: Vec<u64> = self.instances.keys().chain(self.closed.keys()).copied().collect();
+        let mut v: Vec<u64> = self
+            .instances
+            .keys()
+            .chain(self.closed.keys())
+            .copied()
+            .collect();
         v.sort_unstable();
         v
     }
@@ -1528,7 +1778,10 @@ impl Market {
 
     /// Remaining credit: initial credit minus everything charged.
     pub fn credit(&self) -> Decimal {
-        Decimal::from_f64_retain(self.config.initial_credit).unwrap_or_default().round_dp(6) - self.total_charged()
+        Decimal::from_f64_retain(self.config.initial_credit)
+            .unwrap_or_default()
+            .round_dp(6)
+            - self.total_charged()
     }
 
     /// `GET /api/v0/users/current`.
@@ -1575,9 +1828,24 @@ impl Market {
         after_token: Option<&str>,
     ) -> Result<Value, SimError> {
         const STORED: &[&str] = &[
-            "id", "actual_status", "intended_status", "cur_state", "next_state", "label", "gpu_name",
-            "verification", "machine_id", "host_id", "is_bid", "image_uuid", "status_msg", "start_date",
-            "end_date", "geolocation", "template_id", "bundle_id",
+            "id",
+            "actual_status",
+            "intended_status",
+            "cur_state",
+            "next_state",
+            "label",
+            "gpu_name",
+            "verification",
+            "machine_id",
+            "host_id",
+            "is_bid",
+            "image_uuid",
+            "status_msg",
+            "start_date",
+            "end_date",
+            "geolocation",
+            "template_id",
+            "bundle_id",
         ];
         for k in select_filters.keys() {
             if !STORED.contains(&k.as_str()) {
@@ -1587,7 +1855,9 @@ impl Market {
         let mut order = filter::parse_order(order_by);
         for (col, _) in &order {
             if !STORED.contains(&col.as_str()) {
-                return Err(SimError::InvalidArgs(format!("Invalid order_by column: {col}")));
+                return Err(SimError::InvalidArgs(format!(
+                    "Invalid order_by column: {col}"
+                )));
             }
         }
         if order.is_empty() {
@@ -1612,13 +1882,19 @@ impl Market {
             .collect();
         let mut label_counts: BTreeMap<String, u64> = BTreeMap::new();
         for r in &rows {
-            *label_counts.entry(r["label"].as_str().unwrap_or("").to_string()).or_default() += 1;
+            *label_counts
+                .entry(r["label"].as_str().unwrap_or("").to_string())
+                .or_default() += 1;
         }
         filter::sort_rows(&mut rows, &order);
         let total = rows.len();
         let page: Vec<Value> = rows.into_iter().skip(offset).take(limit).collect();
         let next = offset + page.len();
-        let next_token = if next < total { Some(format!("v1.{next:x}")) } else { None };
+        let next_token = if next < total {
+            Some(format!("v1.{next:x}"))
+        } else {
+            None
+        };
         Ok(json!({
             "success": true,
             "instances_found": page.len(),
@@ -1644,11 +1920,16 @@ impl Market {
         let (Some(gte), Some(lte)) = (gte, lte) else {
             return Err(SimError::MissingDayFilter);
         };
-        if let Some(types) = select_filters.get("type").and_then(|t| t.get("in")).and_then(Value::as_array)
+        if let Some(types) = select_filters
+            .get("type")
+            .and_then(|t| t.get("in"))
+            .and_then(Value::as_array)
             && !types.is_empty()
             && !types.iter().any(|t| t.as_str() == Some("instance"))
         {
-            return Ok(json!({"success": true, "count": 0, "total": 0, "next_token": null, "results": []}));
+            return Ok(
+                json!({"success": true, "count": 0, "total": 0, "next_token": null, "results": []}),
+            );
         }
         let from_ms = (gte * 1000.0) as i64;
         let to_ms = ((lte * 1000.0) as i64).min(self.now_ms);
@@ -1667,10 +1948,43 @@ impl Market {
                        "description": desc, "amount": round3(amount), "metadata": {}, "items": []})
             };
             let items = vec![
-                item("gpu", format!("{:.3} hours at ${}/hour", hours(c.gpu_ms), f64_of(inst.gpu_rate())), c.gpu),
-                item("disk", format!("{:.3} hours of {} GB at ${}/GB/month", hours(c.disk_ms), inst.disk_gb, inst.storage_cost), c.disk),
-                item("bwu", format!("{:.6} GB uploaded at ${}/GB", c.bytes_up as f64 / 1e9, inst.inet_up_cost), c.bwu),
-                item("bwd", format!("{:.6} GB downloaded at ${}/GB", c.bytes_down as f64 / 1e9, inst.inet_down_cost), c.bwd),
+                item(
+                    "gpu",
+                    format!(
+                        "{:.3} hours at ${}/hour",
+                        hours(c.gpu_ms),
+                        f64_of(inst.gpu_rate())
+                    ),
+                    c.gpu,
+                ),
+                item(
+                    "disk",
+                    format!(
+                        "{:.3} hours of {} GB at ${}/GB/month",
+                        hours(c.disk_ms),
+                        inst.disk_gb,
+                        inst.storage_cost
+                    ),
+                    c.disk,
+                ),
+                item(
+                    "bwu",
+                    format!(
+                        "{:.6} GB uploaded at ${}/GB",
+                        c.bytes_up as f64 / 1e9,
+                        inst.inet_up_cost
+                    ),
+                    c.bwu,
+                ),
+                item(
+                    "bwd",
+                    format!(
+                        "{:.6} GB downloaded at ${}/GB",
+                        c.bytes_down as f64 / 1e9,
+                        inst.inet_down_cost
+                    ),
+                    c.bwd,
+                ),
             ];
             let days = (end_s - start_s) as f64 / 86_400.0;
             results.push((
@@ -1705,7 +2019,12 @@ impl Market {
                 .ok_or(SimError::InvalidToken)?,
         };
         let total = results.len();
-        let page: Vec<Value> = results.into_iter().skip(offset).take(limit).map(|(_, _, v)| v).collect();
+        let page: Vec<Value> = results
+            .into_iter()
+            .skip(offset)
+            .take(limit)
+            .map(|(_, _, v)| v)
+            .collect();
         let next = offset + page.len();
         Ok(json!({
             "success": true,
@@ -1722,7 +2041,9 @@ impl Market {
     pub fn force_outbid(&mut self, id: u64) -> Result<(), SimError> {
         let inst = self.inst(id)?;
         if !inst.is_bid {
-            return Err(SimError::InvalidArgs(format!("instance {id} is not interruptible")));
+            return Err(SimError::InvalidArgs(format!(
+                "instance {id} is not interruptible"
+            )));
         }
         if inst.holds_gpus {
             self.outbid_now(id);
@@ -1755,9 +2076,21 @@ impl Market {
         }
         let ext = self.next_external_id;
         self.next_external_id += 1;
-        self.holders[m].push(Holder { who: Who::External(ext), gpus: free, bid: None });
-        self.schedule(self.now_ms + hold_ms.max(1), Event::ExternalLeave { ext, machine: m });
-        self.log_event(None, Some(m), "gpus_taken", format!("renter {ext} took {free} GPU(s)"));
+        self.holders[m].push(Holder {
+            who: Who::External(ext),
+            gpus: free,
+            bid: None,
+        });
+        self.schedule(
+            self.now_ms + hold_ms.max(1),
+            Event::ExternalLeave { ext, machine: m },
+        );
+        self.log_event(
+            None,
+            Some(m),
+            "gpus_taken",
+            format!("renter {ext} took {free} GPU(s)"),
+        );
         Ok(())
     }
 
@@ -1781,7 +2114,11 @@ impl Market {
 
     /// Distinct GPU names on the market (`/api/v0/gpu_names/unique/`).
     pub fn gpu_names(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.machines.iter().map(|m| m.gpu.name.to_string()).collect();
+        let mut v: Vec<String> = self
+            .machines
+            .iter()
+            .map(|m| m.gpu.name.to_string())
+            .collect();
         v.sort();
         v.dedup();
         v

@@ -5,6 +5,9 @@
 //!
 //! The model stays synchronous behind a `std::sync::Mutex`; no lock is held across an await.
 
+// Handlers bail out early with a ready HTTP response; boxing it would only add noise.
+#![allow(clippy::result_large_err)]
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -126,7 +129,11 @@ impl App {
         }
         let endpoint = format!("{method} {pattern}");
         let limits = market.config().rate_limits.clone();
-        if let Some(interval) = limits.per_endpoint_s.get(&endpoint).copied().or(limits.default_s)
+        if let Some(interval) = limits
+            .per_endpoint_s
+            .get(&endpoint)
+            .copied()
+            .or(limits.default_s)
             && interval > 0.0
         {
             let now = Instant::now();
@@ -150,7 +157,10 @@ impl App {
                 return Err((
                     status,
                     [(header::CONTENT_TYPE, "text/html")],
-                    format!("<html><body><h1>{code} {}</h1></body></html>", status.canonical_reason().unwrap_or("")),
+                    format!(
+                        "<html><body><h1>{code} {}</h1></body></html>",
+                        status.canonical_reason().unwrap_or("")
+                    ),
                 )
                     .into_response());
             }
@@ -171,7 +181,12 @@ fn too_many(style: RateLimitBody, coin: bool, threshold: f64) -> Response {
         RateLimitBody::Alternate => coin,
     };
     if text {
-        (StatusCode::TOO_MANY_REQUESTS, [(header::CONTENT_TYPE, "text/plain")], msg).into_response()
+        (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::CONTENT_TYPE, "text/plain")],
+            msg,
+        )
+            .into_response()
     } else {
         json_resp(StatusCode::TOO_MANY_REQUESTS, json!({"detail": msg}))
     }
@@ -179,7 +194,12 @@ fn too_many(style: RateLimitBody, coin: bool, threshold: f64) -> Response {
 
 // ---------------------------------------------------------------------------- handlers
 
-async fn search_offers(State(app): State<App>, headers: HeaderMap, Query(q): Q, body: Bytes) -> Response {
+async fn search_offers(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Query(q): Q,
+    body: Bytes,
+) -> Response {
     let pattern = "/api/v0/bundles/";
     let market = match app.enter("POST", pattern, &headers, &q) {
         Ok(m) => m,
@@ -195,7 +215,12 @@ async fn search_offers(State(app): State<App>, headers: HeaderMap, Query(q): Q, 
     }
 }
 
-async fn search_asks_new(State(app): State<App>, headers: HeaderMap, Query(q): Q, body: Bytes) -> Response {
+async fn search_asks_new(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Query(q): Q,
+    body: Bytes,
+) -> Response {
     let market = match app.enter("PUT", "/api/v0/search/asks/", &headers, &q) {
         Ok(m) => m,
         Err(r) => return r,
@@ -243,7 +268,9 @@ async fn create_instance(
     let Ok(offer) = id.trim().parse::<u64>() else {
         return bad_request(
             "invalid_args",
-            format!("error 400/3467: Invalid args: 'id' is required and must be a valid offer ID, got {id:?}"),
+            format!(
+                "error 400/3467: Invalid args: 'id' is required and must be a valid offer ID, got {id:?}"
+            ),
         );
     };
     match market.create(offer, &body) {
@@ -263,7 +290,12 @@ async fn v0_list_gone(State(app): State<App>, headers: HeaderMap, Query(q): Q) -
     )
 }
 
-async fn bulk_state(State(app): State<App>, headers: HeaderMap, Query(q): Q, body: Bytes) -> Response {
+async fn bulk_state(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Query(q): Q,
+    body: Bytes,
+) -> Response {
     let mut market = match app.enter("PUT", "/api/v0/instances/", &headers, &q) {
         Ok(m) => m,
         Err(r) => return r,
@@ -275,7 +307,11 @@ async fn bulk_state(State(app): State<App>, headers: HeaderMap, Query(q): Q, bod
     let ids: Vec<u64> = body
         .get("ids")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|v| filter::as_num(v).map(|x| x as u64)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| filter::as_num(v).map(|x| x as u64))
+                .collect()
+        })
         .unwrap_or_default();
     let state = body.get("state").and_then(Value::as_str).unwrap_or("");
     let mut failed = Vec::new();
@@ -283,7 +319,12 @@ async fn bulk_state(State(app): State<App>, headers: HeaderMap, Query(q): Q, bod
         let r = match state {
             "running" => market.start(id),
             "stopped" => market.stop(id),
-            other => return bad_request("invalid_args", format!("Invalid state {other:?}; expected running or stopped")),
+            other => {
+                return bad_request(
+                    "invalid_args",
+                    format!("Invalid state {other:?}; expected running or stopped"),
+                );
+            }
         };
         if r.is_err() {
             failed.push(id);
@@ -292,7 +333,12 @@ async fn bulk_state(State(app): State<App>, headers: HeaderMap, Query(q): Q, bod
     ok(json!({"success": failed.is_empty(), "failed": failed}))
 }
 
-async fn bulk_destroy(State(app): State<App>, headers: HeaderMap, Query(q): Q, body: Bytes) -> Response {
+async fn bulk_destroy(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Query(q): Q,
+    body: Bytes,
+) -> Response {
     let mut market = match app.enter("DELETE", "/api/v0/instances/", &headers, &q) {
         Ok(m) => m,
         Err(r) => return r,
@@ -304,9 +350,16 @@ async fn bulk_destroy(State(app): State<App>, headers: HeaderMap, Query(q): Q, b
     let ids: Vec<u64> = body
         .get("instance_ids")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|v| filter::as_num(v).map(|x| x as u64)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| filter::as_num(v).map(|x| x as u64))
+                .collect()
+        })
         .unwrap_or_default();
-    let failed: Vec<u64> = ids.into_iter().filter(|id| market.destroy(*id).is_err()).collect();
+    let failed: Vec<u64> = ids
+        .into_iter()
+        .filter(|id| market.destroy(*id).is_err())
+        .collect();
     ok(json!({"success": failed.is_empty(), "failed": failed}))
 }
 
@@ -318,7 +371,12 @@ async fn list_v1(State(app): State<App>, headers: HeaderMap, Query(q): Q) -> Res
     let filters = match json_param(&q, "select_filters") {
         Ok(Some(Value::Object(o))) => o,
         Ok(None) => Map::new(),
-        Ok(Some(other)) => return bad_request("invalid_args", format!("select_filters must be an object, got {other}")),
+        Ok(Some(other)) => {
+            return bad_request(
+                "invalid_args",
+                format!("select_filters must be an object, got {other}"),
+            );
+        }
         Err(r) => return r,
     };
     let order = match json_param(&q, "order_by") {
@@ -329,7 +387,12 @@ async fn list_v1(State(app): State<App>, headers: HeaderMap, Query(q): Q) -> Res
         None => None,
         Some(s) => match s.trim().parse::<i64>() {
             Ok(l) => Some(l),
-            Err(_) => return bad_request("invalid_args", format!("limit must be an integer, got {s:?}")),
+            Err(_) => {
+                return bad_request(
+                    "invalid_args",
+                    format!("limit must be an integer, got {s:?}"),
+                );
+            }
         },
     };
     let token = q.get("after_token").map(String::as_str);
@@ -353,7 +416,12 @@ async fn list_v1(State(app): State<App>, headers: HeaderMap, Query(q): Q) -> Res
     }
 }
 
-async fn show_instance(State(app): State<App>, Path(id): Path<String>, headers: HeaderMap, Query(q): Q) -> Response {
+async fn show_instance(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Query(q): Q,
+) -> Response {
     let market = match app.enter("GET", "/api/v0/instances/{id}/", &headers, &q) {
         Ok(m) => m,
         Err(r) => return r,
@@ -389,7 +457,12 @@ async fn manage_instance(
         let r = match state.as_str() {
             Some("running") => market.start(id),
             Some("stopped") => market.stop(id),
-            _ => return bad_request("invalid_args", format!("Invalid state {state}; expected \"running\" or \"stopped\"")),
+            _ => {
+                return bad_request(
+                    "invalid_args",
+                    format!("Invalid state {state}; expected \"running\" or \"stopped\""),
+                );
+            }
         };
         if let Err(e) = r {
             return ok(json!({"success": false, "error": e.code(), "msg": e.to_string()}));
@@ -413,7 +486,12 @@ async fn manage_instance(
     ok(json!({"success": true, "msg": msgs.join("; ")}))
 }
 
-async fn destroy_instance(State(app): State<App>, Path(id): Path<String>, headers: HeaderMap, Query(q): Q) -> Response {
+async fn destroy_instance(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Query(q): Q,
+) -> Response {
     let mut market = match app.enter("DELETE", "/api/v0/instances/{id}/", &headers, &q) {
         Ok(m) => m,
         Err(r) => return r,
@@ -460,7 +538,12 @@ async fn change_bid(
     }
 }
 
-async fn reboot(State(app): State<App>, Path(id): Path<String>, headers: HeaderMap, Query(q): Q) -> Response {
+async fn reboot(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Query(q): Q,
+) -> Response {
     let mut market = match app.enter("PUT", "/api/v0/instances/reboot/{id}/", &headers, &q) {
         Ok(m) => m,
         Err(r) => return r,
@@ -492,21 +575,33 @@ async fn request_logs(
         Err(r) => return r,
     };
     let Ok(id) = id.trim().parse::<u64>() else {
-        return json_resp(StatusCode::NOT_FOUND, json!({"error": "invalid_id", "msg": "Invalid instance id."}));
+        return json_resp(
+            StatusCode::NOT_FOUND,
+            json!({"error": "invalid_id", "msg": "Invalid instance id."}),
+        );
     };
     let body = match parse_body(&body) {
         Ok(b) => b,
         Err(r) => return r,
     };
-    let tail = body.get("tail").and_then(filter::as_num).map(|t| t.max(0.0) as usize);
-    let pat = body.get("filter").and_then(Value::as_str).filter(|s| !s.is_empty());
+    let tail = body
+        .get("tail")
+        .and_then(filter::as_num)
+        .map(|t| t.max(0.0) as usize);
+    let pat = body
+        .get("filter")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty());
     match market.request_logs(id, tail, pat) {
         Ok(token) => ok(json!({
             "success": true,
             "result_url": format!("http://{host}/sim/logs/{token}.log"),
             "msg": "Logs are being prepared; fetch result_url."
         })),
-        Err(_) => json_resp(StatusCode::NOT_FOUND, json!({"error": "invalid_id", "msg": "Invalid instance id."})),
+        Err(_) => json_resp(
+            StatusCode::NOT_FOUND,
+            json!({"error": "invalid_id", "msg": "Invalid instance id."}),
+        ),
     }
 }
 
@@ -514,12 +609,27 @@ async fn log_result(State(app): State<App>, Path(file): Path<String>) -> Respons
     let token = file.strip_suffix(".log").unwrap_or(&file);
     let market = lock(&app.market);
     match market.logs_by_token(token) {
-        Some(text) => (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], text.to_string()).into_response(),
-        None => (StatusCode::NOT_FOUND, [(header::CONTENT_TYPE, "application/xml")], "<Error><Code>NoSuchKey</Code></Error>").into_response(),
+        Some(text) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain")],
+            text.to_string(),
+        )
+            .into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            [(header::CONTENT_TYPE, "application/xml")],
+            "<Error><Code>NoSuchKey</Code></Error>",
+        )
+            .into_response(),
     }
 }
 
-async fn instance_ssh_list(State(app): State<App>, Path(id): Path<String>, headers: HeaderMap, Query(q): Q) -> Response {
+async fn instance_ssh_list(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Query(q): Q,
+) -> Response {
     let market = match app.enter("GET", "/api/v0/instances/{id}/ssh/", &headers, &q) {
         Ok(m) => m,
         Err(r) => return r,
@@ -558,7 +668,9 @@ async fn instance_ssh_attach(
     };
     let key = body.get("ssh_key").and_then(Value::as_str).unwrap_or("");
     match market.attach_ssh_key(id, key) {
-        Ok(()) => ok(json!({"success": true, "msg": format!("SSH key attached to instance {id}.")})),
+        Ok(()) => {
+            ok(json!({"success": true, "msg": format!("SSH key attached to instance {id}.")}))
+        }
         Err(SimError::NoSuchInstance(_)) => sim_err(&SimError::NoSuchInstance(id)),
         Err(e) => bad_request("no_ssh_key", e.to_string()),
     }
@@ -579,7 +691,9 @@ async fn instance_ssh_detach(
         Err(r) => return r,
     };
     match market.detach_ssh_key(id, &key) {
-        Ok(()) => ok(json!({"success": true, "msg": format!("SSH key detached from instance {id}.")})),
+        Ok(()) => {
+            ok(json!({"success": true, "msg": format!("SSH key detached from instance {id}.")}))
+        }
         Err(e) => sim_err(&e),
     }
 }
@@ -594,10 +708,17 @@ async fn ssh_keys_list(State(app): State<App>, headers: HeaderMap, Query(q): Q) 
         Ok(m) => m,
         Err(r) => return r,
     };
-    ok(Value::Array(market.account_ssh_keys().iter().map(key_json).collect()))
+    ok(Value::Array(
+        market.account_ssh_keys().iter().map(key_json).collect(),
+    ))
 }
 
-async fn ssh_keys_create(State(app): State<App>, headers: HeaderMap, Query(q): Q, body: Bytes) -> Response {
+async fn ssh_keys_create(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Query(q): Q,
+    body: Bytes,
+) -> Response {
     let mut market = match app.enter("POST", "/api/v0/ssh/", &headers, &q) {
         Ok(m) => m,
         Err(r) => return r,
@@ -639,11 +760,19 @@ async fn ssh_key_update(
     if market.update_account_ssh_key(id, key) {
         ok(json!({"success": true}))
     } else {
-        json_resp(StatusCode::NOT_FOUND, json!({"success": false, "error": "not_found", "msg": format!("SSH key {id} not found.")}))
+        json_resp(
+            StatusCode::NOT_FOUND,
+            json!({"success": false, "error": "not_found", "msg": format!("SSH key {id} not found.")}),
+        )
     }
 }
 
-async fn ssh_key_delete(State(app): State<App>, Path(id): Path<String>, headers: HeaderMap, Query(q): Q) -> Response {
+async fn ssh_key_delete(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Query(q): Q,
+) -> Response {
     let mut market = match app.enter("DELETE", "/api/v0/ssh/{id}/", &headers, &q) {
         Ok(m) => m,
         Err(r) => return r,
@@ -655,7 +784,10 @@ async fn ssh_key_delete(State(app): State<App>, Path(id): Path<String>, headers:
     if market.delete_account_ssh_key(id) {
         ok(json!({"success": true}))
     } else {
-        json_resp(StatusCode::NOT_FOUND, json!({"success": false, "error": "not_found", "msg": format!("SSH key {id} not found.")}))
+        json_resp(
+            StatusCode::NOT_FOUND,
+            json!({"success": false, "error": "not_found", "msg": format!("SSH key {id} not found.")}),
+        )
     }
 }
 
@@ -677,9 +809,16 @@ async fn charges(State(app): State<App>, headers: HeaderMap, Query(q): Q) -> Res
         Ok(_) => Map::new(),
         Err(r) => return r,
     };
-    let latest_first = q.get("latest_first").is_some_and(|v| v == "true" || v == "True" || v == "1");
+    let latest_first = q
+        .get("latest_first")
+        .is_some_and(|v| v == "true" || v == "True" || v == "1");
     let limit = q.get("limit").and_then(|s| s.trim().parse::<i64>().ok());
-    match market.charges_report(&filters, latest_first, limit, q.get("after_token").map(String::as_str)) {
+    match market.charges_report(
+        &filters,
+        latest_first,
+        limit,
+        q.get("after_token").map(String::as_str),
+    ) {
         Ok(v) => ok(v),
         Err(e) => sim_err(&e),
     }
@@ -689,10 +828,19 @@ async fn invoices_v1(State(app): State<App>, headers: HeaderMap, Query(q): Q) ->
     if let Err(r) = app.enter("GET", "/api/v1/invoices/", &headers, &q) {
         return r;
     }
-    let filters = json_param(&q, "select_filters").ok().flatten().unwrap_or(Value::Null);
+    let filters = json_param(&q, "select_filters")
+        .ok()
+        .flatten()
+        .unwrap_or(Value::Null);
     let when = filters.get("when");
-    let valid = when.and_then(|w| w.get("gte")).and_then(filter::as_num).is_some()
-        && when.and_then(|w| w.get("lte")).and_then(filter::as_num).is_some();
+    let valid = when
+        .and_then(|w| w.get("gte"))
+        .and_then(filter::as_num)
+        .is_some()
+        && when
+            .and_then(|w| w.get("lte"))
+            .and_then(filter::as_num)
+            .is_some();
     if !valid {
         return ok(json!({"success": false, "error": "Invalid date range"}));
     }
@@ -712,7 +860,10 @@ async fn instance_filters(State(app): State<App>, headers: HeaderMap, Query(q): 
     };
     let rows = market.list(None);
     let distinct = |key: &str| {
-        let mut v: Vec<String> = rows.iter().filter_map(|r| r[key].as_str().map(str::to_string)).collect();
+        let mut v: Vec<String> = rows
+            .iter()
+            .filter_map(|r| r[key].as_str().map(str::to_string))
+            .collect();
         v.sort();
         v.dedup();
         v
@@ -724,7 +875,9 @@ async fn instance_filters(State(app): State<App>, headers: HeaderMap, Query(q): 
 /// Registers `path` with and without its trailing slash.
 fn both(router: Router<App>, path: &str, mr: MethodRouter<App>) -> Router<App> {
     let bare = path.trim_end_matches('/');
-    router.route(bare, mr.clone()).route(&format!("{bare}/"), mr)
+    router
+        .route(bare, mr.clone())
+        .route(&format!("{bare}/"), mr)
 }
 
 /// The HTTP API over a shared market, with the clock left to the caller (virtual time).
@@ -740,20 +893,46 @@ pub fn router_with_clock(shared: Arc<Mutex<Market>>, wall_clock: bool) -> Router
         last_call: Arc::new(Mutex::new(HashMap::new())),
     };
     let mut r: Router<App> = Router::new();
-    r = both(r, "/api/v0/bundles/", post(search_offers).get(search_offers_get));
+    r = both(
+        r,
+        "/api/v0/bundles/",
+        post(search_offers).get(search_offers_get),
+    );
     r = both(r, "/api/v0/search/asks/", put(search_asks_new));
     r = both(r, "/api/v0/asks/{id}/", put(create_instance));
-    r = both(r, "/api/v0/instances/", get(v0_list_gone).put(bulk_state).delete(bulk_destroy));
+    r = both(
+        r,
+        "/api/v0/instances/",
+        get(v0_list_gone).put(bulk_state).delete(bulk_destroy),
+    );
     r = both(r, "/api/v1/instances/", get(list_v1));
     r = both(r, "/api/v0/instances/filters/", get(instance_filters));
-    r = both(r, "/api/v0/instances/{id}/", get(show_instance).put(manage_instance).delete(destroy_instance));
+    r = both(
+        r,
+        "/api/v0/instances/{id}/",
+        get(show_instance)
+            .put(manage_instance)
+            .delete(destroy_instance),
+    );
     r = both(r, "/api/v0/instances/bid_price/{id}/", put(change_bid));
     r = both(r, "/api/v0/instances/reboot/{id}/", put(reboot));
     r = both(r, "/api/v0/instances/request_logs/{id}/", put(request_logs));
-    r = both(r, "/api/v0/instances/{id}/ssh/", get(instance_ssh_list).post(instance_ssh_attach));
-    r = both(r, "/api/v0/instances/{id}/ssh/{key}/", axum::routing::delete(instance_ssh_detach));
+    r = both(
+        r,
+        "/api/v0/instances/{id}/ssh/",
+        get(instance_ssh_list).post(instance_ssh_attach),
+    );
+    r = both(
+        r,
+        "/api/v0/instances/{id}/ssh/{key}/",
+        axum::routing::delete(instance_ssh_detach),
+    );
     r = both(r, "/api/v0/ssh/", get(ssh_keys_list).post(ssh_keys_create));
-    r = both(r, "/api/v0/ssh/{id}/", put(ssh_key_update).delete(ssh_key_delete));
+    r = both(
+        r,
+        "/api/v0/ssh/{id}/",
+        put(ssh_key_update).delete(ssh_key_delete),
+    );
     r = both(r, "/api/v0/users/current/", get(current_user));
     r = both(r, "/api/v0/charges/", get(charges));
     r = both(r, "/api/v1/invoices/", get(invoices_v1));
@@ -772,7 +951,11 @@ pub fn router_with_clock(shared: Arc<Mutex<Market>>, wall_clock: bool) -> Router
 /// follows the wall time: every request advances it, and so does a 100 ms ticker, so boots,
 /// outbids and kills happen on time even when nobody is asking. The market should then have
 /// been created with `start_ms` near the wall time (else the first advance replays the gap).
-pub async fn serve(listener: tokio::net::TcpListener, market: Arc<Mutex<Market>>, wall_clock: bool) -> std::io::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    market: Arc<Mutex<Market>>,
+    wall_clock: bool,
+) -> std::io::Result<()> {
     let ticker = if wall_clock {
         let m = market.clone();
         Some(tokio::spawn(async move {

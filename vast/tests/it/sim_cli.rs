@@ -135,7 +135,8 @@ impl VastCli {
             out.status,
             String::from_utf8_lossy(&out.stderr)
         );
-        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("vastai {args:?} printed no JSON ({e}): {stdout}"))
+        serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("vastai {args:?} printed no JSON ({e}): {stdout}"))
     }
 
     /// Runs and returns stdout, expecting success.
@@ -157,7 +158,10 @@ impl VastCli {
             if inst["actual_status"] == json!(want) {
                 return inst;
             }
-            assert!(Instant::now() < deadline, "instance {id} never reached {want}: {inst}");
+            assert!(
+                Instant::now() < deadline,
+                "instance {id} never reached {want}: {inst}"
+            );
             std::thread::sleep(Duration::from_millis(300));
         }
     }
@@ -170,14 +174,24 @@ fn num(v: &Value) -> f64 {
 #[test]
 fn official_cli_drives_the_sim() {
     let bin = vastai_bin();
-    if !require("vastai CLI", bin.is_ok(), bin.as_ref().err().map(String::as_str).unwrap_or("")) {
+    if !require(
+        "vastai CLI",
+        bin.is_ok(),
+        bin.as_ref().err().map(String::as_str).unwrap_or(""),
+    ) {
         return;
     }
     let sim = start_sim(sim_config(7));
     let cli = VastCli::new(bin.expect("checked"), &sim.url);
 
     // search: every offer satisfies the query, in ascending dph_total.
-    let offers = cli.json(&["search", "offers", "gpu_ram>=24 num_gpus=1 dph<2", "-o", "dph"]);
+    let offers = cli.json(&[
+        "search",
+        "offers",
+        "gpu_ram>=24 num_gpus=1 dph<2",
+        "-o",
+        "dph",
+    ]);
     let offers = offers.as_array().expect("a list of offers").clone();
     assert!(offers.len() >= 20, "too few offers: {}", offers.len());
     let mut last = 0.0;
@@ -186,7 +200,11 @@ fn official_cli_drives_the_sim() {
         assert_eq!(o["num_gpus"], json!(1));
         let d = num(&o["dph_total"]);
         assert!(d < 2.0 && d >= last, "dph_total {d} after {last}");
-        assert_eq!(o["verification"], json!("verified"), "CLI default verified=true");
+        assert_eq!(
+            o["verification"],
+            json!("verified"),
+            "CLI default verified=true"
+        );
         assert_eq!(o["rentable"], json!(true));
         last = d;
     }
@@ -194,8 +212,15 @@ fn official_cli_drives_the_sim() {
     // create on-demand, then watch it boot.
     let offer_id = offers[0]["id"].as_u64().expect("offer id");
     let created = cli.json(&[
-        "create", "instance", &offer_id.to_string(), "--image", "pytorch/pytorch", "--disk", "10",
-        "--label", "vc-cli",
+        "create",
+        "instance",
+        &offer_id.to_string(),
+        "--image",
+        "pytorch/pytorch",
+        "--disk",
+        "10",
+        "--label",
+        "vc-cli",
     ]);
     assert_eq!(created["success"], json!(true), "{created}");
     let id = created["new_contract"].as_u64().expect("new_contract");
@@ -207,51 +232,119 @@ fn official_cli_drives_the_sim() {
     assert_eq!(running["ports"]["22/tcp"][0]["HostPort"], json!("22"));
     assert_eq!(running["ssh_host"], json!("127.0.0.1"));
     assert_eq!(running["disk_space"], json!(10.0));
-    assert!(num(&running["duration"]) >= 0.0, "the CLI computes duration from start_date");
+    assert!(
+        num(&running["duration"]) >= 0.0,
+        "the CLI computes duration from start_date"
+    );
     let listed = cli.json(&["show", "instances"]);
-    assert!(listed.as_array().expect("list").iter().any(|i| i["id"] == json!(id)));
+    assert!(
+        listed
+            .as_array()
+            .expect("list")
+            .iter()
+            .any(|i| i["id"] == json!(id))
+    );
     // The offer is rented now: a single-GPU machine's offer disappears, others lose a GPU.
-    let again = cli.json(&["search", "offers", "gpu_ram>=24 num_gpus=1 dph<2", "-o", "dph"]);
+    let again = cli.json(&[
+        "search",
+        "offers",
+        "gpu_ram>=24 num_gpus=1 dph<2",
+        "-o",
+        "dph",
+    ]);
     let frac = num(&offers[0]["gpu_frac"]);
     if frac == 1.0 {
-        assert!(!again.as_array().expect("list").iter().any(|o| o["id"] == json!(offer_id)));
+        assert!(
+            !again
+                .as_array()
+                .expect("list")
+                .iter()
+                .any(|o| o["id"] == json!(offer_id))
+        );
     }
 
     // stop: every state field reads stopped, ports gone.
-    assert!(cli.text(&["stop", "instance", &ids]).contains(&format!("stopping instance {id}")));
+    assert!(
+        cli.text(&["stop", "instance", &ids])
+            .contains(&format!("stopping instance {id}"))
+    );
     let stopped = cli.json(&["show", "instance", &ids]);
-    for k in ["actual_status", "intended_status", "cur_state", "next_state"] {
+    for k in [
+        "actual_status",
+        "intended_status",
+        "cur_state",
+        "next_state",
+    ] {
         assert_eq!(stopped[k], json!("stopped"), "{k}: {stopped}");
     }
     assert_eq!(stopped["ports"], Value::Null);
 
     // start: back to running.
-    assert!(cli.text(&["start", "instance", &ids]).contains(&format!("starting instance {id}")));
+    assert!(
+        cli.text(&["start", "instance", &ids])
+            .contains(&format!("starting instance {id}"))
+    );
     cli.wait_status(id, "running");
 
     // label.
-    assert!(cli.text(&["label", "instance", &ids, "renamed"]).contains("renamed"));
-    assert_eq!(cli.json(&["show", "instance", &ids])["label"], json!("renamed"));
+    assert!(
+        cli.text(&["label", "instance", &ids, "renamed"])
+            .contains("renamed")
+    );
+    assert_eq!(
+        cli.json(&["show", "instance", &ids])["label"],
+        json!("renamed")
+    );
 
     // logs: request_logs, then the CLI polls the result_url without auth.
     let logs = cli.text(&["logs", &ids]);
-    assert!(logs.contains(&format!("created from offer {offer_id}")), "logs: {logs}");
+    assert!(
+        logs.contains(&format!("created from offer {offer_id}")),
+        "logs: {logs}"
+    );
     assert!(logs.contains("stopped by user"), "logs: {logs}");
 
     // ssh key.
-    let attach = cli.text(&["attach", "ssh", &ids, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOfakeKeyForTests test@sim"]);
+    let attach = cli.text(&[
+        "attach",
+        "ssh",
+        &ids,
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOfakeKeyForTests test@sim",
+    ]);
     assert!(attach.contains("'success': True"), "attach: {attach}");
-    let keys = sim.market.lock().expect("lock").instance_ssh_keys(id).expect("keys");
+    let keys = sim
+        .market
+        .lock()
+        .expect("lock")
+        .instance_ssh_keys(id)
+        .expect("keys");
     assert!(keys.iter().any(|k| k.contains("OfakeKeyForTests")));
 
     // interruptible: --bid_price makes it a bid instance at that price.
-    let bids = cli.json(&["search", "offers", "gpu_ram>=24 num_gpus=1 dph<2", "-o", "dph", "--type", "bid"]);
+    let bids = cli.json(&[
+        "search",
+        "offers",
+        "gpu_ram>=24 num_gpus=1 dph<2",
+        "-o",
+        "dph",
+        "--type",
+        "bid",
+    ]);
     let bids = bids.as_array().expect("bid offers");
-    let b = bids.iter().find(|o| o["id"] != json!(offer_id)).expect("another offer");
+    let b = bids
+        .iter()
+        .find(|o| o["id"] != json!(offer_id))
+        .expect("another offer");
     assert_eq!(b["dph_base"], b["min_bid"], "bid view prices from min_bid");
     let bid = (num(&b["min_bid"]) * 1.2 * 10_000.0).round() / 10_000.0;
     let bid_created = cli.json(&[
-        "create", "instance", &b["id"].to_string(), "--image", "img", "--bid_price", &bid.to_string(),
+        "create",
+        "instance",
+        &b["id"].to_string(),
+        "--image",
+        "img",
+        "--bid_price",
+        &bid.to_string(),
     ]);
     assert_eq!(bid_created["success"], json!(true), "{bid_created}");
     let bid_id = bid_created["new_contract"].as_u64().expect("new_contract");
@@ -261,12 +354,28 @@ fn official_cli_drives_the_sim() {
     // change bid.
     let changed = cli.text(&["change", "bid", &bid_id.to_string(), "--price", "0.77"]);
     assert!(changed.contains("bid price changed"), "{changed}");
-    assert_eq!(num(&cli.json(&["show", "instance", &bid_id.to_string()])["dph_base"]), 0.77);
+    assert_eq!(
+        num(&cli.json(&["show", "instance", &bid_id.to_string()])["dph_base"]),
+        0.77
+    );
     // A bid under min_bid: success false, yet an instance was created (stopped).
-    let c = bids.iter().find(|o| o["id"] != json!(offer_id) && o["id"] != b["id"]).expect("a third offer");
-    let low = cli.json(&["create", "instance", &c["id"].to_string(), "--image", "img", "--bid_price", "0.001"]);
+    let c = bids
+        .iter()
+        .find(|o| o["id"] != json!(offer_id) && o["id"] != b["id"])
+        .expect("a third offer");
+    let low = cli.json(&[
+        "create",
+        "instance",
+        &c["id"].to_string(),
+        "--image",
+        "img",
+        "--bid_price",
+        "0.001",
+    ]);
     assert_eq!(low["success"], json!(false), "{low}");
-    let low_id = low["new_contract"].as_u64().expect("a too-low bid still creates an instance");
+    let low_id = low["new_contract"]
+        .as_u64()
+        .expect("a too-low bid still creates an instance");
     let low_inst = cli.json(&["show", "instance", &low_id.to_string()]);
     assert_eq!(low_inst["actual_status"], json!("stopped"));
     assert_eq!(low_inst["intended_status"], json!("stopped"));
@@ -286,17 +395,42 @@ fn official_cli_drives_the_sim() {
         .iter()
         .find(|r| r["source"] == json!(format!("instance-{id}")))
         .expect("a row for the on-demand instance");
-    let types: Vec<&str> = row["items"].as_array().expect("items").iter().filter_map(|i| i["type"].as_str()).collect();
+    let types: Vec<&str> = row["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|i| i["type"].as_str())
+        .collect();
     assert_eq!(types, vec!["gpu", "disk", "bwu", "bwd"]);
-    for item in row["items"].as_array().expect("items").iter().chain(std::iter::once(row)) {
+    for item in row["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .chain(std::iter::once(row))
+    {
         let a = num(&item["amount"]);
-        assert!(((a * 1000.0).round() - a * 1000.0).abs() < 1e-6, "3 decimals: {a}");
+        assert!(
+            ((a * 1000.0).round() - a * 1000.0).abs() < 1e-6,
+            "3 decimals: {a}"
+        );
     }
     assert!(num(&row["items"][0]["amount"]) >= 0.0);
     assert_eq!(row["metadata"]["label"], json!("renamed"));
-    let exact = sim.market.lock().expect("lock").charges(id).expect("charges");
+    let exact = sim
+        .market
+        .lock()
+        .expect("lock")
+        .charges(id)
+        .expect("charges");
     assert!(
-        num(&row["amount"]) <= exact.total.round_dp(3).to_string().parse::<f64>().unwrap_or(0.0) + 1e-9,
+        num(&row["amount"])
+            <= exact
+                .total
+                .round_dp(3)
+                .to_string()
+                .parse::<f64>()
+                .unwrap_or(0.0)
+                + 1e-9,
         "the feed never shows more than was charged"
     );
 
@@ -304,7 +438,10 @@ fn official_cli_drives_the_sim() {
     for i in [id, bid_id, low_id] {
         cli.run(&["destroy", "instance", &i.to_string(), "-y"]);
     }
-    assert_eq!(cli.json(&["show", "instance", &ids]), json!({"instances": null}));
+    assert_eq!(
+        cli.json(&["show", "instance", &ids]),
+        json!({"instances": null})
+    );
     let gone = cli.run(&["show", "instance", &ids]);
     assert!(!gone.status.success());
     assert!(String::from_utf8_lossy(&gone.stderr).contains("not found or no longer exists"));
@@ -314,7 +451,11 @@ fn official_cli_drives_the_sim() {
 #[test]
 fn official_cli_sees_auth_errors() {
     let bin = vastai_bin();
-    if !require("vastai CLI", bin.is_ok(), bin.as_ref().err().map(String::as_str).unwrap_or("")) {
+    if !require(
+        "vastai CLI",
+        bin.is_ok(),
+        bin.as_ref().err().map(String::as_str).unwrap_or(""),
+    ) {
         return;
     }
     let mut config = sim_config(8);
@@ -325,7 +466,10 @@ fn official_cli_sees_auth_errors() {
     let out = cli.run(&["show", "user", "--raw"]);
     assert!(!out.status.success() || out.stdout.is_empty());
     let err: Value = serde_json::from_slice(&out.stderr).unwrap_or(Value::Null);
-    assert_eq!(err, json!({"error": true, "status_code": 404, "msg": "Invalid user key"}));
+    assert_eq!(
+        err,
+        json!({"error": true, "status_code": 404, "msg": "Invalid user key"})
+    );
 }
 
 fn http() -> reqwest::Client {
@@ -339,81 +483,264 @@ async fn http_surface_matches_vast() {
     let u = |p: &str| format!("{}{p}", sim.url);
 
     // Auth: none → 403, wrong → 404, Bearer or api_key query param → 200.
-    let r = c.get(u("/api/v0/users/current/")).send().await.expect("send");
+    let r = c
+        .get(u("/api/v0/users/current/"))
+        .send()
+        .await
+        .expect("send");
     assert_eq!(r.status(), 403);
-    assert_eq!(r.json::<Value>().await.expect("json"), json!({"success": false, "error": "auth_error", "msg": "This action requires login."}));
-    let r = c.get(u("/api/v0/users/current/")).bearer_auth("nope").send().await.expect("send");
+    assert_eq!(
+        r.json::<Value>().await.expect("json"),
+        json!({"success": false, "error": "auth_error", "msg": "This action requires login."})
+    );
+    let r = c
+        .get(u("/api/v0/users/current/"))
+        .bearer_auth("nope")
+        .send()
+        .await
+        .expect("send");
     assert_eq!(r.status(), 404);
-    assert_eq!(r.json::<Value>().await.expect("json"), json!({"success": false, "error": "auth_error", "msg": "Invalid user key"}));
-    let r = c.get(u("/api/v0/users/current?api_key=sim")).send().await.expect("send");
+    assert_eq!(
+        r.json::<Value>().await.expect("json"),
+        json!({"success": false, "error": "auth_error", "msg": "Invalid user key"})
+    );
+    let r = c
+        .get(u("/api/v0/users/current?api_key=sim"))
+        .send()
+        .await
+        .expect("send");
     assert_eq!(r.status(), 200);
-    let r = c.get(u("/api/v0/users/current")).bearer_auth("sim").send().await.expect("send");
+    let r = c
+        .get(u("/api/v0/users/current"))
+        .bearer_auth("sim")
+        .send()
+        .await
+        .expect("send");
     assert_eq!(r.status(), 200, "no trailing slash works too");
 
     // The deprecated v0 list.
-    let r = c.get(u("/api/v0/instances/")).bearer_auth("sim").send().await.expect("send");
+    let r = c
+        .get(u("/api/v0/instances/"))
+        .bearer_auth("sim")
+        .send()
+        .await
+        .expect("send");
     assert_eq!(r.status(), 410);
-    assert_eq!(r.json::<Value>().await.expect("json")["error"], json!("deprecated_endpoint"));
+    assert_eq!(
+        r.json::<Value>().await.expect("json")["error"],
+        json!("deprecated_endpoint")
+    );
 
     // Search with and without slash, content type exactly application/json (the CLI checks).
     for path in ["/api/v0/bundles/", "/api/v0/bundles"] {
-        let r = c.post(u(path)).bearer_auth("sim").json(&json!({"num_gpus": {"eq": "2"}, "limit": 3})).send().await.expect("send");
+        let r = c
+            .post(u(path))
+            .bearer_auth("sim")
+            .json(&json!({"num_gpus": {"eq": "2"}, "limit": 3}))
+            .send()
+            .await
+            .expect("send");
         assert_eq!(r.status(), 200);
-        assert_eq!(r.headers().get("content-type").and_then(|v| v.to_str().ok()), Some("application/json"));
+        assert_eq!(
+            r.headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok()),
+            Some("application/json")
+        );
         let v: Value = r.json().await.expect("json");
         assert_eq!(v["offers"].as_array().map(Vec::len), Some(3));
-        assert!(v["offers"].as_array().expect("offers").iter().all(|o| o["num_gpus"] == json!(2)));
+        assert!(
+            v["offers"]
+                .as_array()
+                .expect("offers")
+                .iter()
+                .all(|o| o["num_gpus"] == json!(2))
+        );
     }
-    let r = c.post(u("/api/v0/bundles/")).bearer_auth("sim").body("{not json").send().await.expect("send");
+    let r = c
+        .post(u("/api/v0/bundles/"))
+        .bearer_auth("sim")
+        .body("{not json")
+        .send()
+        .await
+        .expect("send");
     assert_eq!(r.status(), 400);
 
     // Create errors and the single get of an unknown instance.
-    let r = c.put(u("/api/v0/asks/1/")).bearer_auth("sim").json(&json!({"image": "x"})).send().await.expect("send");
+    let r = c
+        .put(u("/api/v0/asks/1/"))
+        .bearer_auth("sim")
+        .json(&json!({"image": "x"}))
+        .send()
+        .await
+        .expect("send");
     assert_eq!(r.status(), 404);
-    assert_eq!(r.json::<Value>().await.expect("json")["error"], json!("no_such_ask"));
-    let r = c.get(u("/api/v0/instances/12345/")).bearer_auth("sim").send().await.expect("send");
-    assert_eq!(r.json::<Value>().await.expect("json"), json!({"instances": null}));
+    assert_eq!(
+        r.json::<Value>().await.expect("json")["error"],
+        json!("no_such_ask")
+    );
+    let r = c
+        .get(u("/api/v0/instances/12345/"))
+        .bearer_auth("sim")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(
+        r.json::<Value>().await.expect("json"),
+        json!({"instances": null})
+    );
 
     // v1 list: 25 per page and a cursor.
-    let offers = sim.market.lock().expect("lock").search(&json!({"num_gpus": {"eq": 1}})).expect("search");
+    let offers = sim
+        .market
+        .lock()
+        .expect("lock")
+        .search(&json!({"num_gpus": {"eq": 1}}))
+        .expect("search");
     for o in offers.iter().take(27) {
-        let r = c.put(u(&format!("/api/v0/asks/{}/", o["id"]))).bearer_auth("sim").json(&json!({"client_id": "me", "image": "img", "disk": 10, "label": "page"})).send().await.expect("send");
-        assert_eq!(r.json::<Value>().await.expect("json")["success"], json!(true));
+        let r = c
+            .put(u(&format!("/api/v0/asks/{}/", o["id"])))
+            .bearer_auth("sim")
+            .json(&json!({"client_id": "me", "image": "img", "disk": 10, "label": "page"}))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(
+            r.json::<Value>().await.expect("json")["success"],
+            json!(true)
+        );
     }
-    let q = [("select_filters", json!({"label": {"eq": "page"}}).to_string()), ("order_by", json!([{"col": "id", "dir": "desc"}]).to_string()), ("limit", "25".into())];
-    let p1: Value = c.get(u("/api/v1/instances/")).bearer_auth("sim").query(&q).send().await.expect("send").json().await.expect("json");
+    let q = [
+        (
+            "select_filters",
+            json!({"label": {"eq": "page"}}).to_string(),
+        ),
+        (
+            "order_by",
+            json!([{"col": "id", "dir": "desc"}]).to_string(),
+        ),
+        ("limit", "25".into()),
+    ];
+    let p1: Value = c
+        .get(u("/api/v1/instances/"))
+        .bearer_auth("sim")
+        .query(&q)
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(p1["instances"].as_array().map(Vec::len), Some(25));
     assert_eq!(p1["total_instances"], json!(27));
-    let ids: Vec<u64> = p1["instances"].as_array().expect("rows").iter().filter_map(|r| r["id"].as_u64()).collect();
+    let ids: Vec<u64> = p1["instances"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter_map(|r| r["id"].as_u64())
+        .collect();
     assert!(ids.windows(2).all(|w| w[0] > w[1]), "order_by id desc");
     let token = p1["next_token"].as_str().expect("next_token").to_string();
     let mut q2 = q.to_vec();
     q2.push(("after_token", token));
-    let p2: Value = c.get(u("/api/v1/instances")).bearer_auth("sim").query(&q2).send().await.expect("send").json().await.expect("json");
+    let p2: Value = c
+        .get(u("/api/v1/instances"))
+        .bearer_auth("sim")
+        .query(&q2)
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(p2["instances"].as_array().map(Vec::len), Some(2));
     assert_eq!(p2["next_token"], Value::Null);
-    let bad = c.get(u("/api/v1/instances/")).bearer_auth("sim").query(&[("select_filters", json!({"dph_total": {"lt": 1}}).to_string())]).send().await.expect("send");
+    let bad = c
+        .get(u("/api/v1/instances/"))
+        .bearer_auth("sim")
+        .query(&[(
+            "select_filters",
+            json!({"dph_total": {"lt": 1}}).to_string(),
+        )])
+        .send()
+        .await
+        .expect("send");
     assert_eq!(bad.status(), 400);
-    assert!(bad.json::<Value>().await.expect("json")["msg"].as_str().unwrap_or("").contains("dph_total is not a valid search key"));
+    assert!(
+        bad.json::<Value>().await.expect("json")["msg"]
+            .as_str()
+            .unwrap_or("")
+            .contains("dph_total is not a valid search key")
+    );
 
     // Logs: the result_url is served without auth.
     let id = ids[0];
-    let r: Value = c.put(u(&format!("/api/v0/instances/request_logs/{id}/"))).bearer_auth("sim").json(&json!({"tail": "100"})).send().await.expect("send").json().await.expect("json");
+    let r: Value = c
+        .put(u(&format!("/api/v0/instances/request_logs/{id}/")))
+        .bearer_auth("sim")
+        .json(&json!({"tail": "100"}))
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
     let url = r["result_url"].as_str().expect("result_url").to_string();
-    let text = c.get(&url).send().await.expect("send").text().await.expect("text");
+    let text = c
+        .get(&url)
+        .send()
+        .await
+        .expect("send")
+        .text()
+        .await
+        .expect("text");
     assert!(text.contains("created from offer"), "{text}");
 
     // Charges need both day bounds.
-    let r = c.get(u("/api/v0/charges/")).bearer_auth("sim").query(&[("select_filters", json!({"day": {"gte": 0}}).to_string())]).send().await.expect("send");
+    let r = c
+        .get(u("/api/v0/charges/"))
+        .bearer_auth("sim")
+        .query(&[("select_filters", json!({"day": {"gte": 0}}).to_string())])
+        .send()
+        .await
+        .expect("send");
     assert_eq!(r.status(), 400);
-    assert_eq!(r.json::<Value>().await.expect("json")["msg"], json!("Must provide both 'day' gte and lte filters for instance charges"));
+    assert_eq!(
+        r.json::<Value>().await.expect("json")["msg"],
+        json!("Must provide both 'day' gte and lte filters for instance charges")
+    );
 
     // Destroy, then gone; destroying again is success:false.
-    let r: Value = c.delete(u(&format!("/api/v0/instances/{id}/"))).bearer_auth("sim").json(&json!({})).send().await.expect("send").json().await.expect("json");
+    let r: Value = c
+        .delete(u(&format!("/api/v0/instances/{id}/")))
+        .bearer_auth("sim")
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(r, json!({"success": true}));
-    let r: Value = c.get(u(&format!("/api/v0/instances/{id}"))).bearer_auth("sim").send().await.expect("send").json().await.expect("json");
+    let r: Value = c
+        .get(u(&format!("/api/v0/instances/{id}")))
+        .bearer_auth("sim")
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(r, json!({"instances": null}));
-    let r: Value = c.delete(u(&format!("/api/v0/instances/{id}/"))).bearer_auth("sim").send().await.expect("send").json().await.expect("json");
+    let r: Value = c
+        .delete(u(&format!("/api/v0/instances/{id}/")))
+        .bearer_auth("sim")
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(r["success"], json!(false));
     assert_eq!(r["error"], json!("no_such_instance"));
 }
@@ -426,31 +753,66 @@ async fn http_rate_limits_and_faults() {
     let sim = start_sim(config);
     let c = http();
     let url = format!("{}/api/v0/users/current/", sim.url);
-    assert_eq!(c.get(&url).bearer_auth("sim").send().await.expect("send").status(), 200);
+    assert_eq!(
+        c.get(&url)
+            .bearer_auth("sim")
+            .send()
+            .await
+            .expect("send")
+            .status(),
+        200
+    );
     let (mut text, mut detail) = (false, false);
     for _ in 0..12 {
         let r = c.get(&url).bearer_auth("sim").send().await.expect("send");
         assert_eq!(r.status(), 429);
-        assert!(r.headers().get("retry-after").is_none(), "Vast sends no Retry-After");
-        let ct = r.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        assert!(
+            r.headers().get("retry-after").is_none(),
+            "Vast sends no Retry-After"
+        );
+        let ct = r
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
         let body = r.text().await.expect("body");
         if ct.starts_with("text/plain") {
             assert!(body.starts_with("API requests too frequent"), "{body}");
             text = true;
         } else {
             let v: Value = serde_json::from_str(&body).expect("json 429");
-            assert!(v["detail"].as_str().unwrap_or("").starts_with("API requests too frequent"));
+            assert!(
+                v["detail"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("API requests too frequent")
+            );
             detail = true;
         }
     }
     assert!(text && detail, "both 429 body styles appear");
     // Limits are per endpoint: another endpoint still answers.
-    let r = c.get(format!("{}/api/v0/ssh/", sim.url)).bearer_auth("sim").send().await.expect("send");
+    let r = c
+        .get(format!("{}/api/v0/ssh/", sim.url))
+        .bearer_auth("sim")
+        .send()
+        .await
+        .expect("send");
     assert_eq!(r.status(), 200);
 
     let mut config = sim_config(11);
     config.faults.http_5xx = 1.0;
     let sim = start_sim(config);
-    let r = c.get(format!("{}/api/v0/users/current/", sim.url)).bearer_auth("sim").send().await.expect("send");
-    assert!([502, 503, 504].contains(&r.status().as_u16()), "{}", r.status());
+    let r = c
+        .get(format!("{}/api/v0/users/current/", sim.url))
+        .bearer_auth("sim")
+        .send()
+        .await
+        .expect("send");
+    assert!(
+        [502, 503, 504].contains(&r.status().as_u16()),
+        "{}",
+        r.status()
+    );
 }
