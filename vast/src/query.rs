@@ -342,9 +342,10 @@ pub fn parse_query_into(q: &str, res: &mut Map<String, Value>) -> Result<Vec<Str
                 PyVal::None => return Err(QueryError::ListForUnitField),
             };
             let x = x * mult;
+            // Like the CLI, an infinite or NaN value only fails when the body is serialised,
+            // after the whole query parsed (a later error wins, a later wildcard removes it).
             serde_json::Number::from_f64(x)
-                .map(Value::Number)
-                .ok_or(QueryError::NotFinite)?
+                .map_or_else(|| Value::String(NON_FINITE.into()), Value::Number)
         } else {
             match val {
                 PyVal::Str(s) => match s.as_str() {
@@ -368,8 +369,18 @@ pub fn parse_query_into(q: &str, res: &mut Map<String, Value>) -> Result<Vec<Str
             ops.insert(op_name.to_string(), json);
         }
     }
+    let non_finite = res.values().any(|ops| {
+        ops.as_object()
+            .is_some_and(|m| m.values().any(|v| v.as_str() == Some(NON_FINITE)))
+    });
+    if non_finite {
+        return Err(QueryError::NotFinite);
+    }
     Ok(unknown)
 }
+
+/// Stands in for an infinite or NaN number until the query is fully parsed.
+const NON_FINITE: &str = "\u{0}non-finite\u{0}";
 
 /// `535.86.05` → `535086005`: each of exactly three parts zero-padded to 3 digits, concatenated,
 /// read as an integer. Anything else gives `None`, as the CLI does (which then reports a blank

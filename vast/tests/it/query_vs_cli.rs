@@ -375,3 +375,224 @@ async fn query_bodies_match_official_cli() {
         bin.display()
     );
 }
+
+/// The Python interpreter of the CLI's installation, from the `vastai` script's `#!` line.
+fn vastai_python(bin: &std::path::Path) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(bin).ok()?;
+    let line = text.lines().next()?.strip_prefix("#!")?.trim();
+    let python = PathBuf::from(line.split_whitespace().next()?);
+    python.is_file().then_some(python)
+}
+
+/// Runs the CLI's own `parse_query` on many queries in one Python process (the same call
+/// `search offers` makes, defaults included) and prints, per query, the filters or the error.
+const PY_PARSE_MANY: &str = r#"
+import contextlib, io, json, sys
+from vastai.api.query import parse_query, offers_fields, offers_alias, offers_mult
+out = []
+for q in json.load(sys.stdin):
+    err = io.StringIO()
+    res = {"ok": None, "err": None, "unknown": []}
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            defaults = {"verified": {"eq": True}, "external": {"eq": False}, "rentable": {"eq": True}}
+            parsed = parse_query(q, defaults, offers_fields, offers_alias, offers_mult)
+        res["ok"] = json.loads(json.dumps(parsed, allow_nan=False))
+    except Exception as e:
+        res["err"] = str(e)
+    prefix = "Warning: Unrecognized field: "
+    res["unknown"] = [l[len(prefix):].rsplit(", see list", 1)[0] for l in err.getvalue().splitlines()
+                      if l.startswith(prefix)]
+    out.append(res)
+json.dump(out, sys.stdout)
+"#;
+
+/// Random queries from the pieces the grammar is made of, valid and broken ones mixed.
+fn random_queries(seed: u64, n: usize) -> Vec<String> {
+    use rand::{Rng, SeedableRng, rngs::SmallRng};
+    const FIELDS: &[&str] = &[
+        "gpu_ram",
+        "cpu_ram",
+        "gpu_total_ram",
+        "duration",
+        "num_gpus",
+        "dph",
+        "dph_total",
+        "reliability",
+        "gpu_name",
+        "geolocation",
+        "driver_version",
+        "verified",
+        "external",
+        "rentable",
+        "cuda_vers",
+        "compute_cap",
+        "dlperf_usd",
+        "flops_usd",
+        "display_active",
+        "inet_down",
+        "unknown_thing",
+        "x",
+        "cpu_arch",
+        "static_ip",
+        "disk_space",
+        "min_bid",
+    ];
+    const OPS: &[&str] = &[
+        "=", "==", "!=", ">", ">=", "<", "<=", " = ", " >= ", " < ", " eq ", " neq ", " gt ",
+        " gte ", " lt ", " lte ", " in ", " notin ", " nin ", " not in ", " not eq ", " noteq ",
+        "=<", "=>", "!", "<>", " ", "",
+    ];
+    const VALUES: &[&str] = &[
+        "1",
+        "24",
+        "0.5",
+        "2e1",
+        "-3",
+        "+4",
+        ".5",
+        "5.",
+        "any",
+        "?",
+        "*",
+        "true",
+        "True",
+        "false",
+        "False",
+        "null",
+        "None",
+        "RTX_4090",
+        "\"RTX 3090\"",
+        "\"A_100\"",
+        "[1,2]",
+        "[US,CA]",
+        "[RTX_4090, A100]",
+        "[,]",
+        "[]",
+        "abc",
+        "inf",
+        "nan",
+        "535.86.05",
+        "1.2",
+        "-1.2.3",
+        "0.0.0",
+        "1_0.2.3",
+        "550.54.15,",
+        "1e400",
+        "x86_64",
+        "\"\"",
+        "0",
+        "12.0",
+        "[\"a_b\",c]",
+    ];
+    const JUNK: &[&str] = &["&&", "@", "'", "-x", "=1", "[a b]", ",", "\"open"];
+    let mut rng = SmallRng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| {
+            let terms = rng.random_range(1..=4);
+            let mut q = String::new();
+            for t in 0..terms {
+                if t > 0 {
+                    q.push_str(&" ".repeat(rng.random_range(1..=2)));
+                }
+                if rng.random_bool(0.05) {
+                    q.push_str(JUNK[rng.random_range(0..JUNK.len())]);
+                    continue;
+                }
+                q.push_str(FIELDS[rng.random_range(0..FIELDS.len())]);
+                q.push_str(OPS[rng.random_range(0..OPS.len())]);
+                if rng.random_bool(0.97) {
+                    q.push_str(VALUES[rng.random_range(0..VALUES.len())]);
+                }
+            }
+            q
+        })
+        .collect()
+}
+
+#[test]
+fn random_queries_parse_like_the_cli_parser() {
+    let python = vastai_bin().as_deref().and_then(vastai_python);
+    if !crate::require(
+        "vastai CLI's Python",
+        python.is_some(),
+        "set VASTAI_BIN or create .venv with `pip install vastai==1.9.1`",
+    ) {
+        return;
+    }
+    // A fixed seed so a failure replays; VAST_QUERY_FUZZ_SEED explores others.
+    let seed = std::env::var("VAST_QUERY_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20261128);
+    let queries = random_queries(seed, 5000);
+    let mut child = std::process::Command::new(python.unwrap())
+        .arg("-c")
+        .arg(PY_PARSE_MANY)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("cannot run the CLI's Python");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(serde_json::to_string(&queries).unwrap().as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "the Python side failed");
+    let results: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(results.len(), queries.len());
+
+    let mut failures = Vec::new();
+    let (mut accepted, mut refused) = (0, 0);
+    for (q, cli) in queries.iter().zip(&results) {
+        let mut ours = SearchRequest::default_filters();
+        let got = vast::query::parse_query_into(q, &mut ours);
+        match (&cli["ok"], got) {
+            (Value::Null, Err(e)) => {
+                if cli["err"].as_str() != Some(e.to_string().as_str()) {
+                    failures.push(format!("{q:?}: cli error {} / ours {e}", cli["err"]));
+                }
+                refused += 1;
+            }
+            (Value::Null, Ok(_)) => failures.push(format!(
+                "{q:?}: cli refused ({}), we accepted {ours:?}",
+                cli["err"]
+            )),
+            (cli_ok, Err(e)) => {
+                failures.push(format!("{q:?}: cli accepted {cli_ok}, we refused: {e}"))
+            }
+            (cli_ok, Ok(unknown)) => {
+                if *cli_ok != Value::Object(ours.clone()) {
+                    failures.push(format!(
+                        "{q:?}:\n  cli:  {cli_ok}\n  ours: {}",
+                        Value::Object(ours)
+                    ));
+                } else if cli["unknown"] != json!(unknown) {
+                    failures.push(format!(
+                        "{q:?}: warnings cli {} ours {unknown:?}",
+                        cli["unknown"]
+                    ));
+                }
+                accepted += 1;
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} random queries differ:\n{}",
+        failures.len(),
+        queries.len(),
+        failures[..failures.len().min(30)].join("\n")
+    );
+    // The generator must exercise both paths, or the comparison proves little.
+    assert!(
+        accepted > 200 && refused > 200,
+        "accepted {accepted}, refused {refused}"
+    );
+    eprintln!(
+        "{accepted} accepted and {refused} refused random queries parse as the CLI's parser does"
+    );
+}
