@@ -126,6 +126,8 @@ struct Agent {
     progress_partial: Vec<u8>,
     job_pgid: Option<i32>,
     stop_requested: bool,
+    /// The newest heartbeat, for the status file.
+    last: Option<Heartbeat>,
 }
 
 impl Agent {
@@ -250,10 +252,12 @@ impl Agent {
         if let Err(e) = self.spool.push(hb.clone()) {
             alog!("cannot spool heartbeat {}: {e}", hb.seq);
         }
-        self.write_status(hb);
+        self.last = Some(hb);
+        self.write_status();
     }
 
-    fn write_status(&self, last: Heartbeat) {
+    fn write_status(&self) {
+        let Some(last) = self.last.clone() else { return };
         let status = AgentStatus {
             protocol_version: PROTOCOL_VERSION,
             agent_pid: std::process::id(),
@@ -318,6 +322,7 @@ impl Agent {
             if let Err(e) = self.spool.ack(self.acked) {
                 alog!("cannot rewrite spool: {e}");
             }
+            self.write_status();
             if ack.action == Action::Stop && !self.stop_requested {
                 alog!("collector says stop");
                 self.stop_requested = true;
@@ -433,6 +438,7 @@ pub async fn run(spec: JobSpec) -> Result<ExitInfo, AgentError> {
         progress_partial: vec![],
         job_pgid: None,
         stop_requested: false,
+        last: None,
     };
     let spec = agent.spec.clone();
     alog!("job {} attempt {} starting: heartbeats to {}", spec.job_id, spec.attempt, agent.url);
@@ -498,6 +504,8 @@ pub async fn run(spec: JobSpec) -> Result<ExitInfo, AgentError> {
         false,
     ));
 
+    agent.poll_progress_file();
+    agent.sample_gpus().await;
     let hb = agent.make_heartbeat(JobState::Running, None);
     agent.record(hb);
     agent.flush().await;
