@@ -596,3 +596,73 @@ fn random_queries_parse_like_the_cli_parser() {
         "{accepted} accepted and {refused} refused random queries parse as the CLI's parser does"
     );
 }
+
+#[test]
+fn random_order_strings_parse_like_the_cli() {
+    use rand::{Rng, SeedableRng, rngs::SmallRng};
+    let python = vastai_bin().as_deref().and_then(vastai_python);
+    if !crate::require(
+        "vastai CLI's Python",
+        python.is_some(),
+        "set VASTAI_BIN or create .venv with `pip install vastai==1.9.1`",
+    ) {
+        return;
+    }
+    const PIECES: &[&str] = &[
+        "score",
+        "score-",
+        "-score",
+        "dph",
+        "dph+",
+        "+dph",
+        "num_gpus",
+        "total_flops-",
+        "-x-",
+        "--",
+        "+-a",
+        "a-+",
+        " b ",
+        "",
+        "dlperf_usd-",
+        "cuda_vers",
+        "flops_usd+",
+        "-",
+        "+",
+    ];
+    let mut rng = SmallRng::seed_from_u64(7);
+    let orders: Vec<String> = (0..1000)
+        .map(|_| {
+            (0..rng.random_range(1..=3))
+                .map(|_| PIECES[rng.random_range(0..PIECES.len())])
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .collect();
+    // `parse_order` is the function the CLI's inline loop in `search offers` was factored into;
+    // both split on ",", strip, and apply -/+ and aliases the same way.
+    let script = "import json,sys\nfrom vastai.api.query import parse_order\n\
+                  json.dump([parse_order(o) for o in json.load(sys.stdin)], sys.stdout)";
+    let mut child = std::process::Command::new(python.unwrap())
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(serde_json::to_string(&orders).unwrap().as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let cli: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    for (o, cli) in orders.iter().zip(cli) {
+        let ours: Vec<Value> = vast::query::parse_order(o)
+            .into_iter()
+            .map(|(f, d)| json!([f, d.as_str()]))
+            .collect();
+        assert_eq!(Value::Array(ours), cli, "order {o:?}");
+    }
+}
