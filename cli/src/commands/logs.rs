@@ -5,7 +5,6 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::time::Duration;
 
 use scheduler::reconcile::engine::{FileJournal, job_dir};
-use scheduler::reconcile::Journal;
 
 use crate::context::Context;
 use crate::output::UsageError;
@@ -23,7 +22,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
-    let state = FileJournal::in_home(&ctx.home).load()?.unwrap_or_default();
+    let state = FileJournal::in_home(&ctx.home).read()?.unwrap_or_default();
     let job = state
         .world
         .jobs

@@ -4,7 +4,6 @@
 //! ends) into `$VASTICLAUDE_HOME/experiments/<experiment>/jobs/<job>/`; this lists what arrived.
 
 use scheduler::reconcile::engine::{FileJournal, job_dir};
-use scheduler::reconcile::Journal;
 
 use crate::context::Context;
 use crate::output::{UsageError, print_json};
@@ -21,7 +20,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
-    let state = FileJournal::in_home(&ctx.home).load()?.unwrap_or_default();
+    let state = FileJournal::in_home(&ctx.home).read()?.unwrap_or_default();
     let jobs: Vec<_> = match (&args.job, &args.experiment) {
         (Some(id), None) => vec![state
             .world

@@ -140,7 +140,7 @@ pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
         cfg.reconcile.idle_timeout_ms = 10_000;
     }
     let journal: Arc<dyn Journal> = Arc::new(FileJournal::in_home(&ctx.home));
-    let mut engine = Engine::new(cfg, market, runner, journal)?;
+    let mut engine = Engine::new(cfg, market, runner, journal).await?;
     let fences_path = ctx.home.join("engine").join("store_fences.json");
     let mut fences: BTreeMap<i64, i64> = std::fs::read(&fences_path)
         .ok()
@@ -166,7 +166,7 @@ pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
                 jobs.push(convert(&c.job, &exp));
             }
             write_atomic(&fences_path, &serde_json::to_vec(&fences)?)?;
-            engine.add_jobs(jobs)?;
+            engine.add_jobs(jobs).await?;
         }
         let now = clock.now_ms();
         let step = engine.step(now).await?;

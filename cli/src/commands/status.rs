@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use scheduler::clock::{Clock, SystemClock};
 use scheduler::reconcile::engine::FileJournal;
-use scheduler::reconcile::{InstState, JobState, Journal};
+use scheduler::reconcile::{InstState, JobState};
 
 use crate::context::Context;
 use crate::output::print_json;
@@ -20,7 +20,7 @@ pub struct Args {
 
 pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
     let journal = FileJournal::in_home(&ctx.home);
-    let state = journal.load()?.unwrap_or_default();
+    let state = journal.read()?.unwrap_or_default();
     let now = SystemClock.now_ms();
     let w = &state.world;
     let costs = state.book.summary(now);

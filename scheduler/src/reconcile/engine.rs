@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use futures::future::BoxFuture;
+
 use ledger::Reason;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -41,8 +43,8 @@ pub enum JournalError {
 
 /// Where the engine state survives a crash.
 pub trait Journal: Send + Sync {
-    fn load(&self) -> Result<Option<EngineState>, JournalError>;
-    fn save(&self, state: &EngineState) -> Result<(), JournalError>;
+    fn load(&self) -> BoxFuture<'_, Result<Option<EngineState>, JournalError>>;
+    fn save<'a>(&'a self, state: &'a EngineState) -> BoxFuture<'a, Result<(), JournalError>>;
 }
 
 /// In memory: simulations and tests (a "restart" reuses the same journal object).
@@ -50,12 +52,13 @@ pub trait Journal: Send + Sync {
 pub struct MemoryJournal(Mutex<Option<EngineState>>);
 
 impl Journal for MemoryJournal {
-    fn load(&self) -> Result<Option<EngineState>, JournalError> {
-        Ok(self.0.lock().unwrap_or_else(|p| p.into_inner()).clone())
+    fn load(&self) -> BoxFuture<'_, Result<Option<EngineState>, JournalError>> {
+        let s = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        Box::pin(async move { Ok(s) })
     }
-    fn save(&self, state: &EngineState) -> Result<(), JournalError> {
+    fn save<'a>(&'a self, state: &'a EngineState) -> BoxFuture<'a, Result<(), JournalError>> {
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(state.clone());
-        Ok(())
+        Box::pin(async { Ok(()) })
     }
 }
 
@@ -94,8 +97,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-impl Journal for FileJournal {
-    fn load(&self) -> Result<Option<EngineState>, JournalError> {
+impl FileJournal {
+    /// Read the journal now (for commands that only look).
+    pub fn read(&self) -> Result<Option<EngineState>, JournalError> {
         match std::fs::read(&self.path) {
             Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| JournalError::Read {
                 path: self.path.clone(),
@@ -108,7 +112,7 @@ impl Journal for FileJournal {
             }),
         }
     }
-    fn save(&self, state: &EngineState) -> Result<(), JournalError> {
+    fn write(&self, state: &EngineState) -> Result<(), JournalError> {
         let bytes = serde_json::to_vec(state).map_err(|e| JournalError::Write {
             path: self.path.clone(),
             msg: e.to_string(),
@@ -117,6 +121,17 @@ impl Journal for FileJournal {
             path: self.path.clone(),
             msg: e.to_string(),
         })
+    }
+}
+
+impl Journal for FileJournal {
+    fn load(&self) -> BoxFuture<'_, Result<Option<EngineState>, JournalError>> {
+        let r = self.read();
+        Box::pin(async move { r })
+    }
+    fn save<'a>(&'a self, state: &'a EngineState) -> BoxFuture<'a, Result<(), JournalError>> {
+        let r = self.write(state);
+        Box::pin(async move { r })
     }
 }
 
@@ -228,13 +243,13 @@ pub fn job_dir(home: &Path, exp: &str, job: JobId) -> PathBuf {
 
 impl Engine {
     /// Load the journal (or start empty) and re-arm the runner for attempts that were running.
-    pub fn new(
+    pub async fn new(
         cfg: EngineConfig,
         market: SharedMarket,
         runner: Arc<dyn Runner>,
         journal: Arc<dyn Journal>,
     ) -> Result<Self, JournalError> {
-        let mut state = journal.load()?.unwrap_or_default();
+        let mut state = journal.load().await?.unwrap_or_default();
         if state.world.workspace.is_empty() {
             state.world.workspace = cfg.workspace.clone();
         }
@@ -277,14 +292,14 @@ impl Engine {
     }
 
     /// Queue jobs (ids must be new) and set budgets, then journal.
-    pub fn add_jobs(&mut self, jobs: Vec<JobView>) -> Result<(), JournalError> {
+    pub async fn add_jobs(&mut self, jobs: Vec<JobView>) -> Result<(), JournalError> {
         for j in jobs {
             self.state.world.jobs.entry(j.id).or_insert(j);
         }
-        self.save()
+        self.save().await
     }
 
-    pub fn set_budget(&mut self, experiment: &str, limit: Decimal, warn_fraction: Decimal) -> Result<(), JournalError> {
+    pub async fn set_budget(&mut self, experiment: &str, limit: Decimal, warn_fraction: Decimal) -> Result<(), JournalError> {
         let b = self
             .state
             .world
@@ -298,11 +313,11 @@ impl Engine {
             });
         b.limit = limit;
         b.warn_fraction = warn_fraction;
-        self.save()
+        self.save().await
     }
 
-    fn save(&self) -> Result<(), JournalError> {
-        self.journal.save(&self.state)
+    async fn save(&self) -> Result<(), JournalError> {
+        self.journal.save(&self.state).await
     }
 
     fn event(&mut self, now: EpochMs, kind: &str, detail: String) {
@@ -314,9 +329,9 @@ impl Engine {
         });
     }
 
-    fn record(&mut self, action: &Action, outcome: &Outcome, now: EpochMs) -> Result<(), JournalError> {
+    async fn record(&mut self, action: &Action, outcome: &Outcome, now: EpochMs) -> Result<(), JournalError> {
         apply(&mut self.state.world, action, outcome, now);
-        self.save()
+        self.save().await
     }
 
     fn endpoint_of(&self, key: InstanceKey) -> Option<VastId> {
@@ -426,7 +441,7 @@ impl Engine {
                 self.event(now, "error", e);
             }
         }
-        self.save()?;
+        self.save().await?;
         self.snapshot(now);
         report.drained = self.state.world.is_drained();
         Ok(report)
@@ -457,7 +472,7 @@ impl Engine {
         match a {
             Action::Provision { key, label, offer, .. } => {
                 // Journal first: after a crash the label tells us this purchase is ours.
-                self.record(a, &Outcome::Planned, now).map_err(j)?;
+                self.record(a, &Outcome::Planned, now).await.map_err(j)?;
                 let spec = CreateSpec {
                     offer: offer.clone(),
                     label: label.clone(),
@@ -466,7 +481,7 @@ impl Engine {
                 match self.market.create(&spec).await {
                     Ok(vast_id) => {
                         self.stats.purchases += 1;
-                        self.record(a, &Outcome::Provisioned { vast_id }, now).map_err(j)?;
+                        self.record(a, &Outcome::Provisioned { vast_id }, now).await.map_err(j)?;
                         if let Some(inst) = self.state.world.instances.get(key).cloned() {
                             self.state.book.open_instance(&inst, vast_id, now);
                         }
@@ -486,19 +501,19 @@ impl Engine {
                     Err(MarketError::BidTooLow { new_contract, .. }) => {
                         // Vast left a stopped contract: adopt it so the next pass destroys it.
                         self.stats.purchase_failures += 1;
-                        self.record(a, &Outcome::Provisioned { vast_id: new_contract }, now)
+                        self.record(a, &Outcome::Provisioned { vast_id: new_contract }, now).await
                             .map_err(j)?;
                         let mark = Action::MarkInstance {
                             key: *key,
                             state: InstState::Failed,
                             reason: Some("bid too low at purchase".into()),
                         };
-                        self.record(&mark, &Outcome::Done, now).map_err(j)?;
+                        self.record(&mark, &Outcome::Done, now).await.map_err(j)?;
                         Err(format!("purchase of offer {} failed: bid too low", offer.offer_id))
                     }
                     Err(e) => {
                         self.stats.purchase_failures += 1;
-                        self.record(a, &Outcome::Failed(e.to_string()), now).map_err(j)?;
+                        self.record(a, &Outcome::Failed(e.to_string()), now).await.map_err(j)?;
                         // Do not try that offer again in this offer cache.
                         self.offers.retain(|o| o.offer_id != offer.offer_id);
                         Err(format!("purchase of offer {} failed: {e}", offer.offer_id))
@@ -526,7 +541,7 @@ impl Engine {
                 if *state == InstState::Gone {
                     self.state.book.close_instance(*key, now);
                 }
-                self.record(a, &Outcome::Done, now).map_err(j)?;
+                self.record(a, &Outcome::Done, now).await.map_err(j)?;
                 let label = self.state.world.instances.get(key).map(|i| i.label.clone()).unwrap_or_default();
                 self.event(
                     now,
@@ -541,9 +556,9 @@ impl Engine {
                     Err(e) => Err(e),
                 };
                 match res {
-                    Ok(()) => self.record(a, &Outcome::Done, now).map_err(j),
+                    Ok(()) => self.record(a, &Outcome::Done, now).await.map_err(j),
                     Err(e) => {
-                        self.record(a, &Outcome::Failed(e.clone()), now).map_err(j)?;
+                        self.record(a, &Outcome::Failed(e.clone()), now).await.map_err(j)?;
                         Err(format!("setup of instance {key} failed: {e}"))
                     }
                 }
@@ -552,7 +567,7 @@ impl Engine {
                 Ok(()) => {
                     self.stats.bid_raises += 1;
                     self.state.book.change_bid(*key, *bid, now);
-                    self.record(a, &Outcome::Done, now).map_err(j)?;
+                    self.record(a, &Outcome::Done, now).await.map_err(j)?;
                     self.event(now, "bid", format!("raised the bid of Vast {vast_id} to ${bid}/h"));
                     Ok(())
                 }
@@ -560,14 +575,14 @@ impl Engine {
             },
             Action::Destroy { key, vast_id, reason } => {
                 let Some(id) = vast_id else {
-                    return self.record(a, &Outcome::Done, now).map_err(j);
+                    return self.record(a, &Outcome::Done, now).await.map_err(j);
                 };
                 match self.market.destroy(*id).await {
                     Ok(()) => {
                         self.stats.destroys += 1;
                         // Billing stops at the (verified) destroy.
                         self.state.book.close_instance(*key, now);
-                        self.record(a, &Outcome::Done, now).map_err(j)?;
+                        self.record(a, &Outcome::Done, now).await.map_err(j)?;
                         let label = self.state.world.instances.get(key).map(|i| i.label.clone()).unwrap_or_default();
                         self.event(now, "destroy", format!("destroyed {label} (Vast {id}): {reason}"));
                         Ok(())
@@ -593,10 +608,10 @@ impl Engine {
                         if *kind == PullKind::Checkpoint {
                             self.stats.checkpoints_pulled += 1;
                         }
-                        self.record(a, &Outcome::Done, now).map_err(j)
+                        self.record(a, &Outcome::Done, now).await.map_err(j)
                     }
                     Err(e) => {
-                        self.record(a, &Outcome::Failed(e.clone()), now).map_err(j)?;
+                        self.record(a, &Outcome::Failed(e.clone()), now).await.map_err(j)?;
                         Err(format!("pull of job {job} failed: {e}"))
                     }
                 }
@@ -630,7 +645,7 @@ impl Engine {
                     }
                     _ => {}
                 }
-                self.record(a, &Outcome::Done, now).map_err(j)?;
+                self.record(a, &Outcome::Done, now).await.map_err(j)?;
                 if let Some(after) = self.state.world.jobs.get(job).cloned() {
                     self.event(
                         now,
@@ -648,12 +663,12 @@ impl Engine {
                 Ok(())
             }
             Action::BudgetWarn { experiment, spent, limit } => {
-                self.record(a, &Outcome::Done, now).map_err(j)?;
+                self.record(a, &Outcome::Done, now).await.map_err(j)?;
                 self.event(now, "budget", format!("{experiment} has spent ${} of its ${} budget", spent.round_dp(4), limit));
                 Ok(())
             }
             Action::BudgetHardStop { experiment, spent, limit } => {
-                self.record(a, &Outcome::Done, now).map_err(j)?;
+                self.record(a, &Outcome::Done, now).await.map_err(j)?;
                 self.event(
                     now,
                     "budget",
@@ -668,13 +683,13 @@ impl Engine {
                     let _ = write_atomic(&report.folder.join("report.json"), &b);
                 }
                 self.reports.push(report);
-                self.record(a, &Outcome::Done, now).map_err(j)
+                self.record(a, &Outcome::Done, now).await.map_err(j)
             }
             Action::Heartbeat(_)
             | Action::Adopt { .. }
             | Action::Place { .. }
             | Action::Blacklist { .. }
-            | Action::Accrue => self.record(a, &Outcome::Done, now).map_err(j),
+            | Action::Accrue => self.record(a, &Outcome::Done, now).await.map_err(j),
         }
     }
 
@@ -690,7 +705,7 @@ impl Engine {
         let ep = match self.endpoint(key).await {
             Ok(ep) => ep,
             Err(e) => {
-                self.record(a, &Outcome::Failed(e.clone()), now).map_err(|e| e.to_string())?;
+                self.record(a, &Outcome::Failed(e.clone()), now).await.map_err(|e| e.to_string())?;
                 return Err(e);
             }
         };
@@ -710,7 +725,7 @@ impl Engine {
             .collect();
         self.state.world.attempt_seq += 1;
         let attempt_id = self.state.world.attempt_seq;
-        self.save().map_err(|e| e.to_string())?;
+        self.save().await.map_err(|e| e.to_string())?;
         let resume_from = resume.then(|| job_dir(&self.cfg.home, &jv.experiment, job).join("checkpoints"));
         let req = StartRequest {
             job: jv.clone(),
@@ -734,14 +749,14 @@ impl Engine {
                         token: attempt_id,
                     },
                     now,
-                )
+                ).await
                 .map_err(|e| e.to_string())?;
                 if let Some(att) = self.state.world.jobs.get_mut(&job).and_then(|j| j.attempt.as_mut()) {
                     att.token_hash = Some(hash);
                     att.gpus = gpus.clone();
                 }
                 self.state.book.start_span(key, job, &jv.experiment, jv.req.gpus, now);
-                self.save().map_err(|e| e.to_string())?;
+                self.save().await.map_err(|e| e.to_string())?;
                 let label = self.state.world.instances.get(&key).map(|i| i.label.clone()).unwrap_or_default();
                 self.event(
                     now,
@@ -756,7 +771,7 @@ impl Engine {
                 Ok(())
             }
             Err(e) => {
-                self.record(a, &Outcome::Failed(e.to_string()), now).map_err(|e| e.to_string())?;
+                self.record(a, &Outcome::Failed(e.to_string()), now).await.map_err(|e| e.to_string())?;
                 Err(format!("start of job {job} failed: {e}"))
             }
         }
@@ -907,7 +922,7 @@ impl Engine {
                 let _ = self.execute(&d, now).await;
             }
         }
-        self.save().map_err(|e| e.to_string())?;
+        self.save().await.map_err(|e| e.to_string())?;
         self.snapshot(now);
         Ok(n)
     }

@@ -12,6 +12,7 @@
 pub mod book;
 mod core;
 pub mod engine;
+pub mod journal_db;
 mod model;
 pub mod runner;
 pub mod simrun;
@@ -19,6 +20,7 @@ mod transition;
 
 pub use self::core::{Health, ReconcileConfig, classify, outbid_decision, reconcile};
 pub use engine::{Engine, EngineConfig, EngineState, FileJournal, Journal, MemoryJournal};
+pub use journal_db::DbJournal;
 pub use model::*;
 pub use runner::{AgentRunner, AgentRunnerOptions, Runner};
 pub use transition::{Outcome, apply};

@@ -200,7 +200,7 @@ pub async fn build(
     cfg.reconcile = opts.reconcile.clone();
     cfg.offer_ttl_ms = 5_000;
     let market: SharedMarket = Arc::new(sim.clone());
-    let engine = Engine::new(cfg, market, runner, journal).map_err(|e| e.to_string())?;
+    let engine = Engine::new(cfg, market, runner, journal).await.map_err(|e| e.to_string())?;
     Ok((engine, sim, clock))
 }
 
@@ -345,6 +345,7 @@ pub async fn run_demo(
     let (mut engine, sim, clock) = build(&opts, journal, None).await?;
     engine
         .add_jobs(demo_jobs("demo-sweep", jobs, 1, 12))
+        .await
         .map_err(|e| e.to_string())?;
     let (events, stopped) = drive(&mut engine, &sim, &clock, &opts, on_event, |_| false).await;
     if stopped.is_some() {

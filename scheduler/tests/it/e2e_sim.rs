@@ -10,7 +10,7 @@ use std::time::Duration;
 use rust_decimal::Decimal;
 use scheduler::reconcile::engine::FileJournal;
 use scheduler::reconcile::simrun::{self, SimRunOptions, demo_jobs};
-use scheduler::reconcile::{InstState, Journal, JobState, instance_label};
+use scheduler::reconcile::{DbJournal, InstState, Journal, JobState, instance_label};
 
 fn agent() -> Option<PathBuf> {
     match crate::agent_e2e::agent_binary() {
@@ -93,9 +93,9 @@ async fn budget_hard_stop_destroys_everything_and_leaves_the_rest_queued() {
     for j in &mut jobs {
         j.req.est_runtime_s = 1;
     }
-    engine.add_jobs(jobs).unwrap();
+    engine.add_jobs(jobs).await.unwrap();
     let limit = Decimal::new(3, 4); // $0.0003
-    engine.set_budget("capped", limit, Decimal::new(5, 1)).unwrap();
+    engine.set_budget("capped", limit, Decimal::new(5, 1)).await.unwrap();
     let (events, stopped) = simrun::drive(&mut engine, &sim, &clock, &o, |_| {}, |_| false).await;
     assert!(stopped.is_some(), "the sweep cannot finish inside this budget: {events:?}");
     assert!(events.iter().any(|e| e.contains("reached its $0.0003 budget")), "{events:?}");
@@ -116,17 +116,49 @@ async fn budget_hard_stop_destroys_everything_and_leaves_the_rest_queued() {
 async fn a_scheduler_killed_mid_sweep_and_restarted_finishes_without_duplicates_or_leaks() {
     let Some(agent) = agent() else { return };
     let home = tempfile::tempdir().unwrap();
-    let trace = home.path().join("trace.log");
-    let mut o = opts(home.path(), 11, agent);
+    let journal: Arc<dyn Journal> = Arc::new(FileJournal::in_home(home.path()));
+    crash_and_restart(home.path(), agent, journal).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_and_restart_with_the_journal_in_sqlite() {
+    let Some(agent) = agent() else { return };
+    let db = scheduler::store::testing::sqlite().await.unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let journal: Arc<dyn Journal> = Arc::new(DbJournal::open(db.store.clone(), "demo").await.unwrap());
+    crash_and_restart(home.path(), agent, journal).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_and_restart_with_the_journal_in_postgresql() {
+    let Some(agent) = agent() else { return };
+    let db = match scheduler::store::testing::postgres().await {
+        Ok(db) => db,
+        Err(why) => {
+            crate::require("PostgreSQL", false, &why);
+            return;
+        }
+    };
+    let home = tempfile::tempdir().unwrap();
+    let journal: Arc<dyn Journal> = Arc::new(DbJournal::open(db.store.clone(), "demo").await.unwrap());
+    crash_and_restart(home.path(), agent, journal.clone()).await;
+    // The journal really lives in PostgreSQL: a fresh connection reads the finished state.
+    let again = DbJournal::open(scheduler::store::connect(&db.url).await.unwrap(), "demo").await.unwrap();
+    let state = again.load().await.unwrap().expect("journal row");
+    assert!(state.world.jobs.values().all(|j| j.state == JobState::Succeeded));
+}
+
+async fn crash_and_restart(home: &Path, agent: PathBuf, journal: Arc<dyn Journal>) {
+    let trace = home.join("trace.log");
+    let mut o = opts(home, 11, agent);
     o.faults.fail_first_boot = false;
     o.faults.preempt_once = false;
-    let journal: Arc<dyn Journal> = Arc::new(FileJournal::in_home(home.path()));
     let (mut engine, sim, clock) = simrun::build(&o, journal.clone(), None).await.unwrap();
     let mut jobs = demo_jobs("crashy", 4, 1, 16);
     for j in &mut jobs {
         j.env.insert("TRACE_FILE".into(), trace.display().to_string());
     }
-    engine.add_jobs(jobs).unwrap();
+    engine.add_jobs(jobs).await.unwrap();
     // Run until work is under way, then "kill" the scheduler: drop it mid-flight, no teardown.
     let (_, stopped) = simrun::drive(&mut engine, &sim, &clock, &o, |_| {}, |e| {
         e.world().jobs.values().filter(|j| j.state == JobState::Running).count() >= 2
@@ -136,7 +168,7 @@ async fn a_scheduler_killed_mid_sweep_and_restarted_finishes_without_duplicates_
     drop(engine);
     // While it was down: a purchase whose answer was lost (journaled, bought, never recorded)
     // and an instance under our prefix the journal never heard of.
-    let mut state = journal.load().unwrap().unwrap();
+    let mut state = journal.load().await.unwrap().unwrap();
     let lost_key = state.world.next_instance_key();
     let label = instance_label("demo", lost_key);
     let offer = state.world.instances.values().next().unwrap().offer.clone();
@@ -156,7 +188,7 @@ async fn a_scheduler_killed_mid_sweep_and_restarted_finishes_without_duplicates_
             reason: None,
         },
     );
-    journal.save(&state).unwrap();
+    journal.save(&state).await.unwrap();
     let buy = |label: &str| {
         let mut m = sim.lock();
         let offers = m
