@@ -4,7 +4,7 @@
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::time::Duration;
 
-use scheduler::reconcile::engine::{FileJournal, job_dir};
+use scheduler::reconcile::engine::job_dir;
 
 use crate::context::Context;
 use crate::output::UsageError;
@@ -22,7 +22,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
-    let state = FileJournal::in_home(&ctx.home).read()?.unwrap_or_default();
+    let state = super::journal::load(ctx).await?;
     let job = state
         .world
         .jobs

@@ -4,6 +4,7 @@ pub mod budget;
 pub mod demo;
 pub mod experiments;
 pub mod instances;
+pub mod journal;
 pub mod ledger;
 pub mod logs;
 pub mod offers;

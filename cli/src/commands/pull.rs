@@ -3,7 +3,7 @@
 //! The scheduler pulls them itself (checkpoints as they are written, everything when an attempt
 //! ends) into `$VASTICLAUDE_HOME/experiments/<experiment>/jobs/<job>/`; this lists what arrived.
 
-use scheduler::reconcile::engine::{FileJournal, job_dir};
+use scheduler::reconcile::engine::job_dir;
 
 use crate::context::Context;
 use crate::output::{UsageError, print_json};
@@ -20,7 +20,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
-    let state = FileJournal::in_home(&ctx.home).read()?.unwrap_or_default();
+    let state = super::journal::load(ctx).await?;
     let jobs: Vec<_> = match (&args.job, &args.experiment) {
         (Some(id), None) => vec![state
             .world

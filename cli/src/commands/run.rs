@@ -1,8 +1,8 @@
 //! `vasticlaude run`: the scheduler loop.
 //!
 //! Claims queued jobs from the store (with the queue's fencing), hands them to the engine,
-//! and reports their ends back to the store. The engine's journal is
-//! `$VASTICLAUDE_HOME/engine/state.json`; a restart resumes from it, adopting what is ours on
+//! and reports their ends back to the store. The engine's journal is a row in the same
+//! database (SQLite or PostgreSQL); a restart resumes from it, adopting what is ours on
 //! the account and destroying orphans. Ctrl-C saves a consistent journal and, with
 //! `--teardown`, destroys what it rented.
 
@@ -18,9 +18,9 @@ use scheduler::clock::{SharedClock, SystemClock};
 use scheduler::market::SharedMarket;
 use scheduler::market::sim::SimMarket;
 use scheduler::market::VastMarket;
-use scheduler::reconcile::engine::{Engine, EngineConfig, FileJournal, write_atomic};
+use scheduler::reconcile::engine::{Engine, EngineConfig, write_atomic};
 use scheduler::reconcile::runner::SshKeys;
-use scheduler::reconcile::{AgentRunner, AgentRunnerOptions, JobReq, JobState, JobView, Journal};
+use scheduler::reconcile::{AgentRunner, AgentRunnerOptions, DbJournal, JobReq, JobState, JobView, Journal};
 
 use crate::context::Context;
 use crate::output::UsageError;
@@ -139,7 +139,7 @@ pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
         cfg.reconcile.heartbeat_interval_ms = 10_000;
         cfg.reconcile.idle_timeout_ms = 10_000;
     }
-    let journal: Arc<dyn Journal> = Arc::new(FileJournal::in_home(&ctx.home));
+    let journal: Arc<dyn Journal> = Arc::new(DbJournal::open(store.clone(), &workspace(ctx)).await?);
     let mut engine = Engine::new(cfg, market, runner, journal).await?;
     let fences_path = ctx.home.join("engine").join("store_fences.json");
     let mut fences: BTreeMap<i64, i64> = std::fs::read(&fences_path)

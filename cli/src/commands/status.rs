@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 
 use scheduler::clock::{Clock, SystemClock};
-use scheduler::reconcile::engine::FileJournal;
 use scheduler::reconcile::{InstState, JobState};
 
 use crate::context::Context;
@@ -19,8 +18,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
-    let journal = FileJournal::in_home(&ctx.home);
-    let state = journal.read()?.unwrap_or_default();
+    let state = super::journal::load(ctx).await?;
     let now = SystemClock.now_ms();
     let w = &state.world;
     let costs = state.book.summary(now);
@@ -106,7 +104,7 @@ pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
             .map(|b| format!(" of ${}", b.limit))
             .unwrap_or_default();
         let states: Vec<String> = states.iter().map(|(s, n)| format!("{n} {s}")).collect();
-        println!("  {e:<24} {:<40} ${:.4}{budget}", states.join(", "), spent);
+        println!("  {e:<24} {:<40} ${}{budget}", states.join(", "), spent.round_dp(4));
     }
     println!("instances");
     if instances.is_empty() {
@@ -125,7 +123,7 @@ pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
             jobs.join(", ")
         );
     }
-    println!("spent: ${:.4}", costs.experiments_total);
+    println!("spent: ${}", costs.experiments_total.round_dp(4));
     if !attention.is_empty() {
         println!("needs attention");
         for a in attention {
