@@ -38,6 +38,8 @@ pub struct Outbid {
     pub winning_bid: NanoPerHour,
     /// The offer's on-demand compute price, for the bid cap, nano$/h.
     pub on_demand_dph: NanoPerHour,
+    /// GPUs of the instance (the absolute bid cap is per GPU).
+    pub num_gpus: u32,
     /// Storage, billed while paused too, nano$/h.
     pub storage_dph: NanoPerHour,
     /// Wall seconds of work left on this instance after the checkpoint on its disk.
@@ -104,7 +106,7 @@ pub fn bid_decision(s: &Outbid, cfg: &PlanConfig) -> BidDecision {
     // A bid only helps if the pause is about price: on-demand renters win regardless of bids.
     let price_problem = s.winning_bid > s.our_bid;
     let target = if price_problem {
-        cost::bid_for(Some(s.winning_bid), s.on_demand_dph, cfg)
+        cost::bid_for(Some(s.winning_bid), s.on_demand_dph, s.num_gpus, cfg)
     } else {
         None
     };
@@ -188,6 +190,7 @@ mod tests {
             our_bid: DOLLAR / 10,
             winning_bid: DOLLAR * 12 / 100,
             on_demand_dph: DOLLAR / 4,
+            num_gpus: 1,
             storage_dph: DOLLAR / 1000,
             remaining_s: 3 * 3600,
             checkpoints: true,

@@ -17,18 +17,27 @@ fn ceil_div(a: i128, b: i128) -> i128 {
     if a >= 0 { (a + b - 1) / b } else { a / b }
 }
 
+/// `ceil(a × b / den)` for `den > 0`: in `i64` when the product fits (the common case, and much
+/// faster than `i128` division), else in `i128`, saturating.
+fn mul_div_ceil_fast(a: i64, b: i64, den: i64) -> i64 {
+    match a.checked_mul(b) {
+        Some(p) if p >= 0 => p / den + i64::from(p % den != 0),
+        _ => clamp_i64(ceil_div(a as i128 * b as i128, den as i128)),
+    }
+}
+
 fn clamp_i64(v: i128) -> i64 {
     v.clamp(i64::MIN as i128, i64::MAX as i128) as i64
 }
 
 /// Cost of `secs` seconds at `price` nano$/h, rounded up to a whole nano-dollar.
 pub fn charge(price: NanoPerHour, secs: i64) -> Nano {
-    clamp_i64(ceil_div(price as i128 * secs.max(0) as i128, 3600))
+    mul_div_ceil_fast(price, secs.max(0), 3600)
 }
 
 /// `a × num / den`, rounded up, saturating.
 pub fn mul_div_ceil(a: i64, num: i64, den: i64) -> i64 {
-    clamp_i64(ceil_div(a as i128 * num as i128, den.max(1) as i128))
+    mul_div_ceil_fast(a, num, den.max(1))
 }
 
 /// Per-GPU speed implied by Vast's `dlperf` (which is for the whole offer).
@@ -59,10 +68,8 @@ pub fn blended_speed_ppm(prior_ppm: i64, measured: Option<&Measured>, prior_s: u
 
 /// Wall seconds to do `work_ref_s` reference seconds at `speed_ppm`.
 pub fn wall_s(work_ref_s: u64, speed_ppm: i64) -> i64 {
-    clamp_i64(ceil_div(
-        work_ref_s as i128 * PPM as i128,
-        speed_ppm.max(1) as i128,
-    ))
+    let work = i64::try_from(work_ref_s).unwrap_or(i64::MAX);
+    mul_div_ceil_fast(work, PPM, speed_ppm.max(1))
 }
 
 /// A per-hour float rate as millionths per hour (negative or NaN: `default`).
@@ -114,12 +121,16 @@ pub fn exposure(
 pub fn bid_for(
     min_bid: Option<NanoPerHour>,
     dph_base: NanoPerHour,
+    num_gpus: u32,
     cfg: &PlanConfig,
 ) -> Option<NanoPerHour> {
     let min_bid = min_bid.filter(|b| *b > 0)?;
     let target = mul_div_ceil(min_bid, 100 + i64::from(cfg.bid_margin_pct), 100);
     let cap = (dph_base as i128 * i128::from(cfg.bid_cap_pct_of_on_demand) / 100) as i64;
-    let cap = cap.min(cfg.bid_cap.unwrap_or(i64::MAX));
+    let abs_cap = cfg
+        .bid_cap_per_gpu
+        .map_or(i64::MAX, |c| c.saturating_mul(i64::from(num_gpus.max(1))));
+    let cap = cap.min(abs_cap);
     let bid = target.min(cap);
     (bid >= min_bid).then_some(bid)
 }
@@ -135,6 +146,13 @@ mod tests {
         assert_eq!(charge(1, 1), 1);
         assert_eq!(charge(1_000, -5), 0);
         assert_eq!(charge(i64::MAX, i64::MAX), i64::MAX);
+        assert_eq!(
+            charge(-7, 3600),
+            -7,
+            "negative products take the exact path"
+        );
+        assert_eq!(mul_div_ceil(i64::MAX / 2, 4, 8), i64::MAX / 4 + 1);
+        assert_eq!(wall_s(u64::MAX, PPM), i64::MAX);
     }
 
     #[test]
@@ -179,16 +197,18 @@ mod tests {
     #[test]
     fn bid_is_margin_over_min_bid_within_caps() {
         let cfg = PlanConfig::default();
-        assert_eq!(bid_for(Some(100), 1_000, &cfg), Some(110));
+        assert_eq!(bid_for(Some(100), 1_000, 1, &cfg), Some(110));
         // Capped at 90 % of on-demand.
-        assert_eq!(bid_for(Some(850), 1_000, &cfg), Some(900));
+        assert_eq!(bid_for(Some(850), 1_000, 1, &cfg), Some(900));
         // min_bid above the cap: not biddable.
-        assert_eq!(bid_for(Some(950), 1_000, &cfg), None);
-        assert_eq!(bid_for(None, 1_000, &cfg), None);
+        assert_eq!(bid_for(Some(950), 1_000, 1, &cfg), None);
+        assert_eq!(bid_for(None, 1_000, 1, &cfg), None);
         let cfg = PlanConfig {
-            bid_cap: Some(105),
+            bid_cap_per_gpu: Some(105),
             ..PlanConfig::default()
         };
-        assert_eq!(bid_for(Some(100), 1_000, &cfg), Some(105));
+        assert_eq!(bid_for(Some(100), 1_000, 1, &cfg), Some(105));
+        // The absolute cap is per GPU.
+        assert_eq!(bid_for(Some(200), 2_000, 2, &cfg), Some(210));
     }
 }

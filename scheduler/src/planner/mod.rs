@@ -20,11 +20,13 @@
 //! * [`naive_baseline`] and [`lower_bound`] — the yardsticks the market benchmark compares against;
 //! * [`bid_decision`] — raise, wait or move for an outbid instance;
 //! * [`reputation::blacklist`] — machines and hosts to avoid, learned from our own failures;
+//! * [`PlanOffer::from_vast`] — a search result as the planner needs it;
 //! * [`synth::market`] — deterministic synthetic markets (benchmark, tests).
 
 mod baseline;
 mod bid;
 pub mod cost;
+mod from_vast;
 mod pack;
 pub mod reputation;
 pub mod synth;
@@ -35,5 +37,6 @@ mod tests;
 
 pub use baseline::{LowerBound, lower_bound, naive_baseline};
 pub use bid::{Alternative, BidAction, BidDecision, Outbid, bid_decision};
+pub use from_vast::OfferConversionError;
 pub use pack::{interruptible_allowed, job_order, plan};
 pub use types::*;

@@ -104,7 +104,7 @@ pub(crate) fn offer_info(input: &PlanInput, o: &PlanOffer) -> OfferInfo {
             i64::from(cfg.margin_preempt_pct),
             100,
         ),
-        bid: cost::bid_for(o.min_bid, o.dph_base, cfg),
+        bid: cost::bid_for(o.min_bid, o.dph_base, o.num_gpus, cfg),
     }
 }
 
@@ -149,6 +149,17 @@ pub(crate) struct Run {
     pub worst_s: i64,
 }
 
+/// The job's worst-case work in reference seconds: its limit, or the estimate with the safety
+/// factor; never less than the estimate.
+pub(crate) fn worst_work_s(cfg: &PlanConfig, job: &PlanJob) -> u64 {
+    let w = job.max_runtime_s.unwrap_or_else(|| {
+        (u128::from(job.est_runtime_s) * u128::from(cfg.runtime_safety_pct))
+            .div_ceil(100)
+            .min(u64::MAX as u128) as u64
+    });
+    w.max(job.est_runtime_s)
+}
+
 pub(crate) fn run_of(
     cfg: &PlanConfig,
     job: &PlanJob,
@@ -157,12 +168,7 @@ pub(crate) fn run_of(
     rate_ppm: i64,
 ) -> Run {
     let wall = cost::wall_s(job.est_runtime_s, speed_ppm);
-    let worst_work = job.max_runtime_s.unwrap_or_else(|| {
-        (u128::from(job.est_runtime_s) * u128::from(cfg.runtime_safety_pct))
-            .div_ceil(100)
-            .min(u64::MAX as u128) as u64
-    });
-    let worst_wall = cost::wall_s(worst_work.max(job.est_runtime_s), speed_ppm);
+    let worst_wall = cost::wall_s(worst_work_s(cfg, job), speed_ppm);
     if !interruptible {
         return Run {
             expected_s: wall,
@@ -198,6 +204,12 @@ struct SlotList {
     slots: u32,
     interruptible: bool,
     cands: Vec<Cand>,
+    /// `min_price_from[i]`: the lowest `price` in `cands[i..]` (used or not), so a scan can stop
+    /// as soon as no later candidate could pass a price cap.
+    min_price_from: Vec<NanoPerHour>,
+    /// `min_rate_from[i]`: the lowest price per reference hour (price / speed) in `cands[i..]`, a
+    /// lower bound on any later candidate's cost, so a scan can stop at a budget.
+    min_rate_from: Vec<i64>,
     cursor: usize,
 }
 
@@ -431,10 +443,21 @@ impl<'a> Planner<'a> {
             for ((interruptible, slots), mut cands) in by_key {
                 cands
                     .sort_unstable_by_key(|c| (c.rank, input.offers[c.offer as usize].id, c.offer));
+                let mut min_price_from = vec![i64::MAX; cands.len() + 1];
+                let mut min_rate_from = vec![i64::MAX; cands.len() + 1];
+                for (i, c) in cands.iter().enumerate().rev() {
+                    let speed = info[c.offer as usize].speed_ppm;
+                    let rate = (c.price as i128 * i128::from(cost::PPM) / i128::from(speed.max(1)))
+                        .min(i128::from(i64::MAX)) as i64;
+                    min_price_from[i] = min_price_from[i + 1].min(c.price);
+                    min_rate_from[i] = min_rate_from[i + 1].min(rate);
+                }
                 g.lists.push(SlotList {
                     slots,
                     interruptible,
                     cands,
+                    min_price_from,
+                    min_rate_from,
                     cursor: 0,
                 });
             }
@@ -674,6 +697,7 @@ impl<'a> Planner<'a> {
         let exp = self.job_exp[ji];
         let gi = self.job_group[ji];
         let allowed = interruptible_allowed(job, &input.config);
+        let worst_work = worst_work_s(cfg, job);
         let mut best: Option<Choice> = None;
         let group = &mut self.groups[gi];
         for (li, list) in group.lists.iter_mut().enumerate() {
@@ -692,12 +716,35 @@ impl<'a> Planner<'a> {
             };
             let k = list.slots.min(remaining.max(1));
             let (mut examined, mut good) = (0, 0);
-            for c in &list.cands[list.cursor..] {
+            for (i, c) in list.cands.iter().enumerate().skip(list.cursor) {
                 if examined >= SCAN_PER_LIST || good >= GOOD_PER_LIST {
                     break;
                 }
                 if self.used[c.offer as usize] {
                     continue;
+                }
+                // Stop early when nothing from here on can pass a cap.
+                let min_price = list.min_price_from[i];
+                if let Some(cap) = job.max_dph
+                    && min_price > cap.saturating_mul(i64::from(k))
+                {
+                    notes.max_dph(cost::mul_div_ceil(min_price, 1, i64::from(k)));
+                    break;
+                }
+                if let Some(cap) = cfg.max_total_dph
+                    && self.new_dph.saturating_add(min_price) > cap
+                {
+                    notes.over_total_dph = true;
+                    break;
+                }
+                if let Some(left) = self.budget[exp] {
+                    let at_least = (i128::from(list.min_rate_from[i]) * i128::from(worst_work)
+                        / 3600)
+                        .min(i128::from(i64::MAX)) as i64;
+                    if at_least > left {
+                        notes.budget(at_least);
+                        break;
+                    }
                 }
                 examined += 1;
                 let share = cost::mul_div_ceil(c.price, 1, i64::from(k));

@@ -332,6 +332,27 @@ fn deferral_reasons_say_what_blocked() {
 }
 
 #[test]
+fn plans_serialize_to_stable_json_for_dry_runs() {
+    let mut o = offer(1, "g", 1, 100, 30.0);
+    o.min_bid = Some(40 * D / 100);
+    let mut j = job(1, 2);
+    j.interruptible = InterruptiblePolicy::Auto;
+    j.checkpoints = true;
+    let mut expensive = job(2, 2);
+    expensive.max_dph = Some(1);
+    let p = plan(&input(
+        vec![j, expensive],
+        vec![o, offer(2, "g", 1, 100, 30.0)],
+    ));
+    let v = serde_json::to_value(&p).unwrap();
+    assert_eq!(v["rent"][0]["kind"]["kind"], "interruptible");
+    assert_eq!(v["rent"][0]["kind"]["bid"], 440_000_000);
+    assert_eq!(v["deferred"][0]["reason"]["reason"], "over_max_dph");
+    let back: Plan = serde_json::from_value(v).unwrap();
+    assert_eq!(back, p);
+}
+
+#[test]
 fn higher_priority_jobs_get_the_scarce_offer() {
     let mut hi = job(2, 1);
     hi.priority = 5;

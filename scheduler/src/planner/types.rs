@@ -211,8 +211,8 @@ pub struct PlanConfig {
     /// Never bid above this percentage of the offer's on-demand compute price (above it,
     /// on-demand is the better deal).
     pub bid_cap_pct_of_on_demand: u32,
-    /// Never bid above this (whole offer, nano$/h).
-    pub bid_cap: Option<NanoPerHour>,
+    /// Never bid above this per GPU of the offer, nano$/h.
+    pub bid_cap_per_gpu: Option<NanoPerHour>,
     /// New rentals this plan may create (the reconciler passes the headroom left).
     pub max_instances: u32,
     /// Cap on the summed hourly price of the new rentals (headroom left), nano$/h.
@@ -252,7 +252,7 @@ impl Default for PlanConfig {
             bid_margin_pct: 10,
             margin_preempt_pct: 50,
             bid_cap_pct_of_on_demand: 90,
-            bid_cap: None,
+            bid_cap_per_gpu: None,
             max_instances: 64,
             max_total_dph: None,
             default_boot_s: 180,
@@ -407,7 +407,7 @@ impl fmt::Display for DeferReason {
                 remaining,
             } => write!(
                 f,
-                "over budget: experiment {experiment:?} has {} left, the worst case needs {}",
+                "over budget: experiment {experiment:?} has {} left, the worst case needs at least {}",
                 fmt_dollars(*remaining),
                 fmt_dollars(*needed)
             ),
@@ -518,7 +518,7 @@ mod tests {
         };
         assert_eq!(
             r.to_string(),
-            "over budget: experiment \"lr-sweep\" has $0.5000 left, the worst case needs $2.0000"
+            "over budget: experiment \"lr-sweep\" has $0.5000 left, the worst case needs at least $2.0000"
         );
     }
 }
