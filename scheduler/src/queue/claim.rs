@@ -1,11 +1,12 @@
 //! The scheduler's side of the queue: claim with a lease and a fencing token, heartbeat,
 //! advance, complete, fail, interrupt.
 //!
-//! Exclusivity: a claim is one transaction that selects ready jobs and updates them. On
-//! PostgreSQL the select is `FOR UPDATE SKIP LOCKED`, so concurrent claimers skip each other's
-//! rows instead of waiting or double-claiming (a row changed by a claimer that committed after
-//! our snapshot is re-checked by PostgreSQL before we lock it). On SQLite the transaction is
-//! `BEGIN IMMEDIATE`, which serialises claimers on the database's write lock.
+//! Exclusivity: on PostgreSQL a claim is one statement whose row selection is `FOR UPDATE
+//! SKIP LOCKED`, so concurrent claimers skip each other's rows instead of waiting or
+//! double-claiming (a row changed by a claimer that committed after our snapshot is re-checked
+//! by PostgreSQL before we lock it); the update and the journal entries are part of the same
+//! statement, so one round trip claims a batch. On SQLite a claim is a `BEGIN IMMEDIATE`
+//! transaction (select, update, journal), which serialises claimers on the write lock.
 //!
 //! Fencing: each claim increments the job's `fence` and returns it. Every later call about
 //! that job must present it and changes nothing if the job has been reclaimed, cancelled or
@@ -99,6 +100,9 @@ pub async fn claim(
         return Ok(Vec::new());
     }
     let now = clock.now_ms();
+    if store.backend() == Backend::Postgres {
+        return claim_pg(store, n, owner, lease_ms, now).await;
+    }
     let txn = store.begin_write().await?;
     reap_expired_in(&txn, store.backend(), owner, now).await?;
 
@@ -179,6 +183,85 @@ pub async fn claim(
     record_events(&txn, events).await?;
     txn.commit().await?;
     Ok(claimed
+        .into_iter()
+        .map(|job| ClaimedJob { fence: job.fence, job })
+        .collect())
+}
+
+/// The PostgreSQL claim as one statement (one round trip, no explicit transaction): reap
+/// exhausted expired leases, pick ready rows `FOR UPDATE SKIP LOCKED`, update them, journal
+/// both, and close the attempts whose lease was lost. Same effects as the SQLite path.
+const CLAIM_PG: &str = r#"
+WITH dead AS (
+    SELECT id, state, attempts FROM jobs
+    WHERE state IN ('placed', 'starting', 'running') AND lease_expires_at < $1
+      AND attempts >= max_attempts
+    FOR UPDATE SKIP LOCKED
+), reaped AS (
+    UPDATE jobs AS j SET state = 'failed', fence = j.fence + 1, lease_owner = NULL,
+        lease_expires_at = NULL, last_error = 'lease expired with no attempts left',
+        finished_at = $1, updated_at = $1
+    FROM dead AS d WHERE j.id = d.id
+    RETURNING j.id, d.state AS prev_state, d.attempts AS prev_attempts
+), reaped_events AS (
+    INSERT INTO events (entity, entity_id, from_state, to_state, actor, reason, at)
+    SELECT 'job', id, prev_state, 'failed', $3,
+        'lease expired after ' || prev_attempts || ' attempt(s), none left', $1
+    FROM reaped
+), picked AS (
+    SELECT id, state, lease_owner FROM jobs
+    WHERE ((state = 'queued' AND run_at <= $1)
+        OR (state IN ('placed', 'starting', 'running') AND lease_expires_at < $1
+            AND attempts < max_attempts))
+      AND experiment_id NOT IN (SELECT id FROM experiments WHERE paused)
+    ORDER BY priority DESC, run_at, id
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE jobs AS j SET state = 'placed', fence = j.fence + 1, attempts = j.attempts + 1,
+        lease_owner = $3, lease_expires_at = $4, heartbeat_at = $1, instance_id = NULL,
+        updated_at = $1
+    FROM picked AS p WHERE j.id = p.id
+    RETURNING j.*, p.state AS prev_state, p.lease_owner AS prev_owner
+), claim_events AS (
+    INSERT INTO events (entity, entity_id, from_state, to_state, actor, reason, at)
+    SELECT 'job', id, prev_state, 'placed', $3,
+        CASE WHEN prev_state = 'queued' THEN 'claimed (fence ' || fence || ')'
+             ELSE 'reclaimed after the lease of ' || COALESCE(prev_owner, '?')
+                  || ' expired (fence ' || (fence - 1) || ' -> ' || fence || ')' END,
+        $1
+    FROM claimed
+), lost AS (
+    UPDATE attempts SET state = 'lost', ended_at = $1,
+        reason = CASE WHEN job_id IN (SELECT id FROM reaped) THEN 'lease expired'
+                      ELSE 'lease expired; job reclaimed' END
+    WHERE ended_at IS NULL
+      AND (job_id IN (SELECT id FROM reaped)
+           OR job_id IN (SELECT id FROM claimed WHERE prev_state <> 'queued'))
+)
+SELECT * FROM claimed ORDER BY priority DESC, run_at, id
+"#;
+
+async fn claim_pg(
+    store: &Store,
+    n: u32,
+    owner: &str,
+    lease_ms: i64,
+    now: EpochMs,
+) -> Result<Vec<ClaimedJob>, QueueError> {
+    use sea_orm::{DbBackend, Statement};
+    let stmt = Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        CLAIM_PG,
+        [
+            now.into(),
+            i64::from(n).into(),
+            owner.into(),
+            now.saturating_add(lease_ms).into(),
+        ],
+    );
+    let rows = job::Entity::find().from_raw_sql(stmt).all(store.db()).await?;
+    Ok(rows
         .into_iter()
         .map(|job| ClaimedJob { fence: job.fence, job })
         .collect())

@@ -20,7 +20,7 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        let mut all: Vec<Box<dyn MigrationTrait>> = vec![Box::new(M0001StoreCore)];
+        let mut all: Vec<Box<dyn MigrationTrait>> = vec![Box::new(M0001StoreCore), Box::new(M0002StoreJobBatch)];
         all.extend(ledger::migration::migrations());
         all.extend(crate::collector::migrations());
         all
@@ -264,5 +264,36 @@ impl MigrationTrait for M0001StoreCore {
             m.drop_table(Table::drop().table(t).to_owned()).await?;
         }
         Ok(())
+    }
+}
+
+/// An index on `jobs.batch`, so one `queue add` can journal its jobs with one
+/// `INSERT … SELECT` (and be found again) without scanning the table.
+#[derive(Debug)]
+pub struct M0002StoreJobBatch;
+
+impl MigrationName for M0002StoreJobBatch {
+    fn name(&self) -> &str {
+        "m0002_store_job_batch"
+    }
+}
+
+#[allow(elided_lifetimes_in_paths)]
+#[async_trait::async_trait]
+impl MigrationTrait for M0002StoreJobBatch {
+    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.create_index(
+            Index::create()
+                .name("ix_jobs_batch")
+                .table("jobs")
+                .col("batch")
+                .to_owned(),
+        )
+        .await
+    }
+
+    async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        m.drop_index(Index::drop().name("ix_jobs_batch").table("jobs").to_owned())
+            .await
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use scheduler::clock::{Clock, ManualClock};
 use scheduler::queue::{self, AddRequest, Completion, QueueError, sweep::parse_sweep_arg};
-use scheduler::store::JobState;
+use scheduler::store::{JobState, attempts};
 use scheduler::store::testing::TestDb;
 
 use crate::both_backends;
@@ -67,6 +67,14 @@ async fn expired_lease_is_reclaimed_and_stale_fence_is_refused(db: &TestDb) {
     queue::advance(&db.store, first.job.id, first.fence, JobState::Running, None, "started", &clock)
         .await
         .unwrap();
+    let attempt = attempts::start_attempt(
+        db.store.db(),
+        attempts::NewAttempt { job_id: first.job.id, fence: first.fence, ..Default::default() },
+        "old",
+        clock.now_ms(),
+    )
+    .await
+    .unwrap();
 
     // Within the lease: nobody else gets it; a heartbeat extends it.
     clock.advance(20_000);
@@ -82,6 +90,8 @@ async fn expired_lease_is_reclaimed_and_stale_fence_is_refused(db: &TestDb) {
     assert_eq!(second.fence, 2);
     assert_eq!(second.job.attempts, 2);
     assert_eq!(second.job.lease_owner.as_deref(), Some("new"));
+    let lost = attempts::get_attempt(db.store.db(), attempt.id).await.unwrap();
+    assert_eq!((lost.state.as_str(), lost.ended_at), ("lost", Some(clock.now_ms())));
 
     // The old holder is fenced out of everything.
     let stale = [
