@@ -537,7 +537,14 @@ impl VastClient {
                 },
             });
         }
-        serde_json::from_value(v.clone()).map_err(|e| decode_err("PUT", &path, &e.to_string(), &v))
+        serde_json::from_value(v.clone()).map_err(|e| {
+            // The answer may carry the instance's own API key; keep it out of the error.
+            let mut shown = v.clone();
+            if let Some(obj) = shown.as_object_mut() {
+                obj.remove("instance_api_key");
+            }
+            decode_err("PUT", &path, &e.to_string(), &shown)
+        })
     }
 
     /// One instance (`GET /api/v0/instances/{id}/?owner=me`); `None` when Vast answers

@@ -493,6 +493,17 @@ async fn create_on_demand_and_interruptible() {
 }
 
 #[tokio::test]
+async fn create_answer_without_new_contract_is_a_decode_error_without_secrets() {
+    let f = fake(|_, _| ok(json!({"success": true, "instance_api_key": "inst-SECRET"}))).await;
+    let err = client(&f.base)
+        .create_instance(1, &CreateInstanceRequest::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, VastError::Decode { .. }), "{err:?}");
+    assert_no_key("decode error", &format!("{err} {err:?}"));
+}
+
+#[tokio::test]
 async fn create_with_too_low_bid_returns_the_stopped_instance_id() {
     let f = fake(|_, _| {
         ok(json!({"success": false, "error": "invalid_price",
@@ -890,7 +901,7 @@ async fn pacing_spaces_requests_to_one_endpoint() {
     let mut pacing = Pacing::none();
     pacing.per_endpoint.insert(
         "PUT /instances/reboot/{id}/".into(),
-        Duration::from_millis(150),
+        Duration::from_millis(200),
     );
     let c = VastClient::builder(&f.base, ApiKey::new(KEY))
         .retry(RetryPolicy::none())
@@ -916,8 +927,11 @@ async fn pacing_spaces_requests_to_one_endpoint() {
     assert_eq!(times.len(), 3);
     for w in times.windows(2) {
         let gap = w[1] - w[0];
+        // Pacing spaces the sends 200 ms apart; arrival times can be squeezed a little by
+        // connection set-up on a loaded machine, so only require half. Unpaced, they arrive
+        // within a millisecond or two of each other.
         assert!(
-            gap >= Duration::from_millis(140),
+            gap >= Duration::from_millis(100),
             "requests only {gap:?} apart"
         );
     }
