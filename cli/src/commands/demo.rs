@@ -104,7 +104,7 @@ pub async fn run(args: Args, _ctx: &Context) -> anyhow::Result<()> {
             outcome.jobs_succeeded, outcome.jobs_failed, outcome.jobs_queued, outcome.jobs_total
         );
         println!(
-            "faults survived: {} failed boot(s), {} preemption(s) recovered from checkpoints",
+            "faults survived: {} failed boot(s); {} job(s) finished after a preemption",
             outcome.failed_boots, outcome.preemptions_recovered
         );
         println!("instances left on the account: {}", outcome.instances_left);

@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use rust_decimal::Decimal;
+use rust_decimal::prelude::ToPrimitive;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::EpochMs;
@@ -134,37 +135,82 @@ fn price_up(d: Decimal) -> Decimal {
     d.round_dp_with_strategy(3, rust_decimal::RoundingStrategy::AwayFromZero)
 }
 
-/// The outbid judgement for a paused interruptible instance: raise the bid within the cap,
-/// wait while the paused instance still holds work we have not pulled, or move on.
-///
-/// `cap` is the most we would pay for the whole instance per hour; `min_bid` the market's
-/// current winning price (if it tells us); `unpulled_work` whether its disk has a checkpoint
-/// newer than the one we pulled.
-pub fn outbid_decision(
-    current_bid: Option<Decimal>,
-    cap: Decimal,
-    min_bid: Option<Decimal>,
-    paused_for_ms: i64,
-    unpulled_work: bool,
-    cfg: &ReconcileConfig,
-) -> BidMove {
-    if let Some(mb) = min_bid {
-        let target = price_up(mb * (Decimal::ONE + cfg.bid_margin));
-        let target = if target > cap && mb < cap { cap } else { target };
-        if target <= cap && current_bid.is_none_or(|b| target > b) {
-            return BidMove::Raise(target);
-        }
-    }
-    let wait_limit = if unpulled_work {
-        cfg.outbid_max_wait_ms
-    } else {
-        cfg.outbid_max_wait_ms / 4
+fn nano(d: Decimal) -> i64 {
+    (d * Decimal::from(crate::planner::NANO_PER_DOLLAR))
+        .round()
+        .to_i64()
+        .unwrap_or(i64::MAX)
+}
+
+fn from_nano(n: i64) -> Decimal {
+    Decimal::from(n) / Decimal::from(crate::planner::NANO_PER_DOLLAR)
+}
+
+/// What the outbid judgement needs to know, in our terms.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutbidSituation {
+    pub now_ms: EpochMs,
+    pub paused_since_ms: EpochMs,
+    pub offer: OfferChoice,
+    /// The market's winning price now (`min_bid`), whole instance.
+    pub winning_bid: Option<Decimal>,
+    /// Estimated seconds of work left for the jobs held on it (the largest).
+    pub remaining_s: i64,
+    pub checkpoints: bool,
+    /// Age of the newest checkpoint on the instance's disk / of the one we pulled, seconds.
+    pub local_checkpoint_age_s: i64,
+    pub pulled_checkpoint_age_s: Option<i64>,
+    /// The best other offer: (price $/h, dlperf).
+    pub alternative: Option<(Decimal, f64)>,
+    /// The most the jobs allow per GPU-hour (their `max_dph` per GPU), if any says.
+    pub cap_per_gpu: Option<Decimal>,
+}
+
+/// The outbid judgement for a paused interruptible instance, made by the planner's
+/// [`crate::planner::bid_decision`]: raise the bid within the caps, wait while moving would
+/// throw away more work than resuming here, or move.
+pub fn outbid_decision(s: &OutbidSituation, cfg: &ReconcileConfig) -> (BidMove, String) {
+    let pc = crate::planner::PlanConfig {
+        bid_margin_pct: (cfg.bid_margin * Decimal::from(100)).to_u32().unwrap_or(10),
+        outbid_max_wait_s: u32::try_from(cfg.outbid_max_wait_ms / 1000).unwrap_or(u32::MAX),
+        outbid_recheck_s: 1,
+        bid_cap_per_gpu: s.cap_per_gpu.map(nano),
+        ..crate::planner::PlanConfig::default()
     };
-    if paused_for_ms < wait_limit {
-        BidMove::Wait
-    } else {
-        BidMove::Move
-    }
+    let o = &s.offer;
+    let storage_dph = Decimal::from_f64_retain(o.disk_gb).unwrap_or_default() * o.storage_cost / Decimal::from(720);
+    let our_bid = o.bid.unwrap_or(o.dph_base);
+    let on_demand = if o.dph_base > Decimal::ZERO { o.dph_base } else { o.dph };
+    let input = crate::planner::Outbid {
+        now_ms: s.now_ms,
+        paused_since_ms: s.paused_since_ms,
+        our_bid: nano(our_bid),
+        winning_bid: nano(s.winning_bid.unwrap_or(our_bid)),
+        on_demand_dph: nano(on_demand),
+        num_gpus: o.gpus.max(1),
+        storage_dph: nano(storage_dph),
+        remaining_s: s.remaining_s.max(0),
+        checkpoints: s.checkpoints,
+        done_s: 0,
+        local_checkpoint_age_s: s.local_checkpoint_age_s.max(0),
+        pulled_checkpoint_age_s: s.pulled_checkpoint_age_s.map(|a| a.max(0)),
+        alternative: s.alternative.map(|(price, dlperf)| crate::planner::Alternative {
+            dph: nano(price),
+            boot_s: 120,
+            relative_speed_ppm: if o.dlperf > 0.0 && dlperf > 0.0 {
+                (dlperf / o.dlperf * 1e6) as i64
+            } else {
+                1_000_000
+            },
+        }),
+    };
+    let d = crate::planner::bid_decision(&input, &pc);
+    let mv = match d.action {
+        crate::planner::BidAction::Raise { bid } => BidMove::Raise(price_up(from_nano(bid))),
+        crate::planner::BidAction::Wait { .. } => BidMove::Wait,
+        crate::planner::BidAction::Move => BidMove::Move,
+    };
+    (mv, d.why)
 }
 
 /// The pass under construction: the emitted actions and the working copy they were applied to.
@@ -172,6 +218,7 @@ struct Pass<'a> {
     w: WorldView,
     now: EpochMs,
     cfg: &'a ReconcileConfig,
+    offers: Vec<OfferObs>,
     out: Vec<Action>,
 }
 
@@ -481,26 +528,40 @@ impl Pass<'_> {
             });
             return;
         }
-        // The cap: never above on-demand, nor above what the jobs allow for their shares.
-        let mut cap = inst.offer.dph;
-        let gpus = Decimal::from(inst.offer.gpus.max(1));
-        for j in &held {
-            if let Some(max) = j.req.max_dph {
-                let whole = max * gpus / Decimal::from(j.req.gpus.max(1));
-                cap = cap.min(whole);
-            }
-        }
-        let unpulled = held
+        let now = self.now;
+        let age = |t: Option<EpochMs>| t.map(|t| ((now - t) / 1000).max(0));
+        let remaining_s = held
             .iter()
-            .any(|j| j.checkpoint_reported_ms > j.checkpoint_pulled_ms);
-        let decision = outbid_decision(
-            inst.offer.bid,
-            cap,
-            m.min_bid,
-            self.now - inst.state_since_ms,
-            unpulled,
-            self.cfg,
-        );
+            .map(|j| i64::try_from(j.req.est_runtime_s).unwrap_or(i64::MAX))
+            .max()
+            .unwrap_or(0);
+        let checkpoints = held.iter().any(|j| j.checkpoint_reported_ms.is_some());
+        let local_age = held
+            .iter()
+            .filter_map(|j| age(j.checkpoint_reported_ms))
+            .max()
+            .unwrap_or(remaining_s);
+        let pulled_age = held.iter().map(|j| age(j.checkpoint_pulled_ms)).max().flatten();
+        let class: Vec<JobView> = held.iter().map(|j| (*j).clone()).collect();
+        let alternative = self
+            .best_offer(&class, &self.offers)
+            .map(|(c, k)| (c.price() / Decimal::from(k.max(1) as u64), c.dlperf));
+        let situation = OutbidSituation {
+            now_ms: now,
+            paused_since_ms: inst.state_since_ms,
+            offer: inst.offer.clone(),
+            winning_bid: m.min_bid,
+            remaining_s,
+            checkpoints,
+            local_checkpoint_age_s: local_age,
+            pulled_checkpoint_age_s: pulled_age,
+            alternative,
+            cap_per_gpu: held
+                .iter()
+                .filter_map(|j| j.req.max_dph.map(|m| m / Decimal::from(j.req.gpus.max(1))))
+                .min(),
+        };
+        let (decision, why) = outbid_decision(&situation, self.cfg);
         match decision {
             BidMove::Raise(bid) => self.emit(Action::ChangeBid {
                 key,
@@ -511,7 +572,7 @@ impl Pass<'_> {
             BidMove::Move => self.emit(Action::Destroy {
                 key,
                 vast_id: Some(m.vast_id),
-                reason: "outbid: moving the work elsewhere".into(),
+                reason: format!("outbid, moving the work elsewhere: {why}"),
             }),
         }
     }
@@ -1077,6 +1138,7 @@ pub fn reconcile(
         w: world.clone(),
         now,
         cfg,
+        offers: obs.offers.clone(),
         out: Vec::new(),
     };
     if let Some(listing) = &obs.market {

@@ -730,36 +730,59 @@ fn outbid_within_the_cap_raises_the_bid_and_holds_the_job() {
 }
 
 #[test]
-fn outbid_above_the_cap_waits_then_moves() {
+fn outbid_above_the_cap_waits_while_moving_loses_more_then_moves() {
     let mut w = outbid_world();
-    w.jobs.get_mut(&1).unwrap().req.max_dph = Some(dec!(0.25));
+    {
+        let j = w.jobs.get_mut(&1).unwrap();
+        j.req.max_dph = Some(dec!(0.25));
+        // A checkpoint on the instance's disk 1 s old; the pulled one 60 s old: moving now
+        // would redo a minute of work, so it waits first.
+        j.checkpoint_reported_ms = Some(1_000);
+        j.checkpoint_pulled_ms = Some(-58_000);
+    }
     let obs = Observations {
         market: Some(outbid_listing(Some(dec!(0.35)))),
+        offers: vec![offer(9, 1, dec!(0.2))],
         ..Default::default()
     };
     let c = cfg();
     let acts = reconcile(&w, &obs, 2_000, &c);
-    assert!(!acts.iter().any(|a| matches!(a, Action::ChangeBid { .. } | Action::Destroy { .. })));
+    assert!(!acts.iter().any(|a| matches!(a, Action::ChangeBid { .. } | Action::Destroy { .. })), "{acts:?}");
     run(&mut w, &acts, 2_000);
-    // No unpulled work: the wait is a quarter of the maximum.
-    let later = 2_000 + c.outbid_max_wait_ms / 4;
+    assert_eq!(w.jobs[&1].state, JobState::Interrupted);
+    // Past the (lengthened) wait it moves: destroy, and the job goes back to the queue.
+    let later = 2_000 + 4 * c.outbid_max_wait_ms;
     let acts = reconcile(&w, &obs, later, &c);
-    assert!(acts.iter().any(|a| matches!(a, Action::Destroy { key: 1, .. })));
+    assert!(acts.iter().any(|a| matches!(a, Action::Destroy { key: 1, .. })), "{acts:?}");
     run(&mut w, &acts, later);
-    assert_eq!(w.jobs[&1].state, JobState::Queued);
+    assert_ne!(w.jobs[&1].instance, Some(1));
 }
 
 #[test]
-fn outbid_decision_weighs_unpulled_work() {
+fn outbid_decision_uses_the_planner() {
     let c = cfg();
-    let cap = dec!(0.3);
-    assert_eq!(outbid_decision(Some(dec!(0.2)), cap, Some(dec!(0.25)), 0, false, &c), BidMove::Raise(dec!(0.275)));
-    // Margin would cross the cap: bid the cap.
-    assert_eq!(outbid_decision(Some(dec!(0.2)), cap, Some(dec!(0.29)), 0, false, &c), BidMove::Raise(dec!(0.3)));
-    let t = c.outbid_max_wait_ms / 2;
-    assert_eq!(outbid_decision(Some(dec!(0.2)), cap, Some(dec!(0.5)), t, true, &c), BidMove::Wait);
-    assert_eq!(outbid_decision(Some(dec!(0.2)), cap, Some(dec!(0.5)), t, false, &c), BidMove::Move);
-    assert_eq!(outbid_decision(Some(dec!(0.2)), cap, None, c.outbid_max_wait_ms, true, &c), BidMove::Move);
+    let s = OutbidSituation {
+        now_ms: 100_000,
+        paused_since_ms: 90_000,
+        offer: choice(1, 1, dec!(0.4), Some(dec!(0.2))),
+        winning_bid: Some(dec!(0.25)),
+        remaining_s: 3_600,
+        checkpoints: true,
+        local_checkpoint_age_s: 10,
+        pulled_checkpoint_age_s: Some(10),
+        alternative: None,
+        cap_per_gpu: None,
+    };
+    assert_eq!(outbid_decision(&s, &c).0, BidMove::Raise(dec!(0.275)));
+    // The margin would cross 90 % of on-demand: bid that cap.
+    let s2 = OutbidSituation { winning_bid: Some(dec!(0.35)), ..s.clone() };
+    assert_eq!(outbid_decision(&s2, &c).0, BidMove::Raise(dec!(0.36)));
+    // Above every cap and nowhere to go: wait.
+    let s3 = OutbidSituation { winning_bid: Some(dec!(0.5)), ..s.clone() };
+    assert_eq!(outbid_decision(&s3, &c).0, BidMove::Wait);
+    // Above the cap, a cheap alternative, and nothing more lost by moving: move.
+    let s4 = OutbidSituation { alternative: Some((dec!(0.1), 100.0)), ..s3 };
+    assert_eq!(outbid_decision(&s4, &c).0, BidMove::Move);
 }
 
 #[test]
