@@ -443,7 +443,14 @@ impl Ledger {
     /// For SQLite, add `?mode=rwc` to create the file.
     pub async fn open(url: &str) -> Result<Self, LedgerError> {
         let mut opt = sea_orm::ConnectOptions::new(url.to_string());
-        opt.min_connections(1).sqlx_logging(false);
+        // min 1: an in-memory SQLite database lives only as long as one of its connections.
+        opt.min_connections(1)
+            .sqlx_logging(false)
+            .map_sqlx_sqlite_opts(|o| {
+                o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                    .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
+                    .busy_timeout(std::time::Duration::from_secs(30))
+            });
         let conn = sea_orm::Database::connect(opt)
             .await
             .map_err(db("connecting to the database"))?;
