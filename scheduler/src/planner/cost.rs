@@ -26,6 +26,15 @@ fn mul_div_ceil_fast(a: i64, b: i64, den: i64) -> i64 {
     }
 }
 
+/// `floor(a × b / den)` for `a, b >= 0`, `den > 0`, with the same fast path.
+pub fn mul_div_floor(a: i64, b: i64, den: i64) -> i64 {
+    match a.checked_mul(b) {
+        Some(p) => p / den.max(1),
+        None => (a as i128 * b as i128 / den.max(1) as i128)
+            .clamp(i64::MIN as i128, i64::MAX as i128) as i64,
+    }
+}
+
 fn clamp_i64(v: i128) -> i64 {
     v.clamp(i64::MIN as i128, i64::MAX as i128) as i64
 }
@@ -103,16 +112,17 @@ pub fn exposure(
     worst_pct: u32,
 ) -> Exposure {
     let wall = wall.max(0);
+    let restart_s = restart_s.max(0);
     let window = checkpoint_s.map_or(wall, |c| c.clamp(0, wall));
     // Work since the last checkpoint is uniform over the window: half of it on average.
-    let lost_avg = window as i128 / 2 + restart_s as i128;
-    let lost_worst = window as i128 + restart_s as i128;
+    let lost_avg = (window / 2).saturating_add(restart_s);
+    let lost_worst = window.saturating_add(restart_s);
     // Expected preemptions, in millionths.
-    let n_ppm = ceil_div(rate_ppm_h as i128 * wall as i128, 3600);
-    let worst_ppm = ceil_div(n_ppm * worst_pct as i128, 100) + PPM as i128;
+    let n_ppm = mul_div_ceil_fast(rate_ppm_h.max(0), wall, 3600);
+    let worst_ppm = mul_div_ceil_fast(n_ppm, i64::from(worst_pct), 100).saturating_add(PPM);
     Exposure {
-        expected_extra_s: clamp_i64(ceil_div(n_ppm * lost_avg, PPM as i128)),
-        worst_extra_s: clamp_i64(ceil_div(worst_ppm * lost_worst, PPM as i128)),
+        expected_extra_s: mul_div_ceil_fast(n_ppm, lost_avg, PPM),
+        worst_extra_s: mul_div_ceil_fast(worst_ppm, lost_worst, PPM),
     }
 }
 

@@ -167,29 +167,61 @@ pub(crate) fn run_of(
     interruptible: bool,
     rate_ppm: i64,
 ) -> Run {
-    let wall = cost::wall_s(job.est_runtime_s, speed_ppm);
     let worst_wall = cost::wall_s(worst_work_s(cfg, job), speed_ppm);
+    let expected_s = expected_wall(cfg, job, speed_ppm, interruptible, rate_ppm);
     if !interruptible {
         return Run {
-            expected_s: wall,
+            expected_s,
             worst_s: worst_wall,
         };
     }
-    let ckpt = job.checkpoints.then(|| {
+    let restart = i64::from(cfg.restart_overhead_s);
+    let w = cost::exposure(
+        worst_wall,
+        rate_ppm,
+        checkpoint_of(cfg, job),
+        restart,
+        cfg.worst_preempt_pct,
+    );
+    Run {
+        expected_s,
+        worst_s: worst_wall.saturating_add(w.worst_extra_s),
+    }
+}
+
+/// Expected wall seconds only (what ranking needs; half the work of [`run_of`]).
+fn expected_wall(
+    cfg: &PlanConfig,
+    job: &PlanJob,
+    speed_ppm: i64,
+    interruptible: bool,
+    rate_ppm: i64,
+) -> i64 {
+    let wall = cost::wall_s(job.est_runtime_s, speed_ppm);
+    if !interruptible {
+        return wall;
+    }
+    let restart = i64::from(cfg.restart_overhead_s);
+    let e = cost::exposure(
+        wall,
+        rate_ppm,
+        checkpoint_of(cfg, job),
+        restart,
+        cfg.worst_preempt_pct,
+    );
+    wall.saturating_add(e.expected_extra_s)
+}
+
+/// The job's checkpoint interval in seconds, `None` when it cannot resume.
+fn checkpoint_of(cfg: &PlanConfig, job: &PlanJob) -> Option<i64> {
+    job.checkpoints.then(|| {
         let c = if job.checkpoint_interval_s == 0 {
             cfg.default_checkpoint_interval_s
         } else {
             job.checkpoint_interval_s
         };
         i64::from(c)
-    });
-    let restart = i64::from(cfg.restart_overhead_s);
-    let e = cost::exposure(wall, rate_ppm, ckpt, restart, cfg.worst_preempt_pct);
-    let w = cost::exposure(worst_wall, rate_ppm, ckpt, restart, cfg.worst_preempt_pct);
-    Run {
-        expected_s: wall.saturating_add(e.expected_extra_s),
-        worst_s: worst_wall.saturating_add(w.worst_extra_s),
-    }
+    })
 }
 
 #[derive(Clone, Copy)]
@@ -198,6 +230,8 @@ struct Cand {
     slots: u32,
     price: NanoPerHour,
     rank: i64,
+    /// The offer's id (the tie-break), kept here so sorting does not chase `input.offers`.
+    id: i64,
 }
 
 struct SlotList {
@@ -420,35 +454,35 @@ impl<'a> Planner<'a> {
                 }
                 let disk = g.disk_gb.saturating_mul(slots);
                 let price = price_of(o, None, disk);
-                let run = run_of(cfg, &rep, inf.speed_ppm, false, 0);
-                let rank = cost::charge(price, inf.boot_s + run.expected_s) / i64::from(slots);
+                let wall = expected_wall(cfg, &rep, inf.speed_ppm, false, 0);
+                let rank = cost::charge(price, inf.boot_s + wall) / i64::from(slots);
                 by_key.entry((false, slots)).or_default().push(Cand {
                     offer: oi as u32,
                     slots,
                     price,
                     rank,
+                    id: o.id,
                 });
                 if want_interruptible && let Some(bid) = inf.bid {
                     let price = price_of(o, Some(bid), disk);
-                    let run = run_of(cfg, &rep, inf.speed_ppm, true, inf.rate_ppm);
-                    let rank = cost::charge(price, inf.boot_s + run.expected_s) / i64::from(slots);
+                    let wall = expected_wall(cfg, &rep, inf.speed_ppm, true, inf.rate_ppm);
+                    let rank = cost::charge(price, inf.boot_s + wall) / i64::from(slots);
                     by_key.entry((true, slots)).or_default().push(Cand {
                         offer: oi as u32,
                         slots,
                         price,
                         rank,
+                        id: o.id,
                     });
                 }
             }
             for ((interruptible, slots), mut cands) in by_key {
-                cands
-                    .sort_unstable_by_key(|c| (c.rank, input.offers[c.offer as usize].id, c.offer));
+                cands.sort_unstable_by_key(|c| (c.rank, c.id, c.offer));
                 let mut min_price_from = vec![i64::MAX; cands.len() + 1];
                 let mut min_rate_from = vec![i64::MAX; cands.len() + 1];
                 for (i, c) in cands.iter().enumerate().rev() {
                     let speed = info[c.offer as usize].speed_ppm;
-                    let rate = (c.price as i128 * i128::from(cost::PPM) / i128::from(speed.max(1)))
-                        .min(i128::from(i64::MAX)) as i64;
+                    let rate = cost::mul_div_floor(c.price, cost::PPM, speed);
                     min_price_from[i] = min_price_from[i + 1].min(c.price);
                     min_rate_from[i] = min_rate_from[i + 1].min(rate);
                 }
@@ -738,9 +772,8 @@ impl<'a> Planner<'a> {
                     break;
                 }
                 if let Some(left) = self.budget[exp] {
-                    let at_least = (i128::from(list.min_rate_from[i]) * i128::from(worst_work)
-                        / 3600)
-                        .min(i128::from(i64::MAX)) as i64;
+                    let work = i64::try_from(worst_work).unwrap_or(i64::MAX);
+                    let at_least = cost::mul_div_floor(list.min_rate_from[i], work, 3600);
                     if at_least > left {
                         notes.budget(at_least);
                         break;
