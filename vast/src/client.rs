@@ -176,7 +176,7 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// `attempts` tries with no waiting (for tests).
+    /// `attempts` tries with no waiting (for tests); a `Retry-After` header ends the retries.
     pub fn immediate(attempts: u32) -> Self {
         Self {
             max_attempts: attempts.max(1),
@@ -1049,11 +1049,7 @@ impl VastClient {
             };
             if retryable_status && !last {
                 let wait = match retry_after {
-                    Some(ra)
-                        if Duration::from_secs_f64(ra) > s.retry.max_retry_after && code == 429 =>
-                    {
-                        None
-                    }
+                    Some(ra) if Duration::from_secs_f64(ra) > s.retry.max_retry_after => None,
                     Some(ra) => Some(Duration::from_secs_f64(ra)),
                     None => Some(s.retry.backoff(attempt - 1)),
                 };

@@ -73,6 +73,7 @@ mod url {
 /// A scripted answer.
 struct Resp {
     status: u16,
+    retry_after: Option<&'static str>,
     content_type: &'static str,
     body: String,
     delay: Duration,
@@ -85,6 +86,7 @@ fn ok(v: Value) -> Resp {
 fn status(code: u16, v: Value) -> Resp {
     Resp {
         status: code,
+        retry_after: None,
         content_type: "application/json",
         body: v.to_string(),
         delay: Duration::ZERO,
@@ -94,6 +96,7 @@ fn status(code: u16, v: Value) -> Resp {
 fn text(code: u16, body: &str) -> Resp {
     Resp {
         status: code,
+        retry_after: None,
         content_type: "text/plain",
         body: body.to_string(),
         delay: Duration::ZERO,
@@ -157,11 +160,13 @@ async fn handle(
     if !resp.delay.is_zero() {
         tokio::time::sleep(resp.delay).await;
     }
-    Response::builder()
+    let mut builder = Response::builder()
         .status(resp.status)
-        .header("content-type", resp.content_type)
-        .body(Body::from(resp.body))
-        .unwrap()
+        .header("content-type", resp.content_type);
+    if let Some(ra) = resp.retry_after {
+        builder = builder.header("retry-after", ra);
+    }
+    builder.body(Body::from(resp.body)).unwrap()
 }
 
 async fn fake(responder: impl Fn(&Req, usize) -> Resp + Send + Sync + 'static) -> Fake {
@@ -363,6 +368,46 @@ async fn rate_limit_exhausts_attempts_with_json_detail() {
     }
     assert!(err.is_transient());
     assert_eq!(f.requests().len(), 3);
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured_when_sent_and_too_long_ends_retries() {
+    let f = fake(|r, n| match (r.path.as_str(), n) {
+        ("/api/v0/instances/reboot/1/", 0) => Resp {
+            retry_after: Some("0.05"),
+            ..text(429, "API requests too frequent")
+        },
+        ("/api/v0/instances/reboot/1/", _) => ok(json!({"success": true})),
+        _ => Resp {
+            retry_after: Some("3600"),
+            ..text(503, "maintenance")
+        },
+    })
+    .await;
+    let policy = RetryPolicy {
+        max_retry_after: Duration::from_secs(1),
+        ..RetryPolicy::immediate(3)
+    };
+    let c = VastClient::builder(&f.base, ApiKey::new(KEY))
+        .retry(policy)
+        .pacing(Pacing::none())
+        .build()
+        .unwrap();
+    c.reboot_instance(1).await.unwrap();
+    assert_eq!(f.count("PUT", "/api/v0/instances/reboot/1/"), 2);
+    let err = c.reboot_instance(2).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            VastError::Server {
+                status: 503,
+                attempts: 1,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(f.count("PUT", "/api/v0/instances/reboot/2/"), 1);
 }
 
 #[tokio::test]
