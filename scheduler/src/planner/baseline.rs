@@ -109,8 +109,8 @@ pub fn naive_baseline(input: &PlanInput) -> Plan {
         // Bidding exactly `min_bid` means the offer's full preemption rate.
         let rate = cost::rate_ppm(o.preempt_per_h, cfg.default_preempt_per_h);
         let run = run_of(cfg, j, inf.speed_ppm, interruptible, rate);
-        let expected = cost::charge(price, inf.boot_s + run.expected_s);
-        let worst = cost::charge(price, inf.boot_s + run.worst_s);
+        let expected = cost::charge(price, inf.boot_s.saturating_add(run.expected_s));
+        let worst = cost::charge(price, inf.boot_s.saturating_add(run.worst_s));
         plan.rent.push(Rental {
             offer_id: o.id,
             machine_id: o.machine_id,
@@ -167,7 +167,9 @@ impl Rate {
     }
     /// Real-valued cost of `work` reference seconds, floored.
     fn cost(&self, work: u64) -> Nano {
-        let num = self.price as i128 * work as i128 * PPM as i128;
+        let Some(num) = (self.price.max(0) as i128 * work as i128).checked_mul(PPM as i128) else {
+            return i64::MAX;
+        };
         let den = self.speed_ppm.max(1) as i128 * 3600;
         (num / den).min(i64::MAX as i128) as i64
     }
@@ -258,7 +260,7 @@ pub fn lower_bound(input: &PlanInput) -> LowerBound {
         }
     }
     rows.sort_unstable();
-    out.total = rows.iter().map(|r| r.1).sum();
+    out.total = saturating_sum(rows.iter().map(|r| r.1));
     out.per_job = rows;
     out.infeasible.sort_unstable();
     out

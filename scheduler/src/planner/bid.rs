@@ -95,12 +95,19 @@ pub fn bid_decision(s: &Outbid, cfg: &PlanConfig) -> BidDecision {
     let stay_cost = |bid: NanoPerHour| {
         cost::charge(
             bid.saturating_add(s.storage_dph),
-            remaining + redo_here + restart,
+            remaining.saturating_add(redo_here).saturating_add(restart),
         )
     };
     let move_cost = s.alternative.map(|a| {
-        let wall = cost::mul_div_ceil(remaining + redo_move, PPM, a.relative_speed_ppm.max(1));
-        cost::charge(a.dph, a.boot_s.max(0) + wall + restart)
+        let wall = cost::mul_div_ceil(
+            remaining.saturating_add(redo_move),
+            PPM,
+            a.relative_speed_ppm.max(1),
+        );
+        cost::charge(
+            a.dph,
+            a.boot_s.max(0).saturating_add(wall).saturating_add(restart),
+        )
     });
 
     // A bid only helps if the pause is about price: on-demand renters win regardless of bids.

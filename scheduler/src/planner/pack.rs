@@ -455,7 +455,7 @@ impl<'a> Planner<'a> {
                 let disk = g.disk_gb.saturating_mul(slots);
                 let price = price_of(o, None, disk);
                 let wall = expected_wall(cfg, &rep, inf.speed_ppm, false, 0);
-                let rank = cost::charge(price, inf.boot_s + wall) / i64::from(slots);
+                let rank = cost::charge(price, inf.boot_s.saturating_add(wall)) / i64::from(slots);
                 by_key.entry((false, slots)).or_default().push(Cand {
                     offer: oi as u32,
                     slots,
@@ -466,7 +466,8 @@ impl<'a> Planner<'a> {
                 if want_interruptible && let Some(bid) = inf.bid {
                     let price = price_of(o, Some(bid), disk);
                     let wall = expected_wall(cfg, &rep, inf.speed_ppm, true, inf.rate_ppm);
-                    let rank = cost::charge(price, inf.boot_s + wall) / i64::from(slots);
+                    let rank =
+                        cost::charge(price, inf.boot_s.saturating_add(wall)) / i64::from(slots);
                     by_key.entry((true, slots)).or_default().push(Cand {
                         offer: oi as u32,
                         slots,
@@ -665,7 +666,7 @@ impl<'a> Planner<'a> {
         if exp == b.opener_experiment {
             ext
         } else {
-            ext.saturating_add(cost::charge(share, b.boot_s + run.worst_s))
+            ext.saturating_add(cost::charge(share, b.boot_s.saturating_add(run.worst_s)))
         }
     }
 
@@ -707,7 +708,7 @@ impl<'a> Planner<'a> {
             job_id: job.id,
             gpus: job.gpus,
             expected_runtime_s: run.expected_s,
-            expected_cost: cost::charge(share, b.boot_s + run.expected_s),
+            expected_cost: cost::charge(share, b.boot_s.saturating_add(run.expected_s)),
             reserved: reserve,
         });
         b.max_expected_s = b.max_expected_s.max(run.expected_s);
@@ -795,13 +796,13 @@ impl<'a> Planner<'a> {
                 }
                 let inf = &self.info[c.offer as usize];
                 let run = run_of(cfg, job, inf.speed_ppm, list.interruptible, inf.rate_ppm);
-                let reserve = cost::charge(c.price, inf.boot_s + run.worst_s);
+                let reserve = cost::charge(c.price, inf.boot_s.saturating_add(run.worst_s));
                 if self.budget[exp].is_some_and(|left| reserve > left) {
                     notes.budget(reserve);
                     continue;
                 }
                 good += 1;
-                let total = cost::charge(c.price, inf.boot_s + run.expected_s);
+                let total = cost::charge(c.price, inf.boot_s.saturating_add(run.expected_s));
                 let per_job = cost::mul_div_ceil(total, 1, i64::from(k));
                 let better = best.as_ref().is_none_or(|b| {
                     (per_job, input.offers[c.offer as usize].id)
@@ -846,7 +847,10 @@ impl<'a> Planner<'a> {
                     job_id: job.id,
                     gpus: job.gpus,
                     expected_runtime_s: ch.run.expected_s,
-                    expected_cost: cost::charge(share, inf.boot_s + ch.run.expected_s),
+                    expected_cost: cost::charge(
+                        share,
+                        inf.boot_s.saturating_add(ch.run.expected_s),
+                    ),
                     reserved: ch.reserve,
                 }],
                 expected_cost: 0,

@@ -431,7 +431,7 @@ fn check_plan(inp: &PlanInput, p: &Plan) -> Result<(), TestCaseError> {
         prop_assert!(!inp.blacklist.blocks(o.machine_id, o.host_id, inp.now_ms));
         prop_assert!(r.jobs.iter().map(|j| j.gpus).sum::<u32>() <= o.num_gpus);
         prop_assert!(r.disk_gb <= o.disk_space_gb);
-        prop_assert!(r.worst_case_cost <= r.jobs.iter().map(|j| j.reserved).sum::<Nano>());
+        prop_assert!(r.worst_case_cost <= saturating_sum(r.jobs.iter().map(|j| j.reserved)));
         prop_assert!(r.expected_cost <= r.worst_case_cost);
         if let RentalKind::Interruptible { bid } = r.kind {
             prop_assert!(bid >= o.min_bid.unwrap());
@@ -447,9 +447,11 @@ fn check_plan(inp: &PlanInput, p: &Plan) -> Result<(), TestCaseError> {
                 );
             }
             if let Some(cap) = j.max_dph {
-                prop_assert!(r.dph * i64::from(j.gpus) / i64::from(r.num_gpus) <= cap);
+                let share = i128::from(r.dph) * i128::from(j.gpus) / i128::from(r.num_gpus);
+                prop_assert!(share <= i128::from(cap));
             }
-            *reserved.entry(j.experiment.as_str()).or_default() += pj.reserved;
+            let e = reserved.entry(j.experiment.as_str()).or_default();
+            *e = e.saturating_add(pj.reserved);
         }
     }
     let idle: BTreeMap<i64, &IdleInstance> = inp.idle.iter().map(|i| (i.id, i)).collect();
@@ -461,7 +463,8 @@ fn check_plan(inp: &PlanInput, p: &Plan) -> Result<(), TestCaseError> {
         prop_assert!(!i.interruptible || interruptible_allowed(j, &inp.config));
         *idle_gpus.entry(i.id).or_default() += u.job.gpus;
         prop_assert!(idle_gpus[&i.id] <= i.free_gpus);
-        *reserved.entry(j.experiment.as_str()).or_default() += u.job.reserved;
+        let e = reserved.entry(j.experiment.as_str()).or_default();
+        *e = e.saturating_add(u.job.reserved);
     }
     for (exp, r) in reserved {
         if let Some(b) = inp.budgets.get(exp) {
@@ -471,12 +474,12 @@ fn check_plan(inp: &PlanInput, p: &Plan) -> Result<(), TestCaseError> {
     // Never below the lower bound.
     let lb = lower_bound(inp);
     let placed: BTreeSet<i64> = p.placed_job_ids().into_iter().collect();
-    let lb_placed: Nano = lb
-        .per_job
-        .iter()
-        .filter(|(id, _)| placed.contains(id))
-        .map(|(_, c)| *c)
-        .sum();
+    let lb_placed = saturating_sum(
+        lb.per_job
+            .iter()
+            .filter(|(id, _)| placed.contains(id))
+            .map(|(_, c)| *c),
+    );
     prop_assert!(
         p.expected_cost() >= lb_placed,
         "plan {} below lower bound {}",
@@ -511,6 +514,56 @@ proptest! {
     }
 
     #[test]
+    fn extreme_numbers_neither_panic_nor_break_invariants(
+        est in prop_oneof![Just(0u64), Just(u64::MAX), 0u64..10_000_000],
+        price in prop_oneof![Just(0i64), Just(i64::MAX), 1i64..100_000_000_000],
+        min_bid in prop_oneof![Just(None), Just(Some(i64::MAX)), (1i64..100_000_000_000).prop_map(Some)],
+        storage in prop_oneof![Just(0i64), Just(i64::MAX), 0i64..1_000_000],
+        dlperf in prop_oneof![Just(f64::NAN), Just(0.0), Just(1e-300), Just(1e300), 1.0f64..500.0],
+        gpus in 0u32..9, num_gpus in 0u32..9, disk in prop_oneof![Just(0u32), Just(u32::MAX), 0u32..500],
+        budget in prop_oneof![Just(None), Just(Some(0i64)), Just(Some(i64::MAX)), (0i64..1_000_000_000_000).prop_map(Some)],
+        max_dph in prop_oneof![Just(None), Just(Some(0i64)), Just(Some(i64::MAX))],
+        ckpt in prop_oneof![Just(0u32), Just(u32::MAX), 1u32..10_000],
+        preempt in prop_oneof![Just(f64::NAN), Just(-1.0), Just(1e12), 0.0f64..2.0],
+    ) {
+        let mut o = offer(1, "g", num_gpus, 0, dlperf);
+        o.dph_base = price;
+        o.min_bid = min_bid;
+        o.storage_gb_h = storage;
+        o.disk_space_gb = u32::MAX;
+        o.preempt_per_h = preempt;
+        o.boot_estimate_s = u32::MAX;
+        let mut jobs = Vec::new();
+        for (id, policy) in [(1, InterruptiblePolicy::Always), (2, InterruptiblePolicy::Never)] {
+            let mut j = job(id, 0);
+            j.est_runtime_s = est;
+            j.gpus = gpus;
+            j.disk_gb = disk;
+            j.max_dph = max_dph;
+            j.interruptible = policy;
+            j.checkpoints = true;
+            j.checkpoint_interval_s = ckpt;
+            jobs.push(j);
+        }
+        let mut o2 = o.clone();
+        o2.id = 2;
+        o2.machine_id = 20;
+        let mut inp = input(jobs, vec![o, o2]);
+        if let Some(b) = budget {
+            inp.budgets.insert("exp".into(), b);
+        }
+        inp.idle.push(IdleInstance {
+            id: 5, machine_id: 50, host_id: 500, image: "img".into(), gpu_name: "g".into(),
+            num_gpus, free_gpus: num_gpus, disk_free_gb: disk, dph: price, dlperf,
+            interruptible: true, preempt_per_h: preempt, classes: vec!["c".into()],
+        });
+        let p = plan(&inp);
+        check_plan(&inp, &p)?;
+        let _ = naive_baseline(&inp);
+        let _ = lower_bound(&inp);
+    }
+
+    #[test]
     fn the_baseline_keeps_the_basic_invariants(seed in any::<u64>(), n in 1usize..80) {
         let mut inp = market(seed, small_shape(n));
         inp.budgets.clear();
@@ -528,7 +581,7 @@ proptest! {
         prop_assert!(b.reuse.is_empty());
         let lb = lower_bound(&inp);
         let placed: BTreeSet<i64> = b.placed_job_ids().into_iter().collect();
-        let lb_placed: Nano = lb.per_job.iter().filter(|(id, _)| placed.contains(id)).map(|(_, c)| *c).sum();
+        let lb_placed = saturating_sum(lb.per_job.iter().filter(|(id, _)| placed.contains(id)).map(|(_, c)| *c));
         prop_assert!(b.expected_cost() >= lb_placed);
     }
 

@@ -47,6 +47,12 @@ pub fn nano_from_decimal(dollars: rust_decimal::Decimal) -> Nano {
         })
 }
 
+/// Sums money without overflowing (saturates at the `i64` limits: absurd inputs give absurd
+/// but well-defined totals instead of a panic).
+pub fn saturating_sum(values: impl IntoIterator<Item = Nano>) -> Nano {
+    values.into_iter().fold(0, i64::saturating_add)
+}
+
 /// Formats nano-dollars as dollars with 4 decimals, for messages (never for arithmetic).
 pub fn fmt_dollars(n: Nano) -> String {
     let sign = if n < 0 { "-" } else { "" };
@@ -443,17 +449,21 @@ pub struct Plan {
 impl Plan {
     /// Expected cost of everything planned (rentals whole, plus reused shares).
     pub fn expected_cost(&self) -> Nano {
-        self.rent.iter().map(|r| r.expected_cost).sum::<Nano>()
-            + self.reuse.iter().map(|r| r.job.expected_cost).sum::<Nano>()
+        saturating_sum(
+            (self.rent.iter().map(|r| r.expected_cost))
+                .chain(self.reuse.iter().map(|r| r.job.expected_cost)),
+        )
     }
     /// Worst-case cost of everything planned.
     pub fn worst_case_cost(&self) -> Nano {
-        self.rent.iter().map(|r| r.worst_case_cost).sum::<Nano>()
-            + self.reuse.iter().map(|r| r.job.reserved).sum::<Nano>()
+        saturating_sum(
+            (self.rent.iter().map(|r| r.worst_case_cost))
+                .chain(self.reuse.iter().map(|r| r.job.reserved)),
+        )
     }
     /// Summed hourly price of the new rentals.
     pub fn new_dph(&self) -> NanoPerHour {
-        self.rent.iter().map(|r| r.dph).sum()
+        saturating_sum(self.rent.iter().map(|r| r.dph))
     }
     /// Ids of every placed job (reused or rented), in plan order.
     pub fn placed_job_ids(&self) -> Vec<i64> {
