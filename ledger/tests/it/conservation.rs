@@ -221,3 +221,56 @@ proptest! {
         });
     }
 }
+
+/// The per-second example through the store in 100 ticks of 54.37 s: the sub-nano remainders
+/// are carried, so the stored total is the exact total floored to the nano-dollar
+/// (0.68974386111… → 0.689743861), not 100 separately floored ticks.
+async fn carried_remainders(l: &ledger::Ledger) {
+    let rates = Rates {
+        compute_per_hour: Usd(Decimal::new(4567, 4)),
+        bid_per_hour: None,
+        disk_gb: Decimal::ZERO,
+        storage_per_gb_month: Usd::ZERO,
+        upload_per_gb: Usd::ZERO,
+        download_per_gb: Usd::ZERO,
+    };
+    for k in 0..100 {
+        let input = AccrualInput {
+            instance: "i-carry".into(),
+            owner: Owner {
+                experiment: "exp".into(),
+                user: None,
+            },
+            gpus: 1,
+            rates: rates.clone(),
+            interval: StateInterval::new(k * 54_370, (k + 1) * 54_370, BillingState::Running),
+            jobs: vec![],
+        };
+        l.record_interval(&input, (k + 1) * 54_370).await.unwrap();
+    }
+    let totals = l.instance_totals(&EntryFilter::default()).await.unwrap();
+    assert_eq!(totals.len(), 1);
+    assert_eq!(totals[0].cost.compute, Usd(Decimal::new(689_743_861, 9)));
+    let spent = l
+        .spent(&ledger::BudgetScope::Experiment("exp".into()))
+        .await
+        .unwrap();
+    assert_eq!(spent.to_string(), "$0.69");
+}
+
+#[tokio::test]
+async fn carried_remainders_sqlite() {
+    let (l, _dir, _) = crate::sqlite_ledger().await;
+    carried_remainders(&l).await;
+}
+
+#[tokio::test]
+async fn carried_remainders_postgres() {
+    let Some(pg) = crate::PgDb::create().await else {
+        return;
+    };
+    let l = ledger::Ledger::open(&pg.url).await.unwrap();
+    carried_remainders(&l).await;
+    l.connection().clone().close().await.unwrap();
+    pg.drop_db().await;
+}

@@ -8,7 +8,7 @@ use ledger::{
 };
 use rust_decimal_macros::dec;
 
-use crate::sqlite_ledger;
+use crate::{PgDb, sqlite_ledger};
 
 const MIN: i64 = 60_000;
 
@@ -109,9 +109,24 @@ fn progress() -> Vec<ExperimentProgress> {
 }
 
 #[tokio::test]
-async fn report_matches_the_worked_scenario() {
+async fn report_matches_the_worked_scenario_sqlite() {
     let (l, _dir, _) = sqlite_ledger().await;
-    scenario(&l).await;
+    report_matches_the_worked_scenario(&l).await;
+}
+
+#[tokio::test]
+async fn report_matches_the_worked_scenario_postgres() {
+    let Some(pg) = PgDb::create().await else {
+        return;
+    };
+    let l = Ledger::open(&pg.url).await.unwrap();
+    report_matches_the_worked_scenario(&l).await;
+    l.connection().clone().close().await.unwrap();
+    pg.drop_db().await;
+}
+
+async fn report_matches_the_worked_scenario(l: &Ledger) {
+    scenario(l).await;
     let now = t0() + 100 * MIN;
     let r = l
         .report(&ReportQuery::default(), &progress(), now)
