@@ -142,6 +142,10 @@ pub fn bid_for(
         .map_or(i64::MAX, |c| c.saturating_mul(i64::from(num_gpus.max(1))));
     let cap = cap.min(abs_cap);
     let bid = target.min(cap);
+    // Vast takes bids in whole ticks ($0.001): round up to one, or down when up would pass the cap.
+    let tick = cfg.bid_tick.max(1);
+    let up = mul_div_ceil_fast(bid, 1, tick).saturating_mul(tick);
+    let bid = if up <= cap { up } else { bid / tick * tick };
     (bid >= min_bid).then_some(bid)
 }
 
@@ -206,7 +210,10 @@ mod tests {
 
     #[test]
     fn bid_is_margin_over_min_bid_within_caps() {
-        let cfg = PlanConfig::default();
+        let cfg = PlanConfig {
+            bid_tick: 1,
+            ..PlanConfig::default()
+        };
         assert_eq!(bid_for(Some(100), 1_000, 1, &cfg), Some(110));
         // Capped at 90 % of on-demand.
         assert_eq!(bid_for(Some(850), 1_000, 1, &cfg), Some(900));
@@ -215,10 +222,22 @@ mod tests {
         assert_eq!(bid_for(None, 1_000, 1, &cfg), None);
         let cfg = PlanConfig {
             bid_cap_per_gpu: Some(105),
+            bid_tick: 1,
             ..PlanConfig::default()
         };
         assert_eq!(bid_for(Some(100), 1_000, 1, &cfg), Some(105));
         // The absolute cap is per GPU.
         assert_eq!(bid_for(Some(200), 2_000, 2, &cfg), Some(210));
+        // Default tick: $0.001. $0.123 + 10 % = $0.1353 -> $0.136.
+        let cfg = PlanConfig::default();
+        assert_eq!(
+            bid_for(Some(123_000_000), 1_000_000_000, 1, &cfg),
+            Some(136_000_000)
+        );
+        // Rounding up would pass the 90 % cap ($0.0999): round down instead.
+        assert_eq!(
+            bid_for(Some(95_000_000), 111_000_000, 1, &cfg),
+            Some(99_000_000)
+        );
     }
 }

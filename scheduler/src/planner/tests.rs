@@ -435,6 +435,7 @@ fn check_plan(inp: &PlanInput, p: &Plan) -> Result<(), TestCaseError> {
         prop_assert!(r.expected_cost <= r.worst_case_cost);
         if let RentalKind::Interruptible { bid } = r.kind {
             prop_assert!(bid >= o.min_bid.unwrap());
+            prop_assert_eq!(bid % inp.config.bid_tick, 0);
         }
         for pj in &r.jobs {
             let j = jobs[&pj.job_id];

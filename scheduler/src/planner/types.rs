@@ -219,6 +219,8 @@ pub struct PlanConfig {
     pub bid_cap_pct_of_on_demand: u32,
     /// Never bid above this per GPU of the offer, nano$/h.
     pub bid_cap_per_gpu: Option<NanoPerHour>,
+    /// Bids are whole multiples of this, nano$/h (Vast: $0.001 = 1_000_000).
+    pub bid_tick: NanoPerHour,
     /// New rentals this plan may create (the reconciler passes the headroom left).
     pub max_instances: u32,
     /// Cap on the summed hourly price of the new rentals (headroom left), nano$/h.
@@ -259,6 +261,7 @@ impl Default for PlanConfig {
             margin_preempt_pct: 50,
             bid_cap_pct_of_on_demand: 90,
             bid_cap_per_gpu: None,
+            bid_tick: 1_000_000,
             max_instances: 64,
             max_total_dph: None,
             default_boot_s: 180,
