@@ -30,7 +30,11 @@ pub struct Args {
 
 pub async fn run(args: Args, _ctx: &Context) -> anyhow::Result<()> {
     if args.jobs == 0 || args.jobs > 40 {
-        return Err(UsageError(format!("--jobs must be between 1 and 40, got {}", args.jobs)).into());
+        return Err(UsageError(format!(
+            "--jobs must be between 1 and 40, got {}",
+            args.jobs
+        ))
+        .into());
     }
     let agent = worker_agent::locate_agent_binary().ok_or_else(|| {
         anyhow::anyhow!(
@@ -41,14 +45,18 @@ pub async fn run(args: Args, _ctx: &Context) -> anyhow::Result<()> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis())
         .unwrap_or_default();
-    let home = std::env::temp_dir().join(format!("vasticlaude-demo-{}-{stamp}", std::process::id()));
+    let home =
+        std::env::temp_dir().join(format!("vasticlaude-demo-{}-{stamp}", std::process::id()));
     std::fs::create_dir_all(&home).with_context(|| format!("cannot create {}", home.display()))?;
     let opts = SimRunOptions::fast(home.clone(), args.seed, agent);
     let interactive = std::io::stderr().is_terminal();
     let bar = if interactive {
         let pb = indicatif::ProgressBar::new_spinner();
         pb.enable_steady_tick(Duration::from_millis(120));
-        pb.set_message(format!("demo: {} jobs on the simulated market (seed {})", args.jobs, args.seed));
+        pb.set_message(format!(
+            "demo: {} jobs on the simulated market (seed {})",
+            args.jobs, args.seed
+        ));
         Some(pb)
     } else {
         None
@@ -98,7 +106,11 @@ pub async fn run(args: Args, _ctx: &Context) -> anyhow::Result<()> {
         }))?;
     } else {
         println!();
-        println!("demo finished in {:.1} s (home {})", outcome.wall_s, home.display());
+        println!(
+            "demo finished in {:.1} s (home {})",
+            outcome.wall_s,
+            home.display()
+        );
         println!(
             "jobs: {} succeeded, {} failed, {} queued of {}",
             outcome.jobs_succeeded, outcome.jobs_failed, outcome.jobs_queued, outcome.jobs_total
@@ -112,7 +124,10 @@ pub async fn run(args: Args, _ctx: &Context) -> anyhow::Result<()> {
         println!("cost report");
         for (e, c) in &outcome.costs.per_experiment {
             let lost = outcome.costs.lost.get(e).copied().unwrap_or_default();
-            println!("  experiment {e:<20} ${:.6}  (lost to interruptions ${:.6})", c, lost);
+            println!(
+                "  experiment {e:<20} ${:.6}  (lost to interruptions ${:.6})",
+                c, lost
+            );
         }
         for (i, c) in &outcome.costs.per_instance {
             println!("  instance   {i:<20} ${c:.6}");
@@ -121,11 +136,21 @@ pub async fn run(args: Args, _ctx: &Context) -> anyhow::Result<()> {
             "  total by experiment ${} = total by instance ${}: {}",
             outcome.costs.experiments_total,
             outcome.costs.instances_total,
-            if outcome.per_experiment_sum_equals_per_instance_sum { "exact" } else { "MISMATCH" }
+            if outcome.per_experiment_sum_equals_per_instance_sum {
+                "exact"
+            } else {
+                "MISMATCH"
+            }
         );
-        println!("  the market's own charges: ${:.6}", outcome.market_charged_total);
+        println!(
+            "  the market's own charges: ${:.6}",
+            outcome.market_charged_total
+        );
         println!();
-        println!("outputs, checkpoints and logs: {}", outcome.outputs.display());
+        println!(
+            "outputs, checkpoints and logs: {}",
+            outcome.outputs.display()
+        );
     }
     if !outcome.ok {
         anyhow::bail!(
@@ -133,7 +158,10 @@ pub async fn run(args: Args, _ctx: &Context) -> anyhow::Result<()> {
             outcome.jobs_succeeded,
             outcome.jobs_total,
             outcome.instances_left,
-            outcome.stopped_early.map(|s| format!(" ({s})")).unwrap_or_default()
+            outcome
+                .stopped_early
+                .map(|s| format!(" ({s})"))
+                .unwrap_or_default()
         );
     }
     Ok(())

@@ -35,7 +35,12 @@ pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
         .flatten()
         .flatten()
         .filter_map(|e| {
-            let n: i64 = e.file_name().to_string_lossy().strip_prefix("attempt-")?.parse().ok()?;
+            let n: i64 = e
+                .file_name()
+                .to_string_lossy()
+                .strip_prefix("attempt-")?
+                .parse()
+                .ok()?;
             Some((n, e.path()))
         })
         .max_by_key(|(n, _)| *n);
@@ -46,8 +51,13 @@ pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
             job.state.as_str()
         );
     };
-    let file = dir.join(if args.stderr { "stderr.log" } else { "stdout.log" });
-    let mut f = std::fs::File::open(&file).map_err(|e| anyhow::anyhow!("cannot open {}: {e}", file.display()))?;
+    let file = dir.join(if args.stderr {
+        "stderr.log"
+    } else {
+        "stdout.log"
+    });
+    let mut f = std::fs::File::open(&file)
+        .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", file.display()))?;
     let mut out = std::io::stdout();
     let mut buf = Vec::new();
     f.read_to_end(&mut buf)?;

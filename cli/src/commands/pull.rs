@@ -22,15 +22,24 @@ pub struct Args {
 pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
     let state = super::journal::load(ctx).await?;
     let jobs: Vec<_> = match (&args.job, &args.experiment) {
-        (Some(id), None) => vec![state
-            .world
-            .jobs
-            .get(id)
-            .ok_or_else(|| UsageError(format!("no job {id} in {}", ctx.home.display())))?],
+        (Some(id), None) => vec![
+            state
+                .world
+                .jobs
+                .get(id)
+                .ok_or_else(|| UsageError(format!("no job {id} in {}", ctx.home.display())))?,
+        ],
         (None, Some(e)) => {
-            let v: Vec<_> = state.world.jobs.values().filter(|j| &j.experiment == e).collect();
+            let v: Vec<_> = state
+                .world
+                .jobs
+                .values()
+                .filter(|j| &j.experiment == e)
+                .collect();
             if v.is_empty() {
-                return Err(UsageError(format!("no experiment {e:?} in {}", ctx.home.display())).into());
+                return Err(
+                    UsageError(format!("no experiment {e:?} in {}", ctx.home.display())).into(),
+                );
             }
             v
         }
@@ -56,7 +65,11 @@ pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
             r["job"],
             r["state"].as_str().unwrap_or(""),
             r["folder"].as_str().unwrap_or(""),
-            if r["outputs"].as_bool() == Some(true) { "" } else { "  (no outputs yet)" }
+            if r["outputs"].as_bool() == Some(true) {
+                ""
+            } else {
+                "  (no outputs yet)"
+            }
         );
     }
     Ok(())

@@ -16,11 +16,13 @@ use anyhow::Context as _;
 use rust_decimal::Decimal;
 use scheduler::clock::{SharedClock, SystemClock};
 use scheduler::market::SharedMarket;
-use scheduler::market::sim::SimMarket;
 use scheduler::market::VastMarket;
+use scheduler::market::sim::SimMarket;
 use scheduler::reconcile::engine::{Engine, EngineConfig, write_atomic};
 use scheduler::reconcile::runner::SshKeys;
-use scheduler::reconcile::{AgentRunner, AgentRunnerOptions, DbJournal, JobReq, JobState, JobView, Journal};
+use scheduler::reconcile::{
+    AgentRunner, AgentRunnerOptions, DbJournal, JobReq, JobState, JobView, Journal,
+};
 
 use crate::context::Context;
 use crate::output::UsageError;
@@ -62,10 +64,15 @@ fn convert(j: &scheduler::store::entity::job::Model, experiment: &str) -> JobVie
             gpu_name: None,
             min_gpu_ram_gb: None,
             disk_gb: f64::from(j.disk_gb.unwrap_or(20)),
-            image: j.image.clone().unwrap_or_else(|| "pytorch/pytorch:latest".into()),
+            image: j
+                .image
+                .clone()
+                .unwrap_or_else(|| "pytorch/pytorch:latest".into()),
             max_dph: j.max_dph_nusd.map(scheduler::store::decimal_from_nusd),
-            interruptible: j.interruptible != "never" && (j.interruptible == "always" || j.checkpoint_dir.is_some()),
-            est_runtime_s: u64::try_from(j.est_runtime_ms.unwrap_or(3_600_000) / 1000).unwrap_or(3600),
+            interruptible: j.interruptible != "never"
+                && (j.interruptible == "always" || j.checkpoint_dir.is_some()),
+            est_runtime_s: u64::try_from(j.est_runtime_ms.unwrap_or(3_600_000) / 1000)
+                .unwrap_or(3600),
         },
         failures: 0,
         max_attempts: u32::try_from(j.max_attempts).unwrap_or(3).max(1),
@@ -87,14 +94,19 @@ pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
             Decimal::from_str(s.trim_start_matches('$'))
                 .ok()
                 .filter(|d| *d > Decimal::ZERO)
-                .ok_or_else(|| UsageError(format!("--max-dph must be a positive number of $/h, got {s:?}")))?,
+                .ok_or_else(|| {
+                    UsageError(format!(
+                        "--max-dph must be a positive number of $/h, got {s:?}"
+                    ))
+                })?,
         ),
         None => None,
     };
     if args.max_instances == 0 {
         return Err(UsageError("--max-instances must be at least 1".into()).into());
     }
-    std::fs::create_dir_all(&ctx.home).with_context(|| format!("cannot create {}", ctx.home.display()))?;
+    std::fs::create_dir_all(&ctx.home)
+        .with_context(|| format!("cannot create {}", ctx.home.display()))?;
     let store = scheduler::store::connect(&ctx.effective_database_url()).await?;
     store.migrate().await?;
     let clock: SharedClock = Arc::new(SystemClock);
@@ -114,7 +126,10 @@ pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
             let s = SimMarket::new(vast::sim::Market::new(cfg));
             (Arc::new(s.clone()), Some(s))
         }
-        _ => (Arc::new(VastMarket::new(vast::client::VastClient::from_env()?)), None),
+        _ => (
+            Arc::new(VastMarket::new(vast::client::VastClient::from_env()?)),
+            None,
+        ),
     };
     let runner = AgentRunner::start(
         AgentRunnerOptions {
@@ -139,7 +154,8 @@ pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
         cfg.reconcile.heartbeat_interval_ms = 10_000;
         cfg.reconcile.idle_timeout_ms = 10_000;
     }
-    let journal: Arc<dyn Journal> = Arc::new(DbJournal::open(store.clone(), &workspace(ctx)).await?);
+    let journal: Arc<dyn Journal> =
+        Arc::new(DbJournal::open(store.clone(), &workspace(ctx)).await?);
     let mut engine = Engine::new(cfg, market, runner, journal).await?;
     let fences_path = ctx.home.join("engine").join("store_fences.json");
     let mut fences: BTreeMap<i64, i64> = std::fs::read(&fences_path)
@@ -156,12 +172,17 @@ pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
     let mut reported: std::collections::BTreeSet<i64> = std::collections::BTreeSet::new();
     loop {
         // New work from the queue, claimed under a long lease (the engine owns it now).
-        let claimed = scheduler::queue::claim::claim(&store, 100, &owner, 7 * 24 * 3_600_000, &*clock).await?;
+        let claimed =
+            scheduler::queue::claim::claim(&store, 100, &owner, 7 * 24 * 3_600_000, &*clock)
+                .await?;
         if !claimed.is_empty() {
             let names = experiment_names(&store).await?;
             let mut jobs = Vec::new();
             for c in &claimed {
-                let exp = names.get(&c.job.experiment_id).cloned().unwrap_or_else(|| c.job.experiment_id.to_string());
+                let exp = names
+                    .get(&c.job.experiment_id)
+                    .cloned()
+                    .unwrap_or_else(|| c.job.experiment_id.to_string());
                 fences.insert(c.job.id, c.fence);
                 jobs.push(convert(&c.job, &exp));
             }
@@ -202,7 +223,10 @@ pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
                         &store,
                         j.id,
                         *fence,
-                        scheduler::queue::claim::Completion { exit_code: Some(0), note: None },
+                        scheduler::queue::claim::Completion {
+                            exit_code: Some(0),
+                            note: None,
+                        },
                         &*clock,
                     )
                     .await
@@ -256,13 +280,18 @@ pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
         pb.finish_and_clear();
     }
     if args.teardown {
-        let n = engine.teardown(clock.now_ms()).await.map_err(|e| anyhow::anyhow!(e))?;
+        let n = engine
+            .teardown(clock.now_ms())
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
         eprintln!("destroyed {n} instance(s)");
     }
     Ok(())
 }
 
-async fn experiment_names(store: &scheduler::store::Store) -> anyhow::Result<BTreeMap<i64, String>> {
+async fn experiment_names(
+    store: &scheduler::store::Store,
+) -> anyhow::Result<BTreeMap<i64, String>> {
     Ok(scheduler::queue::list_experiments(store)
         .await?
         .into_iter()
@@ -277,6 +306,12 @@ pub fn workspace(ctx: &Context) -> String {
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| ctx.user.clone())
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { 'x' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                'x'
+            }
+        })
         .collect()
 }

@@ -54,7 +54,10 @@ pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
             ));
         }
         if j.budget_held && j.state == JobState::Queued {
-            attention.push(format!("job {} ({}) is held: the budget of {} is spent", j.id, j.name, j.experiment));
+            attention.push(format!(
+                "job {} ({}) is held: the budget of {} is spent",
+                j.id, j.name, j.experiment
+            ));
         }
     }
     for i in w.instances.values() {
@@ -92,7 +95,10 @@ pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
         }));
     }
     if w.jobs.is_empty() && w.instances.is_empty() {
-        println!("nothing has run yet in {} (queue jobs, then `vasticlaude run`)", ctx.home.display());
+        println!(
+            "nothing has run yet in {} (queue jobs, then `vasticlaude run`)",
+            ctx.home.display()
+        );
         return Ok(());
     }
     println!("experiments");
@@ -104,7 +110,11 @@ pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
             .map(|b| format!(" of ${}", b.limit))
             .unwrap_or_default();
         let states: Vec<String> = states.iter().map(|(s, n)| format!("{n} {s}")).collect();
-        println!("  {e:<24} {:<40} ${}{budget}", states.join(", "), spent.round_dp(4));
+        println!(
+            "  {e:<24} {:<40} ${}{budget}",
+            states.join(", "),
+            spent.round_dp(4)
+        );
     }
     println!("instances");
     if instances.is_empty() {

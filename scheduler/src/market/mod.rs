@@ -47,9 +47,14 @@ pub struct CreateSpec {
 /// How to reach an instance's files and processes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
-    Ssh { host: String, port: u16 },
+    Ssh {
+        host: String,
+        port: u16,
+    },
     /// A simulator instance: a folder on this machine.
-    Local { dir: PathBuf },
+    Local {
+        dir: PathBuf,
+    },
 }
 
 /// One offer search: a Vast query string (`num_gpus>=1 reliability>0.9`) and whether bids
@@ -101,7 +106,10 @@ pub fn offer_obs(o: &vast::types::Offer) -> Option<OfferObs> {
     let f = &o.fields;
     Some(OfferObs {
         offer_id: i64::try_from(f.id).ok()?,
-        machine_id: f.machine_id.and_then(|m| i64::try_from(m).ok()).unwrap_or(0),
+        machine_id: f
+            .machine_id
+            .and_then(|m| i64::try_from(m).ok())
+            .unwrap_or(0),
         num_gpus: f.num_gpus.unwrap_or(1).max(1),
         gpu_name: f.gpu_name.clone().unwrap_or_default(),
         gpu_ram_gb: f.gpu_ram.unwrap_or(0.0) / 1024.0,
@@ -122,7 +130,10 @@ pub fn market_instance(i: &vast::types::Instance) -> MarketInstance {
     MarketInstance {
         vast_id: i64::try_from(f.id).unwrap_or(i64::MAX),
         label: f.label.clone(),
-        machine_id: f.machine_id.and_then(|m| i64::try_from(m).ok()).unwrap_or(0),
+        machine_id: f
+            .machine_id
+            .and_then(|m| i64::try_from(m).ok())
+            .unwrap_or(0),
         actual_status: f.actual_status.clone(),
         intended_status: f.intended_status.clone(),
         cur_state: f.cur_state.clone(),
@@ -188,11 +199,14 @@ impl Market for VastMarket {
         req.limit = Some(q.limit);
         req.storage_gb = q.disk_gb;
         Box::pin(async move {
-            let offers = self
-                .client
-                .search_offers(&req)
-                .await
-                .map_err(|source| MarketError::Vast { op: "search", source })?;
+            let offers =
+                self.client
+                    .search_offers(&req)
+                    .await
+                    .map_err(|source| MarketError::Vast {
+                        op: "search",
+                        source,
+                    })?;
             Ok(offers.iter().filter_map(offer_obs).collect())
         })
     }
@@ -210,7 +224,10 @@ impl Market for VastMarket {
                         new_contract: i64::try_from(new_contract).unwrap_or(i64::MAX),
                     })
                 }
-                Err(source) => Err(MarketError::Vast { op: "create", source }),
+                Err(source) => Err(MarketError::Vast {
+                    op: "create",
+                    source,
+                }),
             }
         })
     }
@@ -232,7 +249,10 @@ impl Market for VastMarket {
             self.client
                 .destroy_and_verify(u64_id(id, "destroy")?)
                 .await
-                .map_err(|source| MarketError::Vast { op: "destroy", source })
+                .map_err(|source| MarketError::Vast {
+                    op: "destroy",
+                    source,
+                })
         })
     }
 
@@ -242,7 +262,10 @@ impl Market for VastMarket {
             self.client
                 .change_bid(u64_id(id, "change bid")?, price)
                 .await
-                .map_err(|source| MarketError::Vast { op: "change bid", source })
+                .map_err(|source| MarketError::Vast {
+                    op: "change bid",
+                    source,
+                })
         })
     }
 

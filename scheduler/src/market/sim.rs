@@ -9,7 +9,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use futures::future::BoxFuture;
 use rust_decimal::Decimal;
 
-use super::{CreateSpec, Endpoint, Market, MarketError, OfferSearch, create_request, market_instance, offer_obs};
+use super::{
+    CreateSpec, Endpoint, Market, MarketError, OfferSearch, create_request, market_instance,
+    offer_obs,
+};
 use crate::clock::EpochMs;
 use crate::reconcile::{MarketInstance, OfferObs, VastId};
 
@@ -57,7 +60,10 @@ impl SimMarket {
         let m = self.lock();
         m.all_instance_ids()
             .into_iter()
-            .filter_map(|i| m.charges(i).map(|c| (i64::try_from(i).unwrap_or(i64::MAX), c.total)))
+            .filter_map(|i| {
+                m.charges(i)
+                    .map(|c| (i64::try_from(i).unwrap_or(i64::MAX), c.total))
+            })
             .collect()
     }
 
@@ -97,7 +103,10 @@ impl Market for SimMarket {
                 op: "search",
                 msg: e.to_string(),
             })?;
-            let found = self.lock().search(&body).map_err(|e| sim_err("search", e))?;
+            let found = self
+                .lock()
+                .search(&body)
+                .map_err(|e| sim_err("search", e))?;
             Ok(found
                 .into_iter()
                 .filter_map(|v| serde_json::from_value::<vast::types::Offer>(v).ok())
@@ -110,10 +119,11 @@ impl Market for SimMarket {
     fn create(&self, spec: &CreateSpec) -> BoxFuture<'_, Result<VastId, MarketError>> {
         let offer_id = spec.offer.offer_id;
         let res = (|| {
-            let body = serde_json::to_value(create_request(spec)).map_err(|e| MarketError::Other {
-                op: "create",
-                msg: e.to_string(),
-            })?;
+            let body =
+                serde_json::to_value(create_request(spec)).map_err(|e| MarketError::Other {
+                    op: "create",
+                    msg: e.to_string(),
+                })?;
             let r = self
                 .lock()
                 .create(id("create", offer_id)?, &body)

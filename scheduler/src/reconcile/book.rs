@@ -67,30 +67,36 @@ impl CostBook {
     /// Start the book of a bought instance.
     pub fn open_instance(&mut self, inst: &InstanceView, vast_id: VastId, now: EpochMs) {
         let o = &inst.offer;
-        self.instances.entry(inst.key).or_insert_with(|| InstanceBook {
-            vast_id,
-            label: inst.label.clone(),
-            experiment: inst.experiment.clone(),
-            gpus: o.gpus.max(1),
-            rates: Rates {
-                compute_per_hour: usd(o.dph_base),
-                bid_per_hour: o.bid.map(usd),
-                disk_gb: Decimal::from_f64_retain(o.disk_gb).unwrap_or_default().round_dp(3),
-                storage_per_gb_month: usd(o.storage_cost),
-                upload_per_gb: Usd::ZERO,
-                download_per_gb: Usd::ZERO,
-            },
-            intervals: Vec::new(),
-            open: Some((BillingState::Created, now)),
-            spans: Vec::new(),
-            open_spans: BTreeMap::new(),
-            closed: false,
-        });
+        self.instances
+            .entry(inst.key)
+            .or_insert_with(|| InstanceBook {
+                vast_id,
+                label: inst.label.clone(),
+                experiment: inst.experiment.clone(),
+                gpus: o.gpus.max(1),
+                rates: Rates {
+                    compute_per_hour: usd(o.dph_base),
+                    bid_per_hour: o.bid.map(usd),
+                    disk_gb: Decimal::from_f64_retain(o.disk_gb)
+                        .unwrap_or_default()
+                        .round_dp(3),
+                    storage_per_gb_month: usd(o.storage_cost),
+                    upload_per_gb: Usd::ZERO,
+                    download_per_gb: Usd::ZERO,
+                },
+                intervals: Vec::new(),
+                open: Some((BillingState::Created, now)),
+                spans: Vec::new(),
+                open_spans: BTreeMap::new(),
+                closed: false,
+            });
     }
 
     /// The listing says the instance is in `state` now.
     pub fn observe(&mut self, key: InstanceKey, state: BillingState, now: EpochMs) {
-        let Some(b) = self.instances.get_mut(&key) else { return };
+        let Some(b) = self.instances.get_mut(&key) else {
+            return;
+        };
         if b.closed {
             return;
         }
@@ -110,15 +116,17 @@ impl CostBook {
     /// price, and the live book continues at the new one.
     pub fn change_bid(&mut self, key: InstanceKey, bid: Decimal, now: EpochMs) {
         let segments = self.instances.keys().filter(|k| **k < 0).count() as i64;
-        let Some(b) = self.instances.get_mut(&key) else { return };
+        let Some(b) = self.instances.get_mut(&key) else {
+            return;
+        };
         if b.closed {
             return;
         }
         let mut old = b.clone();
-        if let Some((s, since)) = old.open.take() {
-            if now > since {
-                old.intervals.push(StateInterval::new(since, now, s));
-            }
+        if let Some((s, since)) = old.open.take()
+            && now > since
+        {
+            old.intervals.push(StateInterval::new(since, now, s));
         }
         for (job, (exp, gpus, since)) in std::mem::take(&mut old.open_spans) {
             if now > since {
@@ -148,14 +156,16 @@ impl CostBook {
 
     /// The instance is gone: nothing more is billed.
     pub fn close_instance(&mut self, key: InstanceKey, now: EpochMs) {
-        let Some(b) = self.instances.get_mut(&key) else { return };
+        let Some(b) = self.instances.get_mut(&key) else {
+            return;
+        };
         if b.closed {
             return;
         }
-        if let Some((s, since)) = b.open.take() {
-            if now > since {
-                b.intervals.push(StateInterval::new(since, now, s));
-            }
+        if let Some((s, since)) = b.open.take()
+            && now > since
+        {
+            b.intervals.push(StateInterval::new(since, now, s));
         }
         let open: Vec<JobId> = b.open_spans.keys().copied().collect();
         for j in open {
@@ -164,9 +174,17 @@ impl CostBook {
         b.closed = true;
     }
 
-    pub fn start_span(&mut self, key: InstanceKey, job: JobId, experiment: &str, gpus: u32, now: EpochMs) {
+    pub fn start_span(
+        &mut self,
+        key: InstanceKey,
+        job: JobId,
+        experiment: &str,
+        gpus: u32,
+        now: EpochMs,
+    ) {
         if let Some(b) = self.instances.get_mut(&key) {
-            b.open_spans.insert(job, (experiment.to_string(), gpus, now));
+            b.open_spans
+                .insert(job, (experiment.to_string(), gpus, now));
         }
     }
 
@@ -181,10 +199,10 @@ impl CostBook {
         let mut s = CostSummary::default();
         for b in self.instances.values() {
             let mut intervals = b.intervals.clone();
-            if let Some((st, since)) = b.open {
-                if now > since {
-                    intervals.push(StateInterval::new(since, now, st));
-                }
+            if let Some((st, since)) = b.open
+                && now > since
+            {
+                intervals.push(StateInterval::new(since, now, st));
             }
             let mut spans = b.spans.clone();
             for (job, (exp, gpus, since)) in &b.open_spans {
@@ -206,7 +224,9 @@ impl CostBook {
             };
             let mut inst_total = Decimal::ZERO;
             for iv in &intervals {
-                let Ok(cost) = ledger::accrue_interval(&b.rates, iv) else { continue };
+                let Ok(cost) = ledger::accrue_interval(&b.rates, iv) else {
+                    continue;
+                };
                 inst_total += cost.total().0;
                 let clipped: Vec<JobSpan> = spans
                     .iter()
@@ -228,7 +248,8 @@ impl CostBook {
                         }
                     }
                     Err(_) => {
-                        *s.per_experiment.entry(b.experiment.clone()).or_default() += cost.total().0;
+                        *s.per_experiment.entry(b.experiment.clone()).or_default() +=
+                            cost.total().0;
                     }
                 }
             }
@@ -241,17 +262,17 @@ impl CostBook {
 }
 
 fn end_span(b: &mut InstanceBook, job: JobId, reason: Reason, now: EpochMs) {
-    if let Some((exp, gpus, since)) = b.open_spans.remove(&job) {
-        if now > since {
-            b.spans.push(JobSpan {
-                job: job.to_string(),
-                experiment: exp,
-                user: None,
-                gpus,
-                start_ms: since,
-                end_ms: now,
-                reason,
-            });
-        }
+    if let Some((exp, gpus, since)) = b.open_spans.remove(&job)
+        && now > since
+    {
+        b.spans.push(JobSpan {
+            job: job.to_string(),
+            experiment: exp,
+            user: None,
+            gpus,
+            start_ms: since,
+            end_ms: now,
+            reason,
+        });
     }
 }

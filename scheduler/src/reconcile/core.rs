@@ -112,7 +112,11 @@ pub enum Health {
 /// Read Vast's `actual_status` / `intended_status` / `status_msg` (vast-api.md §4.5–4.6).
 /// Unknown values are treated as still provisioning, as Vast adds states without notice.
 pub fn classify(m: &MarketInstance) -> Health {
-    let actual = m.actual_status.as_deref().unwrap_or("").to_ascii_lowercase();
+    let actual = m
+        .actual_status
+        .as_deref()
+        .unwrap_or("")
+        .to_ascii_lowercase();
     let msg = m.status_msg.as_deref().unwrap_or("").to_ascii_lowercase();
     let oci = msg.contains("oci runtime") || msg.contains("oci error");
     match actual.as_str() {
@@ -122,7 +126,11 @@ pub fn classify(m: &MarketInstance) -> Health {
         "exited" | "unknown" | "offline" => Health::Failed(format!(
             "instance {} is {actual}{}",
             m.vast_id,
-            if msg.is_empty() { String::new() } else { format!(": {msg}") }
+            if msg.is_empty() {
+                String::new()
+            } else {
+                format!(": {msg}")
+            }
         )),
         "destroyed" => Health::Gone,
         _ if oci => Health::Failed(format!("instance {} failed to start: {msg}", m.vast_id)),
@@ -178,9 +186,14 @@ pub fn outbid_decision(s: &OutbidSituation, cfg: &ReconcileConfig) -> (BidMove, 
         ..crate::planner::PlanConfig::default()
     };
     let o = &s.offer;
-    let storage_dph = Decimal::from_f64_retain(o.disk_gb).unwrap_or_default() * o.storage_cost / Decimal::from(720);
+    let storage_dph = Decimal::from_f64_retain(o.disk_gb).unwrap_or_default() * o.storage_cost
+        / Decimal::from(720);
     let our_bid = o.bid.unwrap_or(o.dph_base);
-    let on_demand = if o.dph_base > Decimal::ZERO { o.dph_base } else { o.dph };
+    let on_demand = if o.dph_base > Decimal::ZERO {
+        o.dph_base
+    } else {
+        o.dph
+    };
     let input = crate::planner::Outbid {
         now_ms: s.now_ms,
         paused_since_ms: s.paused_since_ms,
@@ -194,15 +207,17 @@ pub fn outbid_decision(s: &OutbidSituation, cfg: &ReconcileConfig) -> (BidMove, 
         done_s: 0,
         local_checkpoint_age_s: s.local_checkpoint_age_s.max(0),
         pulled_checkpoint_age_s: s.pulled_checkpoint_age_s.map(|a| a.max(0)),
-        alternative: s.alternative.map(|(price, dlperf)| crate::planner::Alternative {
-            dph: nano(price),
-            boot_s: 120,
-            relative_speed_ppm: if o.dlperf > 0.0 && dlperf > 0.0 {
-                (dlperf / o.dlperf * 1e6) as i64
-            } else {
-                1_000_000
-            },
-        }),
+        alternative: s
+            .alternative
+            .map(|(price, dlperf)| crate::planner::Alternative {
+                dph: nano(price),
+                boot_s: 120,
+                relative_speed_ppm: if o.dlperf > 0.0 && dlperf > 0.0 {
+                    (dlperf / o.dlperf * 1e6) as i64
+                } else {
+                    1_000_000
+                },
+            }),
     };
     let d = crate::planner::bid_decision(&input, &pc);
     let mv = match d.action {
@@ -329,7 +344,9 @@ impl Pass<'_> {
             if seen.contains(&key) {
                 continue;
             }
-            let Some(inst) = self.inst(key).cloned() else { continue };
+            let Some(inst) = self.inst(key).cloned() else {
+                continue;
+            };
             match (inst.state, inst.vast_id) {
                 (InstState::Gone, _) => {}
                 (InstState::Destroying | InstState::Failed, _) => {
@@ -367,7 +384,9 @@ impl Pass<'_> {
     }
 
     fn observe_instance(&mut self, key: InstanceKey, m: &MarketInstance) {
-        let Some(inst) = self.inst(key).cloned() else { return };
+        let Some(inst) = self.inst(key).cloned() else {
+            return;
+        };
         let health = classify(m);
         let now = self.now;
         match inst.state {
@@ -518,7 +537,9 @@ impl Pass<'_> {
                 reason: Some(reason),
             });
         }
-        let Some(inst) = self.inst(key).cloned() else { return };
+        let Some(inst) = self.inst(key).cloned() else {
+            return;
+        };
         let held: Vec<&JobView> = self.w.jobs_on(key).collect();
         if held.is_empty() {
             self.emit(Action::Destroy {
@@ -541,7 +562,11 @@ impl Pass<'_> {
             .filter_map(|j| age(j.checkpoint_reported_ms))
             .max()
             .unwrap_or(remaining_s);
-        let pulled_age = held.iter().map(|j| age(j.checkpoint_pulled_ms)).max().flatten();
+        let pulled_age = held
+            .iter()
+            .map(|j| age(j.checkpoint_pulled_ms))
+            .max()
+            .flatten();
         let class: Vec<JobView> = held.iter().map(|j| (*j).clone()).collect();
         let alternative = self
             .best_offer(&class, &self.offers)
@@ -583,7 +608,9 @@ impl Pass<'_> {
         let mut hbs: Vec<&HeartbeatObs> = hbs.iter().collect();
         hbs.sort_by_key(|h| (h.job, h.seq));
         for hb in hbs {
-            let Some(j) = self.w.jobs.get(&hb.job) else { continue };
+            let Some(j) = self.w.jobs.get(&hb.job) else {
+                continue;
+            };
             let Some(a) = &j.attempt else { continue };
             if a.token != hb.token || (hb.seq <= a.last_seq && a.phase.is_some()) {
                 continue;
@@ -646,10 +673,7 @@ impl Pass<'_> {
                         2 * self.cfg.heartbeat_interval_ms
                     };
                     if inst_up && self.now - last > limit {
-                        let reason = format!(
-                            "no heartbeat for {} s",
-                            (self.now - last) / 1000
-                        );
+                        let reason = format!("no heartbeat for {} s", (self.now - last) / 1000);
                         self.emit(Action::StopAttempt {
                             job: j.id,
                             key,
@@ -728,19 +752,19 @@ impl Pass<'_> {
             let key = j.instance.unwrap_or_default();
             touched.insert(key);
             let up = self.inst(key).is_some_and(|i| i.state == InstState::Up);
-            if let Some(a) = &j.attempt {
-                if up {
-                    self.emit(Action::Pull {
-                        job: j.id,
-                        key,
-                        kind: PullKind::Checkpoint,
-                    });
-                    self.emit(Action::StopAttempt {
-                        job: j.id,
-                        key,
-                        token: a.token,
-                    });
-                }
+            if let Some(a) = &j.attempt
+                && up
+            {
+                self.emit(Action::Pull {
+                    job: j.id,
+                    key,
+                    kind: PullKind::Checkpoint,
+                });
+                self.emit(Action::StopAttempt {
+                    job: j.id,
+                    key,
+                    token: a.token,
+                });
             }
             self.emit(Action::EndAttempt {
                 job: j.id,
@@ -783,7 +807,10 @@ impl Pass<'_> {
             .jobs
             .values()
             .filter(|j| j.state == JobState::Placed)
-            .filter_map(|j| j.instance.map(|k| (j.id, k, j.checkpoint_pulled_ms.is_some())))
+            .filter_map(|j| {
+                j.instance
+                    .map(|k| (j.id, k, j.checkpoint_pulled_ms.is_some()))
+            })
             .collect();
         for (job, key, resume) in placed {
             if self.inst(key).is_some_and(|i| i.state == InstState::Up) {
@@ -926,10 +953,10 @@ impl Pass<'_> {
                     .into_iter()
                     .filter(|j| self.budget_allows(j, Decimal::ZERO, spend))
                     .collect();
-                if let Some(max) = self.cfg.max_total_dph {
-                    if self.total_dph() + price > max {
-                        break;
-                    }
+                if let Some(max) = self.cfg.max_total_dph
+                    && self.total_dph() + price > max
+                {
+                    break;
                 }
                 let key = self.w.next_instance_key();
                 let label = instance_label(&self.w.workspace, key);
@@ -993,7 +1020,10 @@ impl Pass<'_> {
                 || o.reliability < self.cfg.min_reliability
                 || o.num_gpus < j.req.gpus
                 || o.disk_space_gb < j.disk_gb()
-                || j.req.gpu_name.as_deref().is_some_and(|g| !gpu_matches(g, &o.gpu_name))
+                || j.req
+                    .gpu_name
+                    .as_deref()
+                    .is_some_and(|g| !gpu_matches(g, &o.gpu_name))
                 || j.req.min_gpu_ram_gb.is_some_and(|r| o.gpu_ram_gb < r)
             {
                 continue;
@@ -1098,8 +1128,7 @@ fn fits_instance(j: &JobView, inst: &InstanceView) -> bool {
     inst.offer.image == j.req.image
         && inst.offer.disk_gb >= j.disk_gb()
         && (j.req.interruptible || inst.offer.bid.is_none())
-        && j
-            .req
+        && j.req
             .gpu_name
             .as_deref()
             .is_none_or(|g| gpu_matches(g, &inst.offer.gpu_name))
@@ -1113,9 +1142,7 @@ fn share_price(inst: &InstanceView, gpus: u32) -> Decimal {
 fn hours(est_runtime_s: u64, dlperf: f64) -> Decimal {
     let speed = if dlperf > 0.0 { dlperf / 100.0 } else { 1.0 };
     let h = est_runtime_s as f64 / 3600.0 / speed;
-    Decimal::from_f64_retain(h)
-        .unwrap_or_default()
-        .round_dp(6)
+    Decimal::from_f64_retain(h).unwrap_or_default().round_dp(6)
 }
 
 fn same_class(a: &JobView, b: &JobView) -> bool {
@@ -1150,8 +1177,7 @@ pub fn reconcile(
     p.place(&obs.offers, &obs.spend);
     p.start_placed();
     p.idle();
-    if p
-        .w
+    if p.w
         .last_accrual_ms
         .is_none_or(|t| now - t >= cfg.accrual_interval_ms)
     {

@@ -101,10 +101,12 @@ impl FileJournal {
     /// Read the journal now (for commands that only look).
     pub fn read(&self) -> Result<Option<EngineState>, JournalError> {
         match std::fs::read(&self.path) {
-            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| JournalError::Read {
-                path: self.path.clone(),
-                msg: e.to_string(),
-            }),
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| JournalError::Read {
+                    path: self.path.clone(),
+                    msg: e.to_string(),
+                }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(JournalError::Read {
                 path: self.path.clone(),
@@ -231,9 +233,19 @@ fn exp_dir(home: &Path, exp: &str) -> PathBuf {
 pub fn sanitize(s: &str) -> String {
     let t: String = s
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
-    if t.is_empty() || t.starts_with('.') { format!("_{t}") } else { t }
+    if t.is_empty() || t.starts_with('.') {
+        format!("_{t}")
+    } else {
+        t
+    }
 }
 
 /// `$VASTICLAUDE_HOME/experiments/<experiment>/jobs/<job>/`.
@@ -299,7 +311,12 @@ impl Engine {
         self.save().await
     }
 
-    pub async fn set_budget(&mut self, experiment: &str, limit: Decimal, warn_fraction: Decimal) -> Result<(), JournalError> {
+    pub async fn set_budget(
+        &mut self,
+        experiment: &str,
+        limit: Decimal,
+        warn_fraction: Decimal,
+    ) -> Result<(), JournalError> {
         let b = self
             .state
             .world
@@ -329,7 +346,12 @@ impl Engine {
         });
     }
 
-    async fn record(&mut self, action: &Action, outcome: &Outcome, now: EpochMs) -> Result<(), JournalError> {
+    async fn record(
+        &mut self,
+        action: &Action,
+        outcome: &Outcome,
+        now: EpochMs,
+    ) -> Result<(), JournalError> {
         apply(&mut self.state.world, action, outcome, now);
         self.save().await
     }
@@ -413,8 +435,12 @@ impl Engine {
         let mut out = Vec::new();
         for j in self.state.world.jobs.values() {
             let Some(a) = &j.attempt else { continue };
-            let Some(vast_id) = self.endpoint_of(a.instance) else { continue };
-            let Ok(Some(ep)) = self.market.endpoint(vast_id).await else { continue };
+            let Some(vast_id) = self.endpoint_of(a.instance) else {
+                continue;
+            };
+            let Ok(Some(ep)) = self.market.endpoint(vast_id).await else {
+                continue;
+            };
             out.push(ActiveAttempt {
                 job: j.id,
                 attempt_id: a.id,
@@ -449,14 +475,16 @@ impl Engine {
 
     fn book_observe(&mut self, obs: &Observations, now: EpochMs) {
         let Some(listing) = &obs.market else { return };
-        let by_id: BTreeMap<VastId, &MarketInstance> = listing.iter().map(|m| (m.vast_id, m)).collect();
+        let by_id: BTreeMap<VastId, &MarketInstance> =
+            listing.iter().map(|m| (m.vast_id, m)).collect();
         for inst in self.state.world.instances.values() {
             let Some(v) = inst.vast_id else { continue };
             match by_id.get(&v) {
-                Some(m) => self
-                    .state
-                    .book
-                    .observe(inst.key, billing_state(m.actual_status.as_deref()), now),
+                Some(m) => self.state.book.observe(
+                    inst.key,
+                    billing_state(m.actual_status.as_deref()),
+                    now,
+                ),
                 None if inst.state == InstState::Destroying || inst.state == InstState::Gone => {
                     self.state.book.close_instance(inst.key, now)
                 }
@@ -470,7 +498,9 @@ impl Engine {
     async fn execute(&mut self, a: &Action, now: EpochMs) -> Result<(), String> {
         let j = |e: JournalError| e.to_string();
         match a {
-            Action::Provision { key, label, offer, .. } => {
+            Action::Provision {
+                key, label, offer, ..
+            } => {
                 // Journal first: after a crash the label tells us this purchase is ours.
                 self.record(a, &Outcome::Planned, now).await.map_err(j)?;
                 let spec = CreateSpec {
@@ -481,7 +511,9 @@ impl Engine {
                 match self.market.create(&spec).await {
                     Ok(vast_id) => {
                         self.stats.purchases += 1;
-                        self.record(a, &Outcome::Provisioned { vast_id }, now).await.map_err(j)?;
+                        self.record(a, &Outcome::Provisioned { vast_id }, now)
+                            .await
+                            .map_err(j)?;
                         if let Some(inst) = self.state.world.instances.get(key).cloned() {
                             self.state.book.open_instance(&inst, vast_id, now);
                         }
@@ -501,19 +533,31 @@ impl Engine {
                     Err(MarketError::BidTooLow { new_contract, .. }) => {
                         // Vast left a stopped contract: adopt it so the next pass destroys it.
                         self.stats.purchase_failures += 1;
-                        self.record(a, &Outcome::Provisioned { vast_id: new_contract }, now).await
-                            .map_err(j)?;
+                        self.record(
+                            a,
+                            &Outcome::Provisioned {
+                                vast_id: new_contract,
+                            },
+                            now,
+                        )
+                        .await
+                        .map_err(j)?;
                         let mark = Action::MarkInstance {
                             key: *key,
                             state: InstState::Failed,
                             reason: Some("bid too low at purchase".into()),
                         };
                         self.record(&mark, &Outcome::Done, now).await.map_err(j)?;
-                        Err(format!("purchase of offer {} failed: bid too low", offer.offer_id))
+                        Err(format!(
+                            "purchase of offer {} failed: bid too low",
+                            offer.offer_id
+                        ))
                     }
                     Err(e) => {
                         self.stats.purchase_failures += 1;
-                        self.record(a, &Outcome::Failed(e.to_string()), now).await.map_err(j)?;
+                        self.record(a, &Outcome::Failed(e.to_string()), now)
+                            .await
+                            .map_err(j)?;
                         // Do not try that offer again in this offer cache.
                         self.offers.retain(|o| o.offer_id != offer.offer_id);
                         Err(format!("purchase of offer {} failed: {e}", offer.offer_id))
@@ -522,17 +566,27 @@ impl Engine {
             }
             Action::DestroyOrphan { vast_id, label } => {
                 self.stats.orphans_destroyed += 1;
-                if let Some(key) = parse_label(&self.state.world.workspace, label) {
-                    if self.state.world.instances.get(&key).and_then(|i| i.vast_id) == Some(*vast_id) {
-                        self.state.book.close_instance(key, now);
-                    }
+                if let Some(key) = parse_label(&self.state.world.workspace, label)
+                    && self.state.world.instances.get(&key).and_then(|i| i.vast_id)
+                        == Some(*vast_id)
+                {
+                    self.state.book.close_instance(key, now);
                 }
-                self.event(now, "orphan", format!("destroying {label} (Vast {vast_id}): not in our journal"));
-                self.market.destroy(*vast_id).await.map_err(|e| e.to_string())
+                self.event(
+                    now,
+                    "orphan",
+                    format!("destroying {label} (Vast {vast_id}): not in our journal"),
+                );
+                self.market
+                    .destroy(*vast_id)
+                    .await
+                    .map_err(|e| e.to_string())
             }
             Action::MarkInstance { key, state, reason } => {
                 let before = self.state.world.instances.get(key).map(|i| i.state);
-                if *state == InstState::Failed && matches!(before, Some(InstState::Requested | InstState::Booting)) {
+                if *state == InstState::Failed
+                    && matches!(before, Some(InstState::Requested | InstState::Booting))
+                {
                     self.stats.boot_failures += 1;
                 }
                 if *state == InstState::Paused {
@@ -542,38 +596,67 @@ impl Engine {
                     self.state.book.close_instance(*key, now);
                 }
                 self.record(a, &Outcome::Done, now).await.map_err(j)?;
-                let label = self.state.world.instances.get(key).map(|i| i.label.clone()).unwrap_or_default();
+                let label = self
+                    .state
+                    .world
+                    .instances
+                    .get(key)
+                    .map(|i| i.label.clone())
+                    .unwrap_or_default();
                 self.event(
                     now,
                     "instance",
-                    format!("{label} → {}{}", state.as_str(), reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default()),
+                    format!(
+                        "{label} → {}{}",
+                        state.as_str(),
+                        reason
+                            .as_ref()
+                            .map(|r| format!(": {r}"))
+                            .unwrap_or_default()
+                    ),
                 );
                 Ok(())
             }
             Action::Setup { key } => {
                 let res = match self.endpoint(*key).await {
-                    Ok(ep) => self.runner.setup(*key, &ep).await.map_err(|e| e.to_string()),
+                    Ok(ep) => self
+                        .runner
+                        .setup(*key, &ep)
+                        .await
+                        .map_err(|e| e.to_string()),
                     Err(e) => Err(e),
                 };
                 match res {
                     Ok(()) => self.record(a, &Outcome::Done, now).await.map_err(j),
                     Err(e) => {
-                        self.record(a, &Outcome::Failed(e.clone()), now).await.map_err(j)?;
+                        self.record(a, &Outcome::Failed(e.clone()), now)
+                            .await
+                            .map_err(j)?;
                         Err(format!("setup of instance {key} failed: {e}"))
                     }
                 }
             }
-            Action::ChangeBid { key, vast_id, bid } => match self.market.change_bid(*vast_id, *bid).await {
-                Ok(()) => {
-                    self.stats.bid_raises += 1;
-                    self.state.book.change_bid(*key, *bid, now);
-                    self.record(a, &Outcome::Done, now).await.map_err(j)?;
-                    self.event(now, "bid", format!("raised the bid of Vast {vast_id} to ${bid}/h"));
-                    Ok(())
+            Action::ChangeBid { key, vast_id, bid } => {
+                match self.market.change_bid(*vast_id, *bid).await {
+                    Ok(()) => {
+                        self.stats.bid_raises += 1;
+                        self.state.book.change_bid(*key, *bid, now);
+                        self.record(a, &Outcome::Done, now).await.map_err(j)?;
+                        self.event(
+                            now,
+                            "bid",
+                            format!("raised the bid of Vast {vast_id} to ${bid}/h"),
+                        );
+                        Ok(())
+                    }
+                    Err(e) => Err(format!("change bid of {vast_id}: {e}")),
                 }
-                Err(e) => Err(format!("change bid of {vast_id}: {e}")),
-            },
-            Action::Destroy { key, vast_id, reason } => {
+            }
+            Action::Destroy {
+                key,
+                vast_id,
+                reason,
+            } => {
                 let Some(id) = vast_id else {
                     return self.record(a, &Outcome::Done, now).await.map_err(j);
                 };
@@ -583,16 +666,30 @@ impl Engine {
                         // Billing stops at the (verified) destroy.
                         self.state.book.close_instance(*key, now);
                         self.record(a, &Outcome::Done, now).await.map_err(j)?;
-                        let label = self.state.world.instances.get(key).map(|i| i.label.clone()).unwrap_or_default();
-                        self.event(now, "destroy", format!("destroyed {label} (Vast {id}): {reason}"));
+                        let label = self
+                            .state
+                            .world
+                            .instances
+                            .get(key)
+                            .map(|i| i.label.clone())
+                            .unwrap_or_default();
+                        self.event(
+                            now,
+                            "destroy",
+                            format!("destroyed {label} (Vast {id}): {reason}"),
+                        );
                         Ok(())
                     }
                     Err(e) => Err(format!("destroy of {id} failed: {e}")),
                 }
             }
-            Action::StartAttempt { job, key, resume } => self.start_attempt(a, *job, *key, *resume, now).await,
+            Action::StartAttempt { job, key, resume } => {
+                self.start_attempt(a, *job, *key, *resume, now).await
+            }
             Action::Pull { job, key, kind } => {
-                let Some(jv) = self.state.world.jobs.get(job).cloned() else { return Ok(()) };
+                let Some(jv) = self.state.world.jobs.get(job).cloned() else {
+                    return Ok(());
+                };
                 let dest = job_dir(&self.cfg.home, &jv.experiment, *job);
                 let attempt = jv.attempt.as_ref().map(|x| x.id);
                 let res = match self.endpoint(*key).await {
@@ -611,7 +708,9 @@ impl Engine {
                         self.record(a, &Outcome::Done, now).await.map_err(j)
                     }
                     Err(e) => {
-                        self.record(a, &Outcome::Failed(e.clone()), now).await.map_err(j)?;
+                        self.record(a, &Outcome::Failed(e.clone()), now)
+                            .await
+                            .map_err(j)?;
                         Err(format!("pull of job {job} failed: {e}"))
                     }
                 }
@@ -633,7 +732,9 @@ impl Engine {
                     let reason = match end {
                         AttemptEnd::Succeeded => Reason::Work,
                         AttemptEnd::Failed { .. } => Reason::LostFailure,
-                        AttemptEnd::Interrupted { .. } | AttemptEnd::BudgetStopped => Reason::LostPreemption,
+                        AttemptEnd::Interrupted { .. } | AttemptEnd::BudgetStopped => {
+                            Reason::LostPreemption
+                        }
                     };
                     self.state.book.end_span(att.instance, *job, reason, now);
                 }
@@ -655,19 +756,39 @@ impl Engine {
                             after.id,
                             after.name,
                             after.state.as_str(),
-                            after.reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default()
+                            after
+                                .reason
+                                .as_ref()
+                                .map(|r| format!(": {r}"))
+                                .unwrap_or_default()
                         ),
                     );
                 }
                 self.write_job_status(*job);
                 Ok(())
             }
-            Action::BudgetWarn { experiment, spent, limit } => {
+            Action::BudgetWarn {
+                experiment,
+                spent,
+                limit,
+            } => {
                 self.record(a, &Outcome::Done, now).await.map_err(j)?;
-                self.event(now, "budget", format!("{experiment} has spent ${} of its ${} budget", spent.round_dp(4), limit));
+                self.event(
+                    now,
+                    "budget",
+                    format!(
+                        "{experiment} has spent ${} of its ${} budget",
+                        spent.round_dp(4),
+                        limit
+                    ),
+                );
                 Ok(())
             }
-            Action::BudgetHardStop { experiment, spent, limit } => {
+            Action::BudgetHardStop {
+                experiment,
+                spent,
+                limit,
+            } => {
                 self.record(a, &Outcome::Done, now).await.map_err(j)?;
                 self.event(
                     now,
@@ -701,23 +822,38 @@ impl Engine {
         resume: bool,
         now: EpochMs,
     ) -> Result<(), String> {
-        let Some(jv) = self.state.world.jobs.get(&job).cloned() else { return Ok(()) };
+        let Some(jv) = self.state.world.jobs.get(&job).cloned() else {
+            return Ok(());
+        };
         let ep = match self.endpoint(key).await {
             Ok(ep) => ep,
             Err(e) => {
-                self.record(a, &Outcome::Failed(e.clone()), now).await.map_err(|e| e.to_string())?;
+                self.record(a, &Outcome::Failed(e.clone()), now)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 return Err(e);
             }
         };
         // GPUs on the instance not used by other jobs.
-        let inst_gpus = self.state.world.instances.get(&key).map(|i| i.offer.gpus).unwrap_or(1);
+        let inst_gpus = self
+            .state
+            .world
+            .instances
+            .get(&key)
+            .map(|i| i.offer.gpus)
+            .unwrap_or(1);
         let used: Vec<u32> = self
             .state
             .world
             .jobs
             .values()
             .filter(|o| o.id != job && o.instance == Some(key) && o.attempt.is_some())
-            .flat_map(|o| o.attempt.as_ref().map(|x| x.gpus.clone()).unwrap_or_default())
+            .flat_map(|o| {
+                o.attempt
+                    .as_ref()
+                    .map(|x| x.gpus.clone())
+                    .unwrap_or_default()
+            })
             .collect();
         let gpus: Vec<u32> = (0..inst_gpus)
             .filter(|g| !used.contains(g))
@@ -726,7 +862,8 @@ impl Engine {
         self.state.world.attempt_seq += 1;
         let attempt_id = self.state.world.attempt_seq;
         self.save().await.map_err(|e| e.to_string())?;
-        let resume_from = resume.then(|| job_dir(&self.cfg.home, &jv.experiment, job).join("checkpoints"));
+        let resume_from =
+            resume.then(|| job_dir(&self.cfg.home, &jv.experiment, job).join("checkpoints"));
         let req = StartRequest {
             job: jv.clone(),
             attempt_id,
@@ -749,29 +886,50 @@ impl Engine {
                         token: attempt_id,
                     },
                     now,
-                ).await
+                )
+                .await
                 .map_err(|e| e.to_string())?;
-                if let Some(att) = self.state.world.jobs.get_mut(&job).and_then(|j| j.attempt.as_mut()) {
+                if let Some(att) = self
+                    .state
+                    .world
+                    .jobs
+                    .get_mut(&job)
+                    .and_then(|j| j.attempt.as_mut())
+                {
                     att.token_hash = Some(hash);
                     att.gpus = gpus.clone();
                 }
-                self.state.book.start_span(key, job, &jv.experiment, jv.req.gpus, now);
+                self.state
+                    .book
+                    .start_span(key, job, &jv.experiment, jv.req.gpus, now);
                 self.save().await.map_err(|e| e.to_string())?;
-                let label = self.state.world.instances.get(&key).map(|i| i.label.clone()).unwrap_or_default();
+                let label = self
+                    .state
+                    .world
+                    .instances
+                    .get(&key)
+                    .map(|i| i.label.clone())
+                    .unwrap_or_default();
                 self.event(
                     now,
                     "start",
                     format!(
                         "job {job} ({}) attempt {attempt_id} on {label}{}",
                         jv.name,
-                        if resume { ", resuming from its checkpoint" } else { "" }
+                        if resume {
+                            ", resuming from its checkpoint"
+                        } else {
+                            ""
+                        }
                     ),
                 );
                 self.write_job_status(job);
                 Ok(())
             }
             Err(e) => {
-                self.record(a, &Outcome::Failed(e.to_string()), now).await.map_err(|e| e.to_string())?;
+                self.record(a, &Outcome::Failed(e.to_string()), now)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 Err(format!("start of job {job} failed: {e}"))
             }
         }
@@ -780,20 +938,32 @@ impl Engine {
     fn experiment_report(&self, experiment: &str, now: EpochMs) -> ExperimentReport {
         let costs = self.state.book.summary(now);
         let mut jobs: BTreeMap<String, usize> = BTreeMap::new();
-        for j in self.state.world.jobs.values().filter(|j| j.experiment == experiment) {
+        for j in self
+            .state
+            .world
+            .jobs
+            .values()
+            .filter(|j| j.experiment == experiment)
+        {
             *jobs.entry(j.state.as_str().to_string()).or_default() += 1;
         }
         ExperimentReport {
             experiment: experiment.to_string(),
             jobs,
-            cost: costs.per_experiment.get(experiment).copied().unwrap_or_default(),
+            cost: costs
+                .per_experiment
+                .get(experiment)
+                .copied()
+                .unwrap_or_default(),
             lost_to_interruptions: costs.lost.get(experiment).copied().unwrap_or_default(),
             folder: exp_dir(&self.cfg.home, experiment),
         }
     }
 
     fn write_job_status(&self, job: JobId) {
-        let Some(j) = self.state.world.jobs.get(&job) else { return };
+        let Some(j) = self.state.world.jobs.get(&job) else {
+            return;
+        };
         let dir = job_dir(&self.cfg.home, &j.experiment, job);
         if let Ok(b) = serde_json::to_vec_pretty(j) {
             let _ = write_atomic(&dir.join("job.json"), &b);
@@ -883,7 +1053,9 @@ impl Engine {
     pub fn is_stuck(&self) -> bool {
         let w = &self.state.world;
         w.instances.values().all(|i| i.state == InstState::Gone)
-            && w.jobs.values().all(|j| j.state.is_terminal() || j.budget_held)
+            && w.jobs
+                .values()
+                .all(|j| j.state.is_terminal() || j.budget_held)
     }
 
     /// Destroy everything we rented (Ctrl-C with `--teardown`), verified by listing.
@@ -892,9 +1064,16 @@ impl Engine {
         let listed = self.market.list(&prefix).await.map_err(|e| e.to_string())?;
         let mut n = 0;
         for m in &listed {
-            self.market.destroy(m.vast_id).await.map_err(|e| e.to_string())?;
+            self.market
+                .destroy(m.vast_id)
+                .await
+                .map_err(|e| e.to_string())?;
             n += 1;
-            if let Some(key) = m.label.as_deref().and_then(|l| parse_label(&self.state.world.workspace, l)) {
+            if let Some(key) = m
+                .label
+                .as_deref()
+                .and_then(|l| parse_label(&self.state.world.workspace, l))
+            {
                 // Running attempts end as interrupted; their jobs go back to the queue.
                 let running: Vec<JobId> = self
                     .state

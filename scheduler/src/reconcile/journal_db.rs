@@ -84,7 +84,9 @@ impl Journal for DbJournal {
                 .await
                 .map_err(|e| err_read(&self.what, e))?;
             let Some(row) = row else { return Ok(None) };
-            let text: String = row.try_get("", "state").map_err(|e| err_read(&self.what, e))?;
+            let text: String = row
+                .try_get("", "state")
+                .map_err(|e| err_read(&self.what, e))?;
             serde_json::from_str(&text)
                 .map(Some)
                 .map_err(|e| err_read(&self.what, e))

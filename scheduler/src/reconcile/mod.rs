@@ -18,7 +18,9 @@ pub mod runner;
 pub mod simrun;
 mod transition;
 
-pub use self::core::{Health, OutbidSituation, ReconcileConfig, classify, outbid_decision, reconcile};
+pub use self::core::{
+    Health, OutbidSituation, ReconcileConfig, classify, outbid_decision, reconcile,
+};
 pub use engine::{Engine, EngineConfig, EngineState, FileJournal, Journal, MemoryJournal};
 pub use journal_db::DbJournal;
 pub use model::*;

@@ -336,9 +336,14 @@ pub struct OfferObs {
 pub enum AgentPhase {
     Running,
     /// The job command ended.
-    Exited { code: i32, disk_full: bool },
+    Exited {
+        code: i32,
+        disk_full: bool,
+    },
     /// The agent could not start the command.
-    StartFailed { reason: String },
+    StartFailed {
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -379,9 +384,14 @@ pub enum PullKind {
 pub enum AttemptEnd {
     Succeeded,
     /// Non-zero exit (or the agent could not start it). Counts towards `max_attempts`.
-    Failed { reason: String, disk_full: bool },
+    Failed {
+        reason: String,
+        disk_full: bool,
+    },
     /// The instance was lost or paused, or the agent went silent. Does not count as a failure.
-    Interrupted { reason: String },
+    Interrupted {
+        reason: String,
+    },
     /// A budget hard stop.
     BudgetStopped,
 }
@@ -408,9 +418,15 @@ pub enum Action {
         experiment: String,
     },
     /// The listing shows a purchase whose answer we lost: record its Vast id.
-    Adopt { key: InstanceKey, vast_id: VastId },
+    Adopt {
+        key: InstanceKey,
+        vast_id: VastId,
+    },
     /// An instance with our prefix we have no live record of (or a second buy): destroy it.
-    DestroyOrphan { vast_id: VastId, label: String },
+    DestroyOrphan {
+        vast_id: VastId,
+        label: String,
+    },
     /// An instance changed state (booting, ready, paused, failed, gone).
     MarkInstance {
         key: InstanceKey,
@@ -418,7 +434,9 @@ pub enum Action {
         reason: Option<String>,
     },
     /// SSH key, agent, code.
-    Setup { key: InstanceKey },
+    Setup {
+        key: InstanceKey,
+    },
     ChangeBid {
         key: InstanceKey,
         vast_id: VastId,
@@ -430,9 +448,15 @@ pub enum Action {
         vast_id: Option<VastId>,
         reason: String,
     },
-    Blacklist { machine_id: i64, reason: String },
+    Blacklist {
+        machine_id: i64,
+        reason: String,
+    },
     /// Put a queued job on an instance (existing, or being provisioned).
-    Place { job: JobId, key: InstanceKey },
+    Place {
+        job: JobId,
+        key: InstanceKey,
+    },
     /// Claim the job (new fencing token), send its spec (and the last pulled checkpoint) and start it.
     StartAttempt {
         job: JobId,
@@ -475,5 +499,7 @@ pub enum Action {
     /// Accrue the ledger up to now.
     Accrue,
     /// Every job of the experiment is terminal: print (and mail) its final cost report.
-    FinalReport { experiment: String },
+    FinalReport {
+        experiment: String,
+    },
 }

@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
-use worker_agent::protocol::{EndReason, JobSpec, JobState as AgentJobState, PROTOCOL_VERSION, Token, files};
+use worker_agent::protocol::{
+    EndReason, JobSpec, JobState as AgentJobState, PROTOCOL_VERSION, Token, files,
+};
 
 use crate::clock::SharedClock;
 use crate::collector::{AttemptAuth, Collector, CollectorConfig, MemoryHeartbeatStore, mint_token};
@@ -61,7 +63,11 @@ pub struct ActiveAttempt {
 
 pub trait Runner: Send + Sync {
     /// Prepare an instance: the agent binary (and an SSH key, where the market did not).
-    fn setup<'a>(&'a self, key: InstanceKey, ep: &'a Endpoint) -> BoxFuture<'a, Result<(), RunnerError>>;
+    fn setup<'a>(
+        &'a self,
+        key: InstanceKey,
+        ep: &'a Endpoint,
+    ) -> BoxFuture<'a, Result<(), RunnerError>>;
 
     /// Start an attempt; returns the token hash to journal.
     fn start<'a>(&'a self, req: &'a StartRequest) -> BoxFuture<'a, Result<String, RunnerError>>;
@@ -83,7 +89,12 @@ pub trait Runner: Send + Sync {
     ) -> BoxFuture<'a, Result<(), RunnerError>>;
 
     /// Stop an attempt's processes (its agent is told "stop" and its process groups killed).
-    fn stop<'a>(&'a self, ep: &'a Endpoint, job: JobId, attempt_id: i64) -> BoxFuture<'a, Result<(), RunnerError>>;
+    fn stop<'a>(
+        &'a self,
+        ep: &'a Endpoint,
+        job: JobId,
+        attempt_id: i64,
+    ) -> BoxFuture<'a, Result<(), RunnerError>>;
 
     /// Forget an attempt (ended): its agent gets "stop" if it still reports.
     fn forget(&self, attempt_id: i64);
@@ -164,13 +175,18 @@ pub struct AgentRunnerOptions {
 
 impl AgentRunner {
     /// Start the collector (HTTP) and return the runner.
-    pub async fn start(opts: AgentRunnerOptions, clock: SharedClock) -> Result<Arc<Self>, RunnerError> {
+    pub async fn start(
+        opts: AgentRunnerOptions,
+        clock: SharedClock,
+    ) -> Result<Arc<Self>, RunnerError> {
         let store = Arc::new(MemoryHeartbeatStore::new());
         let collector = Collector::new(store.clone(), clock, CollectorConfig::default());
         let listener = tokio::net::TcpListener::bind(opts.listen)
             .await
             .map_err(|e| rerr("start the collector", e))?;
-        let addr = listener.local_addr().map_err(|e| rerr("start the collector", e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| rerr("start the collector", e))?;
         let router = crate::collector::router(collector.clone());
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, router).await {
@@ -197,7 +213,12 @@ impl AgentRunner {
 
     async fn transport(&self, ep: &Endpoint) -> Result<Arc<dyn Transport>, RunnerError> {
         let k = format!("{ep:?}");
-        if let Some(t) = self.transports.lock().unwrap_or_else(|p| p.into_inner()).get(&k) {
+        if let Some(t) = self
+            .transports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&k)
+        {
             return Ok(t.clone());
         }
         let t: Arc<dyn Transport> = match ep {
@@ -229,7 +250,11 @@ impl AgentRunner {
         if !out.success() {
             return Err(RunnerError {
                 op,
-                msg: format!("`{cmd}` exited with {:?}: {}", out.status, out.stderr_str().trim()),
+                msg: format!(
+                    "`{cmd}` exited with {:?}: {}",
+                    out.status,
+                    out.stderr_str().trim()
+                ),
             });
         }
         Ok(out.stdout_str())
@@ -237,9 +262,14 @@ impl AgentRunner {
 
     /// Read the tail of an attempt's stderr to tell a full disk from other failures.
     async fn disk_full(&self, ep: &Endpoint, job: JobId, attempt: i64) -> bool {
-        let Ok(t) = self.transport(ep).await else { return false };
+        let Ok(t) = self.transport(ep).await else {
+            return false;
+        };
         let path = format!("{}/{}", paths::attempt(job, attempt), files::STDERR);
-        let cmd = format!("tail -c 4096 {} 2>/dev/null || true", shell_quote(&t.remote_path(&path)));
+        let cmd = format!(
+            "tail -c 4096 {} 2>/dev/null || true",
+            shell_quote(&t.remote_path(&path))
+        );
         match t.run(&cmd).await {
             Ok(out) => {
                 let s = out.stdout_str().to_ascii_lowercase();
@@ -251,12 +281,21 @@ impl AgentRunner {
 }
 
 impl Runner for AgentRunner {
-    fn setup<'a>(&'a self, _key: InstanceKey, ep: &'a Endpoint) -> BoxFuture<'a, Result<(), RunnerError>> {
+    fn setup<'a>(
+        &'a self,
+        _key: InstanceKey,
+        ep: &'a Endpoint,
+    ) -> BoxFuture<'a, Result<(), RunnerError>> {
         Box::pin(async move {
             let t = self.transport(ep).await?;
             let agent = paths::agent();
             let dir = format!("{}/bin", paths::ROOT);
-            Self::run_ok(&*t, "prepare the instance", &format!("mkdir -p {}", shell_quote(&t.remote_path(&dir)))).await?;
+            Self::run_ok(
+                &*t,
+                "prepare the instance",
+                &format!("mkdir -p {}", shell_quote(&t.remote_path(&dir))),
+            )
+            .await?;
             t.copy_up(&self.agent_binary, &agent)
                 .await
                 .map_err(|e| rerr("copy the agent", e))?;
@@ -292,14 +331,16 @@ impl Runner for AgentRunner {
                 .join(" ");
             Self::run_ok(&*t, "prepare the job folders", &format!("mkdir -p {mk}")).await?;
             if let Some(code) = &self.code_dir {
-                t.copy_up(code, &work).await.map_err(|e| rerr("copy the code", e))?;
+                t.copy_up(code, &work)
+                    .await
+                    .map_err(|e| rerr("copy the code", e))?;
             }
-            if let Some(from) = &req.resume_from {
-                if from.is_dir() {
-                    t.copy_up(from, &ckpt)
-                        .await
-                        .map_err(|e| rerr("copy the checkpoint", e))?;
-                }
+            if let Some(from) = &req.resume_from
+                && from.is_dir()
+            {
+                t.copy_up(from, &ckpt)
+                    .await
+                    .map_err(|e| rerr("copy the checkpoint", e))?;
             }
             let (token, hash) = mint_token().map_err(|e| rerr("mint a token", e))?;
             self.store.put_attempt(
@@ -335,7 +376,8 @@ impl Runner for AgentRunner {
                 gpus: req.gpus.clone(),
                 log_cap_bytes: worker_agent::protocol::DEFAULT_LOG_CAP_BYTES,
             };
-            let json = serde_json::to_vec_pretty(&spec).map_err(|e| rerr("write the job spec", e))?;
+            let json =
+                serde_json::to_vec_pretty(&spec).map_err(|e| rerr("write the job spec", e))?;
             let tmp = std::env::temp_dir().join(format!(
                 "vasticlaude-spec-{}-{}-{}.json",
                 std::process::id(),
@@ -386,15 +428,15 @@ impl Runner for AgentRunner {
                 };
                 let hb = &stored.heartbeat;
                 let phase = match (&hb.state, &hb.exit) {
-                    (AgentJobState::Exited, Some(exit)) if exit.reason == EndReason::SpawnFailed => {
+                    (AgentJobState::Exited, Some(exit))
+                        if exit.reason == EndReason::SpawnFailed =>
+                    {
                         AgentPhase::StartFailed {
                             reason: exit.error.clone().unwrap_or_else(|| "spawn failed".into()),
                         }
                     }
                     (AgentJobState::Exited, Some(exit)) => {
-                        let code = exit
-                            .code
-                            .unwrap_or_else(|| 128 + exit.signal.unwrap_or(9));
+                        let code = exit.code.unwrap_or_else(|| 128 + exit.signal.unwrap_or(9));
                         let cached = self
                             .tracked
                             .lock()
@@ -410,7 +452,12 @@ impl Runner for AgentRunner {
                             self.tracked
                                 .lock()
                                 .unwrap_or_else(|p| p.into_inner())
-                                .insert(a.attempt_id, Tracked { exit_checked: Some(d) });
+                                .insert(
+                                    a.attempt_id,
+                                    Tracked {
+                                        exit_checked: Some(d),
+                                    },
+                                );
                             d
                         };
                         AgentPhase::Exited { code, disk_full }
@@ -427,7 +474,10 @@ impl Runner for AgentRunner {
                     seq: hb.seq,
                     at_ms: stored.received_at,
                     phase,
-                    progress: hb.progress.step.map(|s| (s, hb.progress.total.unwrap_or(0))),
+                    progress: hb
+                        .progress
+                        .step
+                        .map(|s| (s, hb.progress.total.unwrap_or(0))),
                     checkpoint_ms: hb.last_checkpoint.as_ref().map(|c| c.time_ms),
                 });
             }
@@ -476,7 +526,12 @@ impl Runner for AgentRunner {
         })
     }
 
-    fn stop<'a>(&'a self, ep: &'a Endpoint, job: JobId, attempt_id: i64) -> BoxFuture<'a, Result<(), RunnerError>> {
+    fn stop<'a>(
+        &'a self,
+        ep: &'a Endpoint,
+        job: JobId,
+        attempt_id: i64,
+    ) -> BoxFuture<'a, Result<(), RunnerError>> {
         Box::pin(async move {
             self.forget(attempt_id);
             let t = self.transport(ep).await?;

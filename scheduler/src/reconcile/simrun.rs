@@ -200,25 +200,35 @@ pub async fn build(
     cfg.reconcile = opts.reconcile.clone();
     cfg.offer_ttl_ms = 5_000;
     let market: SharedMarket = Arc::new(sim.clone());
-    let engine = Engine::new(cfg, market, runner, journal).await.map_err(|e| e.to_string())?;
+    let engine = Engine::new(cfg, market, runner, journal)
+        .await
+        .map_err(|e| e.to_string())?;
     Ok((engine, sim, clock))
 }
 
 /// Inject the planned faults when their moment has come. Returns what it did.
-pub fn inject_faults(engine: &Engine, sim: &SimMarket, plan: &FaultPlan, done: &mut (bool, bool)) -> Vec<String> {
+pub fn inject_faults(
+    engine: &Engine,
+    sim: &SimMarket,
+    plan: &FaultPlan,
+    done: &mut (bool, bool),
+) -> Vec<String> {
     let mut out = Vec::new();
     let w = engine.world();
-    if plan.fail_first_boot && !done.0 {
-        if let Some(inst) = w
+    if plan.fail_first_boot
+        && !done.0
+        && let Some(inst) = w
             .instances
             .values()
             .find(|i| i.state == InstState::Booting && i.vast_id.is_some())
-        {
-            let id = inst.vast_id.unwrap_or_default();
-            if sim.lock().force_offline(id as u64).is_ok() {
-                out.push(format!("fault: host of {} (Vast {id}) went offline during boot", inst.label));
-                done.0 = true;
-            }
+    {
+        let id = inst.vast_id.unwrap_or_default();
+        if sim.lock().force_offline(id as u64).is_ok() {
+            out.push(format!(
+                "fault: host of {} (Vast {id}) went offline during boot",
+                inst.label
+            ));
+            done.0 = true;
         }
     }
     if plan.preempt_once && !done.1 {
@@ -233,7 +243,10 @@ pub fn inject_faults(engine: &Engine, sim: &SimMarket, plan: &FaultPlan, done: &
             let inst = &w.instances[&j.instance.unwrap_or_default()];
             let id = inst.vast_id.unwrap_or_default();
             if sim.lock().force_outbid(id as u64).is_ok() {
-                out.push(format!("fault: {} (Vast {id}) outbid while running job {}", inst.label, j.id));
+                out.push(format!(
+                    "fault: {} (Vast {id}) outbid while running job {}",
+                    inst.label, j.id
+                ));
                 done.1 = true;
             }
         }
@@ -242,7 +255,14 @@ pub fn inject_faults(engine: &Engine, sim: &SimMarket, plan: &FaultPlan, done: &
 }
 
 /// Summarize a finished (or stopped) run.
-pub fn outcome(engine: &mut Engine, sim: &SimMarket, started: Instant, now: i64, events: Vec<String>, stopped_early: Option<String>) -> SimRunOutcome {
+pub fn outcome(
+    engine: &mut Engine,
+    sim: &SimMarket,
+    started: Instant,
+    now: i64,
+    events: Vec<String>,
+    stopped_early: Option<String>,
+) -> SimRunOutcome {
     let w = engine.world().clone();
     let count = |s: JobState| w.jobs.values().filter(|j| j.state == s).count();
     let prefix = label_prefix(&w.workspace);
@@ -257,7 +277,15 @@ pub fn outcome(engine: &mut Engine, sim: &SimMarket, started: Instant, now: i64,
         .collect();
     let market_per_instance: BTreeMap<String, Decimal> = charges
         .iter()
-        .map(|(id, c)| (labels.get(id).cloned().unwrap_or_else(|| format!("vast-{id}")), *c))
+        .map(|(id, c)| {
+            (
+                labels
+                    .get(id)
+                    .cloned()
+                    .unwrap_or_else(|| format!("vast-{id}")),
+                *c,
+            )
+        })
         .collect();
     let equal = costs.instances_total == costs.experiments_total;
     let recovered = w
@@ -322,13 +350,19 @@ pub async fn drive(
             return (log, None);
         }
         if engine.is_stuck() {
-            return (log, Some("nothing left that can run (budget held or no offers)".into()));
+            return (
+                log,
+                Some("nothing left that can run (budget held or no offers)".into()),
+            );
         }
         if stop_after(engine) {
             return (log, Some("stopped".into()));
         }
         if started.elapsed() > opts.deadline {
-            return (log, Some(format!("deadline of {} s reached", opts.deadline.as_secs())));
+            return (
+                log,
+                Some(format!("deadline of {} s reached", opts.deadline.as_secs())),
+            );
         }
         tokio::time::sleep(opts.step_interval).await;
     }

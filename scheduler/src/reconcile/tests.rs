@@ -210,7 +210,11 @@ fn queued_job_provisions_the_cheapest_offer_with_a_journaled_label() {
     w.jobs.insert(1, job(1, "e"));
     let obs = Observations {
         market: Some(vec![]),
-        offers: vec![offer(1, 1, dec!(0.5)), offer(2, 1, dec!(0.3)), offer(3, 1, dec!(0.4))],
+        offers: vec![
+            offer(1, 1, dec!(0.5)),
+            offer(2, 1, dec!(0.3)),
+            offer(3, 1, dec!(0.4)),
+        ],
         ..Default::default()
     };
     let acts = reconcile(&w, &obs, 0, &cfg());
@@ -219,7 +223,10 @@ fn queued_job_provisions_the_cheapest_offer_with_a_journaled_label() {
         .filter(|a| matches!(a, Action::Provision { .. }))
         .collect();
     assert_eq!(prov.len(), 1);
-    let Action::Provision { key, label, offer, .. } = prov[0] else {
+    let Action::Provision {
+        key, label, offer, ..
+    } = prov[0]
+    else {
         unreachable!()
     };
     assert_eq!(offer.offer_id, 2);
@@ -240,7 +247,10 @@ fn faster_gpu_wins_when_cheaper_per_job() {
         ..Default::default()
     };
     let acts = reconcile(&w, &obs, 0, &cfg());
-    assert!(acts.iter().any(|a| matches!(a, Action::Provision { offer, .. } if offer.offer_id == 1)));
+    assert!(
+        acts.iter()
+            .any(|a| matches!(a, Action::Provision { offer, .. } if offer.offer_id == 1))
+    );
 }
 
 #[test]
@@ -342,7 +352,8 @@ fn a_warm_idle_instance_is_reused_before_renting() {
 #[test]
 fn boot_timeout_fails_blacklists_destroys_and_requeues() {
     let mut w = world();
-    w.instances.insert(1, instance(1, Some(100), InstState::Booting));
+    w.instances
+        .insert(1, instance(1, Some(100), InstState::Booting));
     let mut j = job(1, "e");
     j.state = JobState::Placed;
     j.instance = Some(1);
@@ -352,21 +363,39 @@ fn boot_timeout_fails_blacklists_destroys_and_requeues() {
         ..Default::default()
     };
     let c = cfg();
-    assert!(reconcile(&w, &obs, c.boot_timeout_ms - 1, &c).iter().all(|a| !matches!(a, Action::Destroy { .. })));
+    assert!(
+        reconcile(&w, &obs, c.boot_timeout_ms - 1, &c)
+            .iter()
+            .all(|a| !matches!(a, Action::Destroy { .. }))
+    );
     let acts = reconcile(&w, &obs, c.boot_timeout_ms, &c);
-    assert!(acts.iter().any(|a| matches!(a, Action::Blacklist { machine_id: 10, .. })));
-    assert!(acts.iter().any(|a| matches!(a, Action::Destroy { key: 1, vast_id: Some(100), .. })));
+    assert!(
+        acts.iter()
+            .any(|a| matches!(a, Action::Blacklist { machine_id: 10, .. }))
+    );
+    assert!(acts.iter().any(|a| matches!(
+        a,
+        Action::Destroy {
+            key: 1,
+            vast_id: Some(100),
+            ..
+        }
+    )));
     run(&mut w, &acts, c.boot_timeout_ms);
     assert_eq!(w.jobs[&1].state, JobState::Queued);
     assert_eq!(w.jobs[&1].instance, None);
-    assert_eq!(w.jobs[&1].failures, 0, "a failed boot is not the job's failure");
+    assert_eq!(
+        w.jobs[&1].failures, 0,
+        "a failed boot is not the job's failure"
+    );
 }
 
 #[test]
 fn exited_unknown_offline_and_oci_errors_fail_the_instance_at_once() {
     for status in ["exited", "unknown", "offline", "created"] {
         let mut w = world();
-        w.instances.insert(1, instance(1, Some(100), InstState::Booting));
+        w.instances
+            .insert(1, instance(1, Some(100), InstState::Booting));
         let mut m = listed(100, 1, status);
         if status == "created" {
             m.status_msg = Some("OCI runtime create failed: no such image".into());
@@ -377,17 +406,27 @@ fn exited_unknown_offline_and_oci_errors_fail_the_instance_at_once() {
         };
         let acts = reconcile(&w, &obs, 1_000, &cfg());
         assert!(
-            acts.iter().any(|a| matches!(a, Action::MarkInstance { state: InstState::Failed, .. })),
+            acts.iter().any(|a| matches!(
+                a,
+                Action::MarkInstance {
+                    state: InstState::Failed,
+                    ..
+                }
+            )),
             "{status}"
         );
-        assert!(acts.iter().any(|a| matches!(a, Action::Destroy { .. })), "{status}");
+        assert!(
+            acts.iter().any(|a| matches!(a, Action::Destroy { .. })),
+            "{status}"
+        );
     }
 }
 
 #[test]
 fn running_with_ssh_goes_ready_and_sets_up() {
     let mut w = world();
-    w.instances.insert(1, instance(1, Some(100), InstState::Booting));
+    w.instances
+        .insert(1, instance(1, Some(100), InstState::Booting));
     let obs = Observations {
         market: Some(vec![listed(100, 1, "running")]),
         ..Default::default()
@@ -415,19 +454,29 @@ fn repeated_setup_failures_fail_the_instance() {
         ..Default::default()
     };
     let acts = reconcile(&w, &obs, 1_000, &cfg());
-    assert!(acts.iter().any(|a| matches!(a, Action::Destroy { key: 1, .. })));
+    assert!(
+        acts.iter()
+            .any(|a| matches!(a, Action::Destroy { key: 1, .. }))
+    );
 }
 
 #[test]
 fn lost_purchase_answer_is_adopted_by_label() {
     let mut w = world();
-    w.instances.insert(1, instance(1, None, InstState::Requested));
+    w.instances
+        .insert(1, instance(1, None, InstState::Requested));
     let obs = Observations {
         market: Some(vec![listed(555, 1, "loading")]),
         ..Default::default()
     };
     let acts = reconcile(&w, &obs, 1_000, &cfg());
-    assert_eq!(acts[0], Action::Adopt { key: 1, vast_id: 555 });
+    assert_eq!(
+        acts[0],
+        Action::Adopt {
+            key: 1,
+            vast_id: 555
+        }
+    );
     run(&mut w, &acts, 1_000);
     assert_eq!(w.instances[&1].vast_id, Some(555));
     assert_eq!(w.instances[&1].state, InstState::Booting);
@@ -466,16 +515,28 @@ fn a_purchase_that_never_appears_is_given_up_after_the_grace() {
     j.state = JobState::Placed;
     j.instance = Some(1);
     w.jobs.insert(1, j);
-    w.instances.insert(1, instance(1, None, InstState::Requested));
+    w.instances
+        .insert(1, instance(1, None, InstState::Requested));
     let obs = Observations {
         market: Some(vec![]),
         ..Default::default()
     };
     let c = cfg();
     let acts = reconcile(&w, &obs, c.provision_grace_ms - 1, &c);
-    assert!(!acts.iter().any(|a| matches!(a, Action::MarkInstance { .. })));
+    assert!(
+        !acts
+            .iter()
+            .any(|a| matches!(a, Action::MarkInstance { .. }))
+    );
     let acts = reconcile(&w, &obs, c.provision_grace_ms, &c);
-    assert!(acts.iter().any(|a| matches!(a, Action::MarkInstance { key: 1, state: InstState::Gone, .. })));
+    assert!(acts.iter().any(|a| matches!(
+        a,
+        Action::MarkInstance {
+            key: 1,
+            state: InstState::Gone,
+            ..
+        }
+    )));
     run(&mut w, &acts, c.provision_grace_ms);
     assert_eq!(w.jobs[&1].state, JobState::Queued, "back in the queue");
     assert_eq!(w.jobs[&1].instance, None);
@@ -484,8 +545,10 @@ fn a_purchase_that_never_appears_is_given_up_after_the_grace() {
 #[test]
 fn destroyed_instances_are_verified_gone_and_resurrections_destroyed_again() {
     let mut w = world();
-    w.instances.insert(1, instance(1, Some(100), InstState::Destroying));
-    w.instances.insert(2, instance(2, Some(200), InstState::Gone));
+    w.instances
+        .insert(1, instance(1, Some(100), InstState::Destroying));
+    w.instances
+        .insert(2, instance(2, Some(200), InstState::Gone));
     let obs = Observations {
         market: Some(vec![listed(200, 2, "running")]),
         ..Default::default()
@@ -496,7 +559,14 @@ fn destroyed_instances_are_verified_gone_and_resurrections_destroyed_again() {
         state: InstState::Gone,
         reason: None
     }));
-    assert!(acts.iter().any(|a| matches!(a, Action::Destroy { key: 2, vast_id: Some(200), .. })));
+    assert!(acts.iter().any(|a| matches!(
+        a,
+        Action::Destroy {
+            key: 2,
+            vast_id: Some(200),
+            ..
+        }
+    )));
 }
 
 #[test]
@@ -507,7 +577,11 @@ fn a_failed_listing_concludes_nothing_from_absence() {
         ..Default::default()
     };
     let acts = reconcile(&w, &obs, 2_000, &cfg());
-    assert!(!acts.iter().any(|a| matches!(a, Action::MarkInstance { .. } | Action::EndAttempt { .. })));
+    assert!(
+        !acts
+            .iter()
+            .any(|a| matches!(a, Action::MarkInstance { .. } | Action::EndAttempt { .. }))
+    );
 }
 
 #[test]
@@ -530,11 +604,24 @@ fn heartbeats_with_a_stale_token_change_nothing() {
     let w = running_world();
     let obs = Observations {
         market: Some(vec![listed(100, 1, "running")]),
-        heartbeats: vec![hb(1, 6, 9, 1_500, AgentPhase::Exited { code: 0, disk_full: false })],
+        heartbeats: vec![hb(
+            1,
+            6,
+            9,
+            1_500,
+            AgentPhase::Exited {
+                code: 0,
+                disk_full: false,
+            },
+        )],
         ..Default::default()
     };
     let acts = reconcile(&w, &obs, 2_000, &cfg());
-    assert!(!acts.iter().any(|a| matches!(a, Action::Heartbeat(_) | Action::EndAttempt { .. })));
+    assert!(
+        !acts
+            .iter()
+            .any(|a| matches!(a, Action::Heartbeat(_) | Action::EndAttempt { .. }))
+    );
 }
 
 #[test]
@@ -542,17 +629,42 @@ fn success_pulls_outputs_then_finishes() {
     let mut w = running_world();
     let obs = Observations {
         market: Some(vec![listed(100, 1, "running")]),
-        heartbeats: vec![hb(1, 7, 2, 1_500, AgentPhase::Exited { code: 0, disk_full: false })],
+        heartbeats: vec![hb(
+            1,
+            7,
+            2,
+            1_500,
+            AgentPhase::Exited {
+                code: 0,
+                disk_full: false,
+            },
+        )],
         ..Default::default()
     };
     let acts = reconcile(&w, &obs, 2_000, &cfg());
     let pull = acts
         .iter()
-        .position(|a| matches!(a, Action::Pull { kind: PullKind::Final, .. }))
+        .position(|a| {
+            matches!(
+                a,
+                Action::Pull {
+                    kind: PullKind::Final,
+                    ..
+                }
+            )
+        })
         .expect("pull");
     let end = acts
         .iter()
-        .position(|a| matches!(a, Action::EndAttempt { end: AttemptEnd::Succeeded, .. }))
+        .position(|a| {
+            matches!(
+                a,
+                Action::EndAttempt {
+                    end: AttemptEnd::Succeeded,
+                    ..
+                }
+            )
+        })
         .expect("end");
     assert!(pull < end);
     run(&mut w, &acts, 2_000);
@@ -566,7 +678,16 @@ fn failures_retry_with_backoff_until_max_attempts() {
     let c = cfg();
     let obs = Observations {
         market: Some(vec![listed(100, 1, "running")]),
-        heartbeats: vec![hb(1, 7, 2, 1_500, AgentPhase::Exited { code: 3, disk_full: false })],
+        heartbeats: vec![hb(
+            1,
+            7,
+            2,
+            1_500,
+            AgentPhase::Exited {
+                code: 3,
+                disk_full: false,
+            },
+        )],
         ..Default::default()
     };
     let acts = reconcile(&w, &obs, 2_000, &c);
@@ -583,7 +704,10 @@ fn failures_retry_with_backoff_until_max_attempts() {
     let acts = reconcile(&w, &obs2, 3_000, &c);
     assert!(!acts.iter().any(|a| matches!(a, Action::Place { .. })));
     let acts = reconcile(&w, &obs2, 2_000 + c.backoff_ms(1), &c);
-    assert!(acts.iter().any(|a| matches!(a, Action::Place { job: 1, .. })));
+    assert!(
+        acts.iter()
+            .any(|a| matches!(a, Action::Place { job: 1, .. }))
+    );
     // The last allowed failure ends the job.
     let mut w = running_world();
     w.jobs.get_mut(&1).unwrap().failures = 2;
@@ -599,11 +723,26 @@ fn a_full_disk_retries_on_a_larger_disk() {
     let mut w = running_world();
     let obs = Observations {
         market: Some(vec![listed(100, 1, "running")]),
-        heartbeats: vec![hb(1, 7, 2, 1_500, AgentPhase::Exited { code: 1, disk_full: true })],
+        heartbeats: vec![hb(
+            1,
+            7,
+            2,
+            1_500,
+            AgentPhase::Exited {
+                code: 1,
+                disk_full: true,
+            },
+        )],
         ..Default::default()
     };
     let acts = reconcile(&w, &obs, 2_000, &cfg());
-    assert!(acts.iter().any(|a| matches!(a, Action::Pull { kind: PullKind::Final, .. })));
+    assert!(acts.iter().any(|a| matches!(
+        a,
+        Action::Pull {
+            kind: PullKind::Final,
+            ..
+        }
+    )));
     run(&mut w, &acts, 2_000);
     let j = &w.jobs[&1];
     assert_eq!(j.disk_gb(), 20.0);
@@ -635,14 +774,24 @@ fn silence_for_two_heartbeat_intervals_interrupts_the_attempt() {
         ..Default::default()
     };
     let t = 1_000 + 2 * c.heartbeat_interval_ms;
-    assert!(!reconcile(&w, &obs, t, &c).iter().any(|a| matches!(a, Action::StopAttempt { .. })));
+    assert!(
+        !reconcile(&w, &obs, t, &c)
+            .iter()
+            .any(|a| matches!(a, Action::StopAttempt { .. }))
+    );
     let acts = reconcile(&w, &obs, t + 1, &c);
     assert!(acts.contains(&Action::StopAttempt {
         job: 1,
         key: 1,
         token: 7
     }));
-    assert!(acts.iter().any(|a| matches!(a, Action::EndAttempt { end: AttemptEnd::Interrupted { .. }, .. })));
+    assert!(acts.iter().any(|a| matches!(
+        a,
+        Action::EndAttempt {
+            end: AttemptEnd::Interrupted { .. },
+            ..
+        }
+    )));
 }
 
 #[test]
@@ -726,7 +875,10 @@ fn outbid_within_the_cap_raises_the_bid_and_holds_the_job() {
     run(&mut w, &acts, 3_000);
     let acts = reconcile(&w, &obs, 4_000, &cfg());
     assert!(acts.contains(&Action::Place { job: 1, key: 1 }));
-    assert!(acts.iter().any(|a| matches!(a, Action::StartAttempt { job: 1, key: 1, .. })));
+    assert!(
+        acts.iter()
+            .any(|a| matches!(a, Action::StartAttempt { job: 1, key: 1, .. }))
+    );
 }
 
 #[test]
@@ -747,13 +899,22 @@ fn outbid_above_the_cap_waits_while_moving_loses_more_then_moves() {
     };
     let c = cfg();
     let acts = reconcile(&w, &obs, 2_000, &c);
-    assert!(!acts.iter().any(|a| matches!(a, Action::ChangeBid { .. } | Action::Destroy { .. })), "{acts:?}");
+    assert!(
+        !acts
+            .iter()
+            .any(|a| matches!(a, Action::ChangeBid { .. } | Action::Destroy { .. })),
+        "{acts:?}"
+    );
     run(&mut w, &acts, 2_000);
     assert_eq!(w.jobs[&1].state, JobState::Interrupted);
     // Past the (lengthened) wait it moves: destroy, and the job goes back to the queue.
     let later = 2_000 + 4 * c.outbid_max_wait_ms;
     let acts = reconcile(&w, &obs, later, &c);
-    assert!(acts.iter().any(|a| matches!(a, Action::Destroy { key: 1, .. })), "{acts:?}");
+    assert!(
+        acts.iter()
+            .any(|a| matches!(a, Action::Destroy { key: 1, .. })),
+        "{acts:?}"
+    );
     run(&mut w, &acts, later);
     assert_ne!(w.jobs[&1].instance, Some(1));
 }
@@ -775,13 +936,22 @@ fn outbid_decision_uses_the_planner() {
     };
     assert_eq!(outbid_decision(&s, &c).0, BidMove::Raise(dec!(0.275)));
     // The margin would cross 90 % of on-demand: bid that cap.
-    let s2 = OutbidSituation { winning_bid: Some(dec!(0.35)), ..s.clone() };
+    let s2 = OutbidSituation {
+        winning_bid: Some(dec!(0.35)),
+        ..s.clone()
+    };
     assert_eq!(outbid_decision(&s2, &c).0, BidMove::Raise(dec!(0.36)));
     // Above every cap and nowhere to go: wait.
-    let s3 = OutbidSituation { winning_bid: Some(dec!(0.5)), ..s.clone() };
+    let s3 = OutbidSituation {
+        winning_bid: Some(dec!(0.5)),
+        ..s.clone()
+    };
     assert_eq!(outbid_decision(&s3, &c).0, BidMove::Wait);
     // Above the cap, a cheap alternative, and nothing more lost by moving: move.
-    let s4 = OutbidSituation { alternative: Some((dec!(0.1), 100.0)), ..s3 };
+    let s4 = OutbidSituation {
+        alternative: Some((dec!(0.1), 100.0)),
+        ..s3
+    };
     assert_eq!(outbid_decision(&s4, &c).0, BidMove::Move);
 }
 
@@ -795,7 +965,10 @@ fn a_stopped_on_demand_instance_is_failed() {
         ..Default::default()
     };
     let acts = reconcile(&w, &obs, 2_000, &cfg());
-    assert!(acts.iter().any(|a| matches!(a, Action::Destroy { key: 1, .. })));
+    assert!(
+        acts.iter()
+            .any(|a| matches!(a, Action::Destroy { key: 1, .. }))
+    );
 }
 
 #[test]
@@ -809,9 +982,16 @@ fn idle_instances_are_destroyed_after_the_idle_timeout() {
         ..Default::default()
     };
     let c = cfg();
-    assert!(!reconcile(&w, &obs, c.idle_timeout_ms, &c).iter().any(|a| matches!(a, Action::Destroy { .. })));
+    assert!(
+        !reconcile(&w, &obs, c.idle_timeout_ms, &c)
+            .iter()
+            .any(|a| matches!(a, Action::Destroy { .. }))
+    );
     let acts = reconcile(&w, &obs, 1_000 + c.idle_timeout_ms, &c);
-    assert!(acts.iter().any(|a| matches!(a, Action::Destroy { key: 1, reason, .. } if reason == "idle")));
+    assert!(
+        acts.iter()
+            .any(|a| matches!(a, Action::Destroy { key: 1, reason, .. } if reason == "idle"))
+    );
 }
 
 #[test]
@@ -838,18 +1018,37 @@ fn budget_hard_stop_pulls_stops_destroys_and_holds_the_rest() {
     assert!(acts.iter().any(|a| matches!(a, Action::BudgetWarn { .. })));
     let acts = reconcile(&w, &obs(dec!(1.0)), 2_000, &cfg());
     let pos = |f: &dyn Fn(&Action) -> bool| acts.iter().position(f).expect("action");
-    let pull = pos(&|a| matches!(a, Action::Pull { job: 1, kind: PullKind::Checkpoint, .. }));
+    let pull = pos(&|a| {
+        matches!(
+            a,
+            Action::Pull {
+                job: 1,
+                kind: PullKind::Checkpoint,
+                ..
+            }
+        )
+    });
     let stop = pos(&|a| matches!(a, Action::StopAttempt { job: 1, .. }));
     let destroy = pos(&|a| matches!(a, Action::Destroy { key: 1, .. }));
     assert!(pull < stop && stop < destroy);
-    assert_eq!(count(&acts, |a| matches!(a, Action::Provision { .. } | Action::Place { .. })), 0);
+    assert_eq!(
+        count(&acts, |a| matches!(
+            a,
+            Action::Provision { .. } | Action::Place { .. }
+        )),
+        0
+    );
     run(&mut w, &acts, 2_000);
     assert_eq!(w.jobs[&1].state, JobState::Queued);
     assert!(w.jobs[&1].budget_held);
     assert_eq!(w.jobs[&2].state, JobState::Queued);
     // Nothing more happens while the budget is spent.
     let acts = reconcile(&w, &obs(dec!(1.0)), 3_000, &cfg());
-    assert!(!acts.iter().any(|a| matches!(a, Action::Provision { .. } | Action::BudgetHardStop { .. })));
+    assert!(
+        !acts
+            .iter()
+            .any(|a| matches!(a, Action::Provision { .. } | Action::BudgetHardStop { .. }))
+    );
 }
 
 #[test]
@@ -883,12 +1082,17 @@ fn final_report_once_every_job_ended_and_the_instances_are_gone() {
     let mut j = job(1, "e");
     j.state = JobState::Succeeded;
     w.jobs.insert(1, j);
-    w.instances.insert(1, instance(1, Some(100), InstState::Destroying));
+    w.instances
+        .insert(1, instance(1, Some(100), InstState::Destroying));
     let obs = Observations {
         market: Some(vec![listed(100, 1, "running")]),
         ..Default::default()
     };
-    assert!(!reconcile(&w, &obs, 1_000, &cfg()).iter().any(|a| matches!(a, Action::FinalReport { .. })));
+    assert!(
+        !reconcile(&w, &obs, 1_000, &cfg())
+            .iter()
+            .any(|a| matches!(a, Action::FinalReport { .. }))
+    );
     let obs = Observations {
         market: Some(vec![]),
         ..Default::default()
@@ -899,18 +1103,25 @@ fn final_report_once_every_job_ended_and_the_instances_are_gone() {
     }));
     run(&mut w, &acts, 2_000);
     assert!(w.is_drained());
-    assert!(!reconcile(&w, &obs, 3_000, &cfg()).iter().any(|a| matches!(a, Action::FinalReport { .. })));
+    assert!(
+        !reconcile(&w, &obs, 3_000, &cfg())
+            .iter()
+            .any(|a| matches!(a, Action::FinalReport { .. }))
+    );
 }
 
 #[test]
 fn reconcile_is_deterministic() {
     let mut w = world();
     for id in 1..=6 {
-        w.jobs.insert(id, job(id, if id % 2 == 0 { "a" } else { "b" }));
+        w.jobs
+            .insert(id, job(id, if id % 2 == 0 { "a" } else { "b" }));
     }
     let obs = Observations {
         market: Some(vec![]),
-        offers: (1..=5).map(|i| offer(i, (i % 3 + 1) as u32, dec!(0.2) * Decimal::from(i))).collect(),
+        offers: (1..=5)
+            .map(|i| offer(i, (i % 3 + 1) as u32, dec!(0.2) * Decimal::from(i)))
+            .collect(),
         ..Default::default()
     };
     let a = reconcile(&w, &obs, 5, &cfg());

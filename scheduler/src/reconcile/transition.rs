@@ -53,7 +53,12 @@ pub fn apply(w: &mut WorldView, action: &Action, outcome: &Outcome, now: EpochMs
                     set_state(inst, InstState::Booting, None, now);
                 }
                 Outcome::Failed(e) => {
-                    set_state(inst, InstState::Failed, Some(format!("purchase failed: {e}")), now);
+                    set_state(
+                        inst,
+                        InstState::Failed,
+                        Some(format!("purchase failed: {e}")),
+                        now,
+                    );
                     release_jobs(w, *key, now);
                 }
                 _ => {}
@@ -81,7 +86,10 @@ pub fn apply(w: &mut WorldView, action: &Action, outcome: &Outcome, now: EpochMs
             ) {
                 release_placed(w, *key, now);
             }
-            if matches!(state, InstState::Failed | InstState::Gone | InstState::Destroying) {
+            if matches!(
+                state,
+                InstState::Failed | InstState::Gone | InstState::Destroying
+            ) {
                 release_jobs(w, *key, now);
             }
         }
@@ -101,18 +109,19 @@ pub fn apply(w: &mut WorldView, action: &Action, outcome: &Outcome, now: EpochMs
             }
         }
         Action::ChangeBid { key, bid, .. } => {
-            if !failed && outcome != &Outcome::Planned {
-                if let Some(inst) = w.instances.get_mut(key) {
-                    inst.offer.bid = Some(*bid);
-                }
+            if !failed
+                && outcome != &Outcome::Planned
+                && let Some(inst) = w.instances.get_mut(key)
+            {
+                inst.offer.bid = Some(*bid);
             }
         }
         Action::Destroy { key, reason, .. } => {
             if !failed {
-                if let Some(inst) = w.instances.get_mut(key) {
-                    if inst.state != InstState::Gone {
-                        set_state(inst, InstState::Destroying, Some(reason.clone()), now);
-                    }
+                if let Some(inst) = w.instances.get_mut(key)
+                    && inst.state != InstState::Gone
+                {
+                    set_state(inst, InstState::Destroying, Some(reason.clone()), now);
                 }
                 release_jobs(w, *key, now);
             }
@@ -165,7 +174,9 @@ pub fn apply(w: &mut WorldView, action: &Action, outcome: &Outcome, now: EpochMs
             }
         }
         Action::Heartbeat(hb) => {
-            let Some(j) = w.jobs.get_mut(&hb.job) else { return };
+            let Some(j) = w.jobs.get_mut(&hb.job) else {
+                return;
+            };
             let Some(a) = j.attempt.as_mut() else { return };
             if a.token != hb.token || (hb.seq <= a.last_seq && a.phase.is_some()) {
                 return;
@@ -184,12 +195,11 @@ pub fn apply(w: &mut WorldView, action: &Action, outcome: &Outcome, now: EpochMs
             }
         }
         Action::Pull { job, .. } => {
-            if matches!(outcome, Outcome::Done) {
-                if let Some(j) = w.jobs.get_mut(job) {
-                    if j.checkpoint_reported_ms > j.checkpoint_pulled_ms {
-                        j.checkpoint_pulled_ms = j.checkpoint_reported_ms;
-                    }
-                }
+            if matches!(outcome, Outcome::Done)
+                && let Some(j) = w.jobs.get_mut(job)
+                && j.checkpoint_reported_ms > j.checkpoint_pulled_ms
+            {
+                j.checkpoint_pulled_ms = j.checkpoint_reported_ms;
             }
         }
         Action::StopAttempt { .. } => {}
@@ -307,9 +317,10 @@ fn release_jobs(w: &mut WorldView, key: InstanceKey, _now: EpochMs) {
 
 fn mark_idle_if_empty(w: &mut WorldView, key: InstanceKey, now: EpochMs) {
     let empty = w.jobs_on(key).next().is_none();
-    if let Some(inst) = w.instances.get_mut(&key) {
-        if empty && inst.idle_since_ms.is_none() {
-            inst.idle_since_ms = Some(now);
-        }
+    if let Some(inst) = w.instances.get_mut(&key)
+        && empty
+        && inst.idle_since_ms.is_none()
+    {
+        inst.idle_since_ms = Some(now);
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use rust_decimal::Decimal;
 use scheduler::reconcile::engine::FileJournal;
 use scheduler::reconcile::simrun::{self, SimRunOptions, demo_jobs};
-use scheduler::reconcile::{DbJournal, InstState, Journal, JobState, instance_label};
+use scheduler::reconcile::{DbJournal, InstState, JobState, Journal, instance_label};
 
 fn agent() -> Option<PathBuf> {
     match crate::agent_e2e::agent_binary() {
@@ -35,11 +35,18 @@ fn overlapping_attempts(trace: &Path) -> Vec<String> {
     let mut latest: BTreeMap<i64, i64> = BTreeMap::new();
     let mut bad = Vec::new();
     for line in text.lines() {
-        let f: Vec<i64> = line.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-        let [job, attempt, _step] = f[..] else { continue };
+        let f: Vec<i64> = line
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        let [job, attempt, _step] = f[..] else {
+            continue;
+        };
         let l = latest.entry(job).or_insert(attempt);
         if attempt < *l {
-            bad.push(format!("job {job}: attempt {attempt} ran after attempt {l}"));
+            bad.push(format!(
+                "job {job}: attempt {attempt} ran after attempt {l}"
+            ));
         }
         *l = (*l).max(attempt);
     }
@@ -50,7 +57,9 @@ fn overlapping_attempts(trace: &Path) -> Vec<String> {
 async fn sweep_with_a_failed_boot_and_a_preemption_completes_from_checkpoints() {
     let Some(agent) = agent() else { return };
     let home = tempfile::tempdir().unwrap();
-    let out = simrun::run_demo(opts(home.path(), 7, agent), 5, |_| {}).await.unwrap();
+    let out = simrun::run_demo(opts(home.path(), 7, agent), 5, |_| {})
+        .await
+        .unwrap();
     assert!(out.ok, "{out:#?}");
     assert_eq!(out.jobs_succeeded, 5);
     assert_eq!(out.instances_left, 0);
@@ -60,17 +69,30 @@ async fn sweep_with_a_failed_boot_and_a_preemption_completes_from_checkpoints() 
     assert_eq!(out.costs.instances_total, out.costs.experiments_total);
     assert!(out.costs.instances_total > Decimal::ZERO);
     for job in 1..=5 {
-        let dir = home.path().join("experiments/demo-sweep/jobs").join(job.to_string());
+        let dir = home
+            .path()
+            .join("experiments/demo-sweep/jobs")
+            .join(job.to_string());
         let result = std::fs::read_to_string(dir.join("outputs/result.json")).unwrap();
         assert!(result.contains("\"steps\": 12"), "job {job}: {result}");
-        assert!(dir.join("checkpoints/state").is_file(), "job {job} has no pulled checkpoint");
+        assert!(
+            dir.join("checkpoints/state").is_file(),
+            "job {job} has no pulled checkpoint"
+        );
     }
     // The resumed job's final log says it resumed.
     let resumed = (1..=5).any(|job| {
-        let logs = home.path().join(format!("experiments/demo-sweep/jobs/{job}/logs"));
-        std::fs::read_dir(&logs).into_iter().flatten().flatten().any(|a| {
-            std::fs::read_to_string(a.path().join("stdout.log")).is_ok_and(|s| s.contains("resuming from checkpoint"))
-        })
+        let logs = home
+            .path()
+            .join(format!("experiments/demo-sweep/jobs/{job}/logs"));
+        std::fs::read_dir(&logs)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|a| {
+                std::fs::read_to_string(a.path().join("stdout.log"))
+                    .is_ok_and(|s| s.contains("resuming from checkpoint"))
+            })
     });
     assert!(resumed, "no final log shows a resume: {:?}", out.events);
     let report = home.path().join("experiments/demo-sweep/report.json");
@@ -95,21 +117,60 @@ async fn budget_hard_stop_destroys_everything_and_leaves_the_rest_queued() {
     }
     engine.add_jobs(jobs).await.unwrap();
     let limit = Decimal::new(3, 4); // $0.0003
-    engine.set_budget("capped", limit, Decimal::new(5, 1)).await.unwrap();
+    engine
+        .set_budget("capped", limit, Decimal::new(5, 1))
+        .await
+        .unwrap();
     let (events, stopped) = simrun::drive(&mut engine, &sim, &clock, &o, |_| {}, |_| false).await;
-    assert!(stopped.is_some(), "the sweep cannot finish inside this budget: {events:?}");
-    assert!(events.iter().any(|e| e.contains("reached its $0.0003 budget")), "{events:?}");
+    assert!(
+        stopped.is_some(),
+        "the sweep cannot finish inside this budget: {events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e.contains("reached its $0.0003 budget")),
+        "{events:?}"
+    );
     let w = engine.world();
     assert!(w.budgets["capped"].hard_stopped);
-    assert!(w.instances.values().all(|i| i.state == InstState::Gone), "{:?}", w.instances);
-    assert!(sim.live_with_prefix("vc-demo-").is_empty(), "instances left on the market");
-    let queued = w.jobs.values().filter(|j| j.state == JobState::Queued).count();
+    assert!(
+        w.instances.values().all(|i| i.state == InstState::Gone),
+        "{:?}",
+        w.instances
+    );
+    assert!(
+        sim.live_with_prefix("vc-demo-").is_empty(),
+        "instances left on the market"
+    );
+    let queued = w
+        .jobs
+        .values()
+        .filter(|j| j.state == JobState::Queued)
+        .count();
     assert!(queued >= 1);
-    assert!(w.jobs.values().all(|j| matches!(j.state, JobState::Queued | JobState::Succeeded)));
-    assert!(w.jobs.values().filter(|j| j.state == JobState::Queued).all(|j| j.budget_held && j.attempt.is_none()));
+    assert!(
+        w.jobs
+            .values()
+            .all(|j| matches!(j.state, JobState::Queued | JobState::Succeeded))
+    );
+    assert!(
+        w.jobs
+            .values()
+            .filter(|j| j.state == JobState::Queued)
+            .all(|j| j.budget_held && j.attempt.is_none())
+    );
     // Overrun bounded by one accrual tick of what was running (8 GPUs at most ~$1/h for 1 s).
-    let spent = engine.costs(clock.now_ms()).per_experiment.get("capped").copied().unwrap_or_default();
-    assert!(spent < limit + Decimal::new(5, 4), "spent {spent} against {limit}");
+    let spent = engine
+        .costs(clock.now_ms())
+        .per_experiment
+        .get("capped")
+        .copied()
+        .unwrap_or_default();
+    assert!(
+        spent < limit + Decimal::new(5, 4),
+        "spent {spent} against {limit}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,7 +186,8 @@ async fn crash_and_restart_with_the_journal_in_sqlite() {
     let Some(agent) = agent() else { return };
     let db = scheduler::store::testing::sqlite().await.unwrap();
     let home = tempfile::tempdir().unwrap();
-    let journal: Arc<dyn Journal> = Arc::new(DbJournal::open(db.store.clone(), "demo").await.unwrap());
+    let journal: Arc<dyn Journal> =
+        Arc::new(DbJournal::open(db.store.clone(), "demo").await.unwrap());
     crash_and_restart(home.path(), agent, journal).await;
 }
 
@@ -140,12 +202,21 @@ async fn crash_and_restart_with_the_journal_in_postgresql() {
         }
     };
     let home = tempfile::tempdir().unwrap();
-    let journal: Arc<dyn Journal> = Arc::new(DbJournal::open(db.store.clone(), "demo").await.unwrap());
+    let journal: Arc<dyn Journal> =
+        Arc::new(DbJournal::open(db.store.clone(), "demo").await.unwrap());
     crash_and_restart(home.path(), agent, journal.clone()).await;
     // The journal really lives in PostgreSQL: a fresh connection reads the finished state.
-    let again = DbJournal::open(scheduler::store::connect(&db.url).await.unwrap(), "demo").await.unwrap();
+    let again = DbJournal::open(scheduler::store::connect(&db.url).await.unwrap(), "demo")
+        .await
+        .unwrap();
     let state = again.load().await.unwrap().expect("journal row");
-    assert!(state.world.jobs.values().all(|j| j.state == JobState::Succeeded));
+    assert!(
+        state
+            .world
+            .jobs
+            .values()
+            .all(|j| j.state == JobState::Succeeded)
+    );
 }
 
 async fn crash_and_restart(home: &Path, agent: PathBuf, journal: Arc<dyn Journal>) {
@@ -156,13 +227,26 @@ async fn crash_and_restart(home: &Path, agent: PathBuf, journal: Arc<dyn Journal
     let (mut engine, sim, clock) = simrun::build(&o, journal.clone(), None).await.unwrap();
     let mut jobs = demo_jobs("crashy", 4, 1, 16);
     for j in &mut jobs {
-        j.env.insert("TRACE_FILE".into(), trace.display().to_string());
+        j.env
+            .insert("TRACE_FILE".into(), trace.display().to_string());
     }
     engine.add_jobs(jobs).await.unwrap();
     // Run until work is under way, then "kill" the scheduler: drop it mid-flight, no teardown.
-    let (_, stopped) = simrun::drive(&mut engine, &sim, &clock, &o, |_| {}, |e| {
-        e.world().jobs.values().filter(|j| j.state == JobState::Running).count() >= 2
-    })
+    let (_, stopped) = simrun::drive(
+        &mut engine,
+        &sim,
+        &clock,
+        &o,
+        |_| {},
+        |e| {
+            e.world()
+                .jobs
+                .values()
+                .filter(|j| j.state == JobState::Running)
+                .count()
+                >= 2
+        },
+    )
     .await;
     assert_eq!(stopped.as_deref(), Some("stopped"));
     drop(engine);
@@ -192,25 +276,48 @@ async fn crash_and_restart(home: &Path, agent: PathBuf, journal: Arc<dyn Journal
     let buy = |label: &str| {
         let mut m = sim.lock();
         let offers = m
-            .search(&vast::query::SearchRequest::new("num_gpus>=1").to_body().unwrap())
+            .search(
+                &vast::query::SearchRequest::new("num_gpus>=1")
+                    .to_body()
+                    .unwrap(),
+            )
             .unwrap();
         let id = offers[offers.len() - 1]["id"].as_u64().unwrap();
-        m.create(id, &serde_json::json!({"image": "vastai/base-image:demo", "disk": 10, "label": label}))
-            .unwrap()
-            .new_contract
+        m.create(
+            id,
+            &serde_json::json!({"image": "vastai/base-image:demo", "disk": 10, "label": label}),
+        )
+        .unwrap()
+        .new_contract
     };
     let lost_vast_id = buy(&label);
     let orphan_id = buy("vc-demo-9999");
     // Restart from the journal.
-    let (mut engine, sim, clock) = simrun::build(&o, journal.clone(), Some(sim.clone())).await.unwrap();
+    let (mut engine, sim, clock) = simrun::build(&o, journal.clone(), Some(sim.clone()))
+        .await
+        .unwrap();
     let (events, stopped) = simrun::drive(&mut engine, &sim, &clock, &o, |_| {}, |_| false).await;
     assert_eq!(stopped, None, "{events:?}");
     let w = engine.world();
-    assert!(w.jobs.values().all(|j| j.state == JobState::Succeeded), "{:?}", w.jobs);
-    assert_eq!(w.instances[&lost_key].vast_id, Some(lost_vast_id as i64), "the lost purchase was adopted");
-    assert!(events.iter().any(|e| e.contains("vc-demo-9999")), "orphan not destroyed: {events:?}");
+    assert!(
+        w.jobs.values().all(|j| j.state == JobState::Succeeded),
+        "{:?}",
+        w.jobs
+    );
+    assert_eq!(
+        w.instances[&lost_key].vast_id,
+        Some(lost_vast_id as i64),
+        "the lost purchase was adopted"
+    );
+    assert!(
+        events.iter().any(|e| e.contains("vc-demo-9999")),
+        "orphan not destroyed: {events:?}"
+    );
     assert!(sim.lock().get(orphan_id).is_none());
-    assert!(sim.live_with_prefix("vc-demo-").is_empty(), "instances leaked");
+    assert!(
+        sim.live_with_prefix("vc-demo-").is_empty(),
+        "instances leaked"
+    );
     let bad = overlapping_attempts(&trace);
     assert!(bad.is_empty(), "attempts overlapped: {bad:?}");
     let costs = engine.costs(clock.now_ms());
