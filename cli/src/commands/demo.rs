@@ -97,6 +97,7 @@ pub async fn run(args: Args, _ctx: &Context) -> anyhow::Result<()> {
                 "instances_total": outcome.costs.instances_total,
                 "per_experiment_sum_equals_per_instance_sum": outcome.per_experiment_sum_equals_per_instance_sum,
                 "lost_to_interruptions": outcome.costs.lost,
+                "ledger_total": outcome.ledger_total,
                 "market_charged_total": outcome.market_charged_total,
                 "market_per_instance": outcome.market_per_instance,
             },
@@ -143,8 +144,12 @@ pub async fn run(args: Args, _ctx: &Context) -> anyhow::Result<()> {
             }
         );
         println!(
-            "  the market's own charges: ${:.6}",
-            outcome.market_charged_total
+            "  stored in the ledger: ${}",
+            outcome.ledger_total.round_dp(9)
+        );
+        println!(
+            "  the market's own charges: ${}",
+            outcome.market_charged_total.round_dp(6)
         );
         println!();
         println!(

@@ -156,7 +156,9 @@ pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
     }
     let journal: Arc<dyn Journal> =
         Arc::new(DbJournal::open(store.clone(), &workspace(ctx)).await?);
-    let mut engine = Engine::new(cfg, market, runner, journal).await?;
+    let mut engine = Engine::new(cfg, market, runner, journal)
+        .await?
+        .with_ledger(ledger::Ledger::new(store.db().clone()));
     let fences_path = ctx.home.join("engine").join("store_fences.json");
     let mut fences: BTreeMap<i64, i64> = std::fs::read(&fences_path)
         .ok()

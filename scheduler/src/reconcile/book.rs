@@ -41,6 +41,9 @@ pub struct InstanceBook {
     /// Job spans in progress: job → (experiment, gpus, since).
     pub open_spans: BTreeMap<JobId, (String, u32, EpochMs)>,
     pub closed: bool,
+    /// Accrued into the store-backed ledger up to here.
+    #[serde(default)]
+    pub ledger_until_ms: Option<EpochMs>,
 }
 
 /// Costs so far.
@@ -89,6 +92,7 @@ impl CostBook {
                 spans: Vec::new(),
                 open_spans: BTreeMap::new(),
                 closed: false,
+                ledger_until_ms: None,
             });
     }
 
@@ -151,6 +155,7 @@ impl CostBook {
             v.2 = v.2.max(now);
         }
         b.rates.bid_per_hour = Some(usd(bid));
+        b.ledger_until_ms = Some(b.ledger_until_ms.unwrap_or(now).max(now));
         self.instances.insert(-(segments + 1), old);
     }
 
@@ -194,30 +199,64 @@ impl CostBook {
         }
     }
 
+    /// The pieces of every instance's intervals not yet given to the store-backed ledger, up
+    /// to `now`, with the job spans inside them; [`CostBook::mark_accrued`] records that they
+    /// were stored. Old-price segments come first (their keys are negative), so each
+    /// instance's pieces arrive in time order.
+    pub fn accrual_inputs(&self, now: EpochMs) -> Vec<(InstanceKey, EpochMs, ledger::AccrualInput)> {
+        let mut out = Vec::new();
+        for (key, b) in &self.instances {
+            let (intervals, spans) = b.until(now);
+            let from = b.ledger_until_ms.unwrap_or(i64::MIN);
+            let mut last = from;
+            for iv in intervals {
+                let start = iv.start_ms.max(from);
+                if iv.end_ms <= start {
+                    continue;
+                }
+                let piece = StateInterval::new(start, iv.end_ms, iv.state);
+                let jobs: Vec<JobSpan> = spans
+                    .iter()
+                    .filter(|sp| sp.start_ms < piece.end_ms && sp.end_ms > piece.start_ms)
+                    .map(|sp| JobSpan {
+                        start_ms: sp.start_ms.max(piece.start_ms),
+                        end_ms: sp.end_ms.min(piece.end_ms),
+                        ..sp.clone()
+                    })
+                    .collect();
+                last = last.max(piece.end_ms);
+                out.push((
+                    *key,
+                    last,
+                    ledger::AccrualInput {
+                        instance: b.label.clone(),
+                        owner: Owner {
+                            experiment: b.experiment.clone(),
+                            user: None,
+                        },
+                        gpus: b.gpus,
+                        rates: b.rates.clone(),
+                        interval: piece,
+                        jobs,
+                    },
+                ));
+            }
+        }
+        out
+    }
+
+    /// The ledger has stored `key`'s intervals up to `until`.
+    pub fn mark_accrued(&mut self, key: InstanceKey, until: EpochMs) {
+        if let Some(b) = self.instances.get_mut(&key) {
+            b.ledger_until_ms = Some(b.ledger_until_ms.unwrap_or(until).max(until));
+        }
+    }
+
     /// Costs up to `now` (open intervals and spans counted up to `now`).
     pub fn summary(&self, now: EpochMs) -> CostSummary {
         let mut s = CostSummary::default();
         for b in self.instances.values() {
-            let mut intervals = b.intervals.clone();
-            if let Some((st, since)) = b.open
-                && now > since
-            {
-                intervals.push(StateInterval::new(since, now, st));
-            }
-            let mut spans = b.spans.clone();
-            for (job, (exp, gpus, since)) in &b.open_spans {
-                if now > *since {
-                    spans.push(JobSpan {
-                        job: job.to_string(),
-                        experiment: exp.clone(),
-                        user: None,
-                        gpus: *gpus,
-                        start_ms: *since,
-                        end_ms: now,
-                        reason: Reason::Work,
-                    });
-                }
-            }
+            let (intervals, spans) = b.until(now);
             let owner = Owner {
                 experiment: b.experiment.clone(),
                 user: None,
@@ -258,6 +297,33 @@ impl CostBook {
         s.instances_total = s.per_instance.values().copied().sum();
         s.experiments_total = s.per_experiment.values().copied().sum();
         s
+    }
+}
+
+impl InstanceBook {
+    /// Intervals and job spans, the open ones counted up to `now`.
+    fn until(&self, now: EpochMs) -> (Vec<StateInterval>, Vec<JobSpan>) {
+        let mut intervals = self.intervals.clone();
+        if let Some((st, since)) = self.open
+            && now > since
+        {
+            intervals.push(StateInterval::new(since, now, st));
+        }
+        let mut spans = self.spans.clone();
+        for (job, (exp, gpus, since)) in &self.open_spans {
+            if now > *since {
+                spans.push(JobSpan {
+                    job: job.to_string(),
+                    experiment: exp.clone(),
+                    user: None,
+                    gpus: *gpus,
+                    start_ms: *since,
+                    end_ms: now,
+                    reason: Reason::Work,
+                });
+            }
+        }
+        (intervals, spans)
     }
 }
 

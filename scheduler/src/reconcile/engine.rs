@@ -223,6 +223,7 @@ pub struct Engine {
     reports: Vec<ExperimentReport>,
     pub stats: EngineStats,
     last_snapshot: String,
+    ledger: Option<ledger::Ledger>,
 }
 
 fn exp_dir(home: &Path, exp: &str) -> PathBuf {
@@ -282,9 +283,80 @@ impl Engine {
             reports: Vec::new(),
             stats: EngineStats::default(),
             last_snapshot: String::new(),
+            ledger: None,
         })
     }
 
+    /// Also accrue into the store-backed ledger (what `vasticlaude ledger` and budgets read),
+    /// and take experiment budgets from it.
+    pub fn with_ledger(mut self, ledger: ledger::Ledger) -> Self {
+        self.ledger = Some(ledger);
+        self
+    }
+
+    /// Give the ledger every interval piece not yet stored, up to `now`. Replays are harmless
+    /// (the ledger skips what it has), so a crash between storing and journaling is fine.
+    pub async fn accrue_to_ledger(&mut self, now: EpochMs) -> Result<usize, String> {
+        let Some(l) = self.ledger.clone() else { return Ok(0) };
+        let mut n = 0;
+        let mut failed: std::collections::BTreeSet<InstanceKey> = std::collections::BTreeSet::new();
+        for (key, until, input) in self.state.book.accrual_inputs(now) {
+            if failed.contains(&key) {
+                continue;
+            }
+            match l.record_interval(&input, now).await {
+                Ok(_) => {
+                    self.state.book.mark_accrued(key, until);
+                    n += 1;
+                }
+                Err(e) => {
+                    failed.insert(key);
+                    self.event(now, "warn", format!("ledger accrual for {} failed: {e}", input.instance));
+                }
+            }
+        }
+        self.save().await.map_err(|e| e.to_string())?;
+        Ok(n)
+    }
+
+    /// Experiment budgets set in the ledger (`vasticlaude budget set`) apply here.
+    async fn load_budgets(&mut self) {
+        let Some(l) = self.ledger.clone() else { return };
+        let Ok(budgets) = l.budgets().await else { return };
+        for b in budgets {
+            let ledger::store::BudgetScope::Experiment(exp) = &b.scope else { continue };
+            if !b.hard {
+                continue;
+            }
+            let warn = b
+                .warn_percents
+                .iter()
+                .copied()
+                .filter(|p| *p < 100)
+                .max()
+                .map(|p| Decimal::from(p) / Decimal::from(100))
+                .unwrap_or(Decimal::new(8, 1));
+            let entry = self.state.world.budgets.entry(exp.clone()).or_insert(BudgetView {
+                limit: b.amount.0,
+                warn_fraction: warn,
+                warned: false,
+                hard_stopped: false,
+            });
+            if entry.limit != b.amount.0 {
+                // A raised budget lifts a hard stop; held jobs may run again.
+                if b.amount.0 > entry.limit {
+                    entry.hard_stopped = false;
+                    entry.warned = false;
+                }
+                entry.limit = b.amount.0;
+            }
+            entry.warn_fraction = warn;
+        }
+    }
+
+    pub fn ledger(&self) -> Option<&ledger::Ledger> {
+        self.ledger.as_ref()
+    }
     pub fn world(&self) -> &WorldView {
         &self.state.world
     }
@@ -454,6 +526,7 @@ impl Engine {
     /// One reconcile pass at `now`.
     pub async fn step(&mut self, now: EpochMs) -> Result<StepReport, JournalError> {
         self.market.advance_to(now);
+        self.load_budgets().await;
         let obs = self.observe(now).await;
         self.book_observe(&obs, now);
         let actions = reconcile(&self.state.world, &obs, now, &self.cfg.reconcile);
@@ -806,11 +879,13 @@ impl Engine {
                 self.reports.push(report);
                 self.record(a, &Outcome::Done, now).await.map_err(j)
             }
-            Action::Heartbeat(_)
-            | Action::Adopt { .. }
-            | Action::Place { .. }
-            | Action::Blacklist { .. }
-            | Action::Accrue => self.record(a, &Outcome::Done, now).await.map_err(j),
+            Action::Accrue => {
+                self.accrue_to_ledger(now).await?;
+                self.record(a, &Outcome::Done, now).await.map_err(j)
+            }
+            Action::Heartbeat(_) | Action::Adopt { .. } | Action::Place { .. } | Action::Blacklist { .. } => {
+                self.record(a, &Outcome::Done, now).await.map_err(j)
+            }
         }
     }
 

@@ -148,6 +148,9 @@ pub struct SimRunOutcome {
     /// Our instances still on the account.
     pub instances_left: usize,
     pub costs: CostSummary,
+    /// What the store-backed ledger holds for the experiments (whole nano-dollars, rounded
+    /// down per instance with the rest carried).
+    pub ledger_total: Decimal,
     /// The simulator's own exact charges (sum over every instance).
     pub market_charged_total: Decimal,
     /// The simulator's own exact charges per instance label.
@@ -200,9 +203,12 @@ pub async fn build(
     cfg.reconcile = opts.reconcile.clone();
     cfg.offer_ttl_ms = 5_000;
     let market: SharedMarket = Arc::new(sim.clone());
+    let ledger_url = format!("sqlite://{}?mode=rwc", opts.home.join("ledger.db").display());
+    let ledger = ledger::Ledger::open(&ledger_url).await.map_err(|e| e.to_string())?;
     let engine = Engine::new(cfg, market, runner, journal)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())?
+        .with_ledger(ledger);
     Ok((engine, sim, clock))
 }
 
@@ -255,7 +261,7 @@ pub fn inject_faults(
 }
 
 /// Summarize a finished (or stopped) run.
-pub fn outcome(
+pub async fn outcome(
     engine: &mut Engine,
     sim: &SimMarket,
     started: Instant,
@@ -263,6 +269,19 @@ pub fn outcome(
     events: Vec<String>,
     stopped_early: Option<String>,
 ) -> SimRunOutcome {
+    let _ = engine.accrue_to_ledger(now).await;
+    let ledger_total = match engine.ledger() {
+        Some(l) => {
+            let mut t = Decimal::ZERO;
+            for e in engine.world().jobs.values().map(|j| j.experiment.clone()).collect::<std::collections::BTreeSet<_>>() {
+                if let Ok(u) = l.spent(&ledger::store::BudgetScope::Experiment(e)).await {
+                    t += u.0;
+                }
+            }
+            t
+        }
+        None => Decimal::ZERO,
+    };
     let w = engine.world().clone();
     let count = |s: JobState| w.jobs.values().filter(|j| j.state == s).count();
     let prefix = label_prefix(&w.workspace);
@@ -307,6 +326,7 @@ pub fn outcome(
         failed_boots: engine.stats.boot_failures,
         instances_left,
         costs,
+        ledger_total,
         market_charged_total,
         market_per_instance,
         per_experiment_sum_equals_per_instance_sum: equal,
@@ -387,7 +407,7 @@ pub async fn run_demo(
         let _ = engine.teardown(clock.now_ms()).await;
     }
     let now = clock.now_ms();
-    Ok(outcome(&mut engine, &sim, started, now, events, stopped))
+    Ok(outcome(&mut engine, &sim, started, now, events, stopped).await)
 }
 
 /// The outputs of a job, where `pull` put them.
