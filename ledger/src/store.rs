@@ -497,7 +497,8 @@ impl Ledger {
     /// Storage precision: each component's exact cost plus the instance's carried remainder is
     /// stored as whole nano-dollars rounded **down**, and the sub-nano rest is carried to the
     /// instance's next interval. So stored totals are never negative and stay within one
-    /// nano-dollar of the exact sum, however many intervals there are.
+    /// nano-dollar below the exact sum however many intervals there are (give or take
+    /// Decimal's own 28-digit rounding of non-terminating divisions, ~1e-25 per interval).
     pub async fn record_interval(
         &self,
         input: &AccrualInput,
