@@ -18,6 +18,23 @@ pub enum Command {
     /// Spend report: jobs done, spent, budget, left, burn rate, forecast, cost per job, cost
     /// lost to preemption and failures, and the compute/storage/bandwidth split.
     Report(ReportArgs),
+    /// Compare each instance's ledger total with Vast's charges feed (gpu, disk, bwu, bwd) and
+    /// show the drift per instance and in total. Vast rounds each item to 3 decimals.
+    Reconcile(ReconcileArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReconcileArgs {
+    /// Start of the window (same forms as `ledger report --since`; default 7d). Vast itemises
+    /// charges by day, so use whole UTC days for a like-for-like comparison.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// End of the window (default now).
+    #[arg(long)]
+    pub until: Option<String>,
+    /// JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -65,7 +82,147 @@ pub struct ReportArgs {
 pub async fn run(cmd: Command, ctx: &Context) -> anyhow::Result<()> {
     match cmd {
         Command::Report(a) => report(a, ctx).await,
+        Command::Reconcile(a) => reconcile(a, ctx).await,
     }
+}
+
+/// Vast's charges as plain per-instance amounts, keyed by the ledger's instance key: the Vast
+/// id itself, or the scheduler's label for that id (`instances.label`). Amounts come as f64
+/// rounded to 3 decimals; their shortest decimal form is the amount Vast meant.
+pub(crate) fn charges_to_ledger(
+    charges: &[vast::types::Charge],
+    labels: &BTreeMap<u64, String>,
+) -> Vec<ledger::InstanceCharges> {
+    let usd = |x: f64| {
+        ledger::Usd(
+            x.to_string()
+                .parse::<rust_decimal::Decimal>()
+                .unwrap_or_default(),
+        )
+    };
+    charges
+        .iter()
+        .filter(|c| c.kind.as_deref().is_none_or(|k| k == "instance"))
+        .filter_map(|c| {
+            let id = c.instance_id()?;
+            Some(ledger::InstanceCharges {
+                instance: labels.get(&id).cloned().unwrap_or_else(|| id.to_string()),
+                gpu: usd(c.item_amount("gpu")),
+                disk: usd(c.item_amount("disk")),
+                bwu: usd(c.item_amount("bwu")),
+                bwd: usd(c.item_amount("bwd")),
+            })
+        })
+        .collect()
+}
+
+/// `vast_id → label` from the scheduler's instances table (empty when it does not exist).
+async fn instance_labels(l: &Ledger) -> BTreeMap<u64, String> {
+    let db = l.connection();
+    let stmt = Statement::from_string(
+        db.get_database_backend(),
+        "SELECT label, vast_id FROM instances WHERE vast_id IS NOT NULL",
+    );
+    let Ok(rows) = db.query_all_raw(stmt).await else {
+        return BTreeMap::new();
+    };
+    rows.iter()
+        .filter_map(|r| {
+            let label = r.try_get::<String>("", "label").ok()?;
+            let id = r.try_get::<i64>("", "vast_id").ok()?;
+            Some((u64::try_from(id).ok()?, label))
+        })
+        .collect()
+}
+
+async fn reconcile(a: ReconcileArgs, ctx: &Context) -> anyhow::Result<()> {
+    let now = now_ms();
+    let since = match &a.since {
+        Some(s) => parse_time("--since", s, now)?,
+        None => now - 7 * 86_400_000,
+    };
+    let until = match &a.until {
+        Some(s) => parse_time("--until", s, now)?,
+        None => now,
+    };
+    if since >= until {
+        return Err(UsageError(format!("--since {since} is not before --until {until}")).into());
+    }
+    let client = vast::client::VastClient::from_env()?;
+    let l = open_ledger(ctx).await?;
+    let charges = client
+        .charges(since.div_euclid(1000), until.div_euclid(1000))
+        .await
+        .context("reading Vast's charges feed")?;
+    let labels = instance_labels(&l).await;
+    let vast_side = charges_to_ledger(&charges, &labels);
+    let ledger_side = l
+        .instance_totals(&ledger::EntryFilter {
+            experiment: None,
+            since_ms: Some(since),
+            until_ms: Some(until),
+        })
+        .await
+        .map_err(ledger_err)?;
+    let r = ledger::reconcile(&ledger_side, &vast_side);
+    if a.json {
+        return print_json(&r);
+    }
+    // Drift is shown to the tenth of a cent: Vast's own rounding is half a mill per item.
+    let mills = |u: ledger::Usd| {
+        format!(
+            "{}",
+            u.0.round_dp_with_strategy(4, rust_decimal::RoundingStrategy::MidpointAwayFromZero)
+        )
+    };
+    let rows: Vec<Vec<String>> = r
+        .instances
+        .iter()
+        .map(|d| {
+            vec![
+                d.instance.clone(),
+                d.ledger.map_or_else(|| "-".into(), |c| mills(c.total())),
+                d.vast.map_or_else(|| "-".into(), |c| mills(c.total())),
+                mills(d.drift.compute),
+                mills(d.drift.storage),
+                mills(d.drift.bandwidth),
+                mills(d.drift_total),
+                if d.within_rounding { "yes" } else { "NO" }.into(),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        println!("No instance charges in the ledger or from Vast in this window.");
+    } else {
+        print!(
+            "{}",
+            ledger::render_table(
+                &[
+                    "Instance",
+                    "Ledger $",
+                    "Vast $",
+                    "Drift compute",
+                    "Drift storage",
+                    "Drift bandwidth",
+                    "Drift total",
+                    "Within rounding",
+                ],
+                &rows
+            )
+        );
+    }
+    println!(
+        "Total: ledger {} vs Vast {}: drift {} ({})",
+        mills(r.ledger_total),
+        mills(r.vast_total),
+        mills(r.drift_total),
+        if r.all_within_rounding {
+            "within Vast's 3-decimal rounding"
+        } else {
+            "beyond Vast's rounding; see the instances marked NO"
+        }
+    );
+    Ok(())
 }
 
 async fn report(a: ReportArgs, ctx: &Context) -> anyhow::Result<()> {
@@ -225,6 +382,28 @@ pub(crate) fn parse_time(flag: &str, s: &str, now: i64) -> anyhow::Result<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn charges_map_to_ledger_keys() {
+        let charges: Vec<vast::types::Charge> = serde_json::from_value(serde_json::json!([
+            {"type": "instance", "source": "instance-42", "amount": 38.421, "metadata": {},
+             "items": [{"type": "gpu", "amount": 37.344, "metadata": {}},
+                       {"type": "disk", "amount": 1.057, "metadata": {}},
+                       {"type": "bwu", "amount": 0.01, "metadata": {}},
+                       {"type": "bwd", "amount": 0.01, "metadata": {}}]},
+            {"type": "instance", "source": "instance-7", "amount": 1.0, "metadata": {},
+             "items": [{"type": "gpu", "amount": 1.0, "metadata": {}}]},
+            {"type": "volume", "source": "volume-9", "amount": 2.0, "metadata": {}, "items": []}
+        ]))
+        .unwrap();
+        let labels = BTreeMap::from([(42u64, "vc-ws-3".to_string())]);
+        let m = charges_to_ledger(&charges, &labels);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].instance, "vc-ws-3");
+        assert_eq!(m[0].gpu.0.to_string(), "37.344");
+        assert_eq!(m[0].as_breakdown().total().0.to_string(), "38.421");
+        assert_eq!(m[1].instance, "7");
+    }
 
     #[test]
     fn parses_times() {

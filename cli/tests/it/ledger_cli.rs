@@ -339,3 +339,183 @@ fn report_reads_job_progress_from_the_queue() {
     let out = run(vasticlaude(home.path()).args(["ledger", "report", "-e", "e-prog"]));
     assert!(text(&out.stdout).contains("0/3"), "{}", text(&out.stdout));
 }
+
+/// `vasticlaude sim serve`, killed on drop.
+struct Sim {
+    url: String,
+    child: std::process::Child,
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Sim {
+    fn start(home: &Path, key: &str) -> Sim {
+        use std::io::BufRead;
+        let mut child = vasticlaude(home)
+            .args(["sim", "serve", "--api-key", key])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn sim");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read sim banner");
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected sim banner {line:?}"))
+            .to_string();
+        Sim { url, child }
+    }
+}
+
+fn vastai_bin() -> Option<PathBuf> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf();
+    let candidates = [
+        std::env::var_os("VASTAI_BIN").map(PathBuf::from),
+        Some(root.join(".venv/bin/vastai")),
+        Some(PathBuf::from("vastai")),
+    ];
+    candidates.into_iter().flatten().find(|c| {
+        Command::new(c)
+            .arg("--help")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    })
+}
+
+/// Reconciliation against the simulated market's charges feed: an instance rented with the
+/// official `vastai` CLI, and a ledger that (deliberately) booked an hour it never billed. The
+/// drift is shown per instance and in total, not hidden.
+#[test]
+fn reconcile_shows_drift_against_the_charges_feed() {
+    let Some(vastai) = vastai_bin() else {
+        require(
+            "vastai CLI",
+            false,
+            "set VASTAI_BIN or install vastai==1.9.1 in .venv",
+        );
+        return;
+    };
+    let home = tempfile::tempdir().unwrap();
+    let sim = Sim::start(home.path(), "k-test");
+    let out = Command::new(&vastai)
+        .args([
+            "--url",
+            &sim.url,
+            "--api-key",
+            "k-test",
+            "search",
+            "offers",
+            "--raw",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let offers: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let offer = offers[0]["id"].as_u64().unwrap().to_string();
+    let out = Command::new(&vastai)
+        .args([
+            "--url",
+            &sim.url,
+            "--api-key",
+            "k-test",
+            "create",
+            "instance",
+            &offer,
+        ])
+        .args(["--image", "pytorch/pytorch", "--disk", "20", "--raw"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = created["new_contract"].as_u64().unwrap().to_string();
+
+    // Migrate through the CLI, then book one hour at $1/h against that instance.
+    assert!(
+        run(vasticlaude(home.path()).args(["ledger", "report"]))
+            .status
+            .success()
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let url = format!(
+            "sqlite://{}?mode=rwc",
+            home.path().join("state.db").display()
+        );
+        let l = ledger::Ledger::open(&url).await.unwrap();
+        let input = ledger::AccrualInput {
+            instance: id.clone(),
+            owner: ledger::Owner {
+                experiment: "exp-r".into(),
+                user: None,
+            },
+            gpus: 1,
+            rates: ledger::Rates {
+                compute_per_hour: "1".parse().unwrap(),
+                bid_per_hour: None,
+                disk_gb: rust_decimal::Decimal::ZERO,
+                storage_per_gb_month: ledger::Usd::ZERO,
+                upload_per_gb: ledger::Usd::ZERO,
+                download_per_gb: ledger::Usd::ZERO,
+            },
+            interval: ledger::StateInterval::new(
+                now - 3_600_000,
+                now - 1_000,
+                ledger::BillingState::Running,
+            ),
+            jobs: vec![],
+        };
+        l.record_interval(&input, now).await.unwrap();
+    });
+
+    let vast_env = |c: &mut Command| {
+        c.env("VAST_URL", &sim.url).env("VAST_API_KEY", "k-test");
+    };
+    let mut c = vasticlaude(home.path());
+    vast_env(&mut c);
+    let out = run(c.args(["ledger", "reconcile", "--json"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = r["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["instance"] == id.as_str())
+        .unwrap_or_else(|| panic!("instance {id} missing: {r}"));
+    assert!(
+        !row["vast"].is_null(),
+        "the sim's charge for {id} is mapped: {r}"
+    );
+    assert_eq!(row["within_rounding"], false, "{r}");
+    assert_eq!(r["all_within_rounding"], false);
+    // The ledger booked ~$1 the (young) instance has not been charged: positive drift.
+    let drift: f64 = r["drift_total"].as_str().unwrap().parse().unwrap();
+    assert!(drift > 0.9 && drift < 1.0, "{r}");
+
+    let mut c = vasticlaude(home.path());
+    vast_env(&mut c);
+    let out = run(c.args(["ledger", "reconcile"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    assert!(table.contains(&id) && table.contains("NO"), "{table}");
+}
