@@ -259,6 +259,8 @@ pub struct HardStop {
 /// One instance interval to accrue and attribute.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccrualInput {
+    /// The instance key: the Vast instance id in decimal, or the scheduler's instance label
+    /// (`vasticlaude ledger reconcile` maps labels to Vast ids through the `instances` table).
     pub instance: String,
     /// The experiment (and user) that caused the instance: pays its overhead.
     pub owner: Owner,
