@@ -59,7 +59,7 @@
 //! - [`Ledger::report`] builds a [`Report`] (table, text, HTML, CSV, JSON);
 //!   [`Ledger::add_schedule`] / [`Ledger::tick`] send cron-scheduled reports and budget alerts
 //!   by email ([`email::send`]), each exactly once across restarts.
-//! - [`reconcile`] compares [`Ledger::instance_totals`] with Vast's charges and reports drift.
+//! - [`reconcile()`] compares [`Ledger::instance_totals`] with Vast's charges and reports drift.
 //!
 //! Tables come from [`migration::migrations`] (composed by the scheduler's store) or
 //! [`migration::Migrator`] (standalone, used by [`Ledger::open`]). Time is always a parameter
