@@ -14,3 +14,6 @@ pub fn require(part: &str, available: bool, why: &str) -> bool {
     eprintln!("skipped: {part} is missing: {why}");
     false
 }
+
+pub mod dst;
+pub mod bench;

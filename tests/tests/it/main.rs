@@ -1,3 +1,4 @@
 //! Workspace-level end-to-end tests, one binary to keep link times down.
 
 mod offers_must_show;
+mod dst;

@@ -1,0 +1,404 @@
+//! The market benchmark: our scheduler against the naive baseline and a lower bound, on the
+//! same seeded `vast::sim` markets (ARCHITECTURE §4).
+//!
+//! Each market is a fresh `vast::sim::Market` built from one seed (240 machines, realistic
+//! prices, boot times with slow pulls, other renters coming and going, outbids of interruptible
+//! rentals, some hosts that exit or go offline). The sweep is 200 jobs: 1, 2 or 4 GPUs,
+//! runtimes from minutes to hours (log-uniform), half of them checkpointing (and so allowed on
+//! interruptible rentals).
+//!
+//! - **Ours**: the real [`Engine`] (reconciler, planner of the core, cost book) on the virtual
+//!   clock, stepping every 30 s, with the simulated agents of [`crate::dst::agents`] (no agent
+//!   faults, no API faults: the market's own faults only).
+//! - **Naive**: what existing tools do, driven through its own copy of the same market: each
+//!   job on its own instance, the cheapest hourly offer that fits (on-demand; `min_bid` exactly
+//!   for checkpointing jobs), no reuse, no packing; an outbid or a dead instance is the end of
+//!   that run: destroy it and start from scratch on a new instance.
+//! - **Lower bound**: each job's runtime on its cheapest feasible GPU-hour of the market at the
+//!   start (interruptible price for checkpointing jobs), with no boot, no lost work and no
+//!   availability limits.
+//!
+//! Costs are the market's own exact charges (the simulator's billing), not our ledger's.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use rust_decimal::Decimal;
+use rust_decimal::prelude::ToPrimitive;
+use scheduler::clock::EpochMs;
+use scheduler::market::SharedMarket;
+use scheduler::market::sim::SimMarket;
+use scheduler::reconcile::{Engine, EngineConfig, JobState, ReconcileConfig};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::dst::agents::{AgentFaults, AgentWorld, FailMode, JobTruth, SimRunner};
+use crate::dst::effects::{ApiFaults, CrashJournal, FaultyMarket};
+use crate::dst::gate::CrashGate;
+use crate::dst::rng::Rng;
+use crate::dst::{job_view, scratch_dir};
+
+pub const STEP_MS: i64 = 30_000;
+const HORIZON_MS: i64 = 96 * 3_600_000;
+
+/// One job of the sweep.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchJob {
+    pub id: i64,
+    pub gpus: u32,
+    /// Runtime on a reference GPU (dlperf 100), seconds.
+    pub work_s: u64,
+    pub checkpoints: bool,
+}
+
+/// The 200-job sweep of a seed.
+pub fn sweep(seed: u64, n: usize) -> Vec<BenchJob> {
+    let mut r = Rng::stream(seed, 0x5EE9);
+    (0..n)
+        .map(|i| {
+            let gpus = match r.int(0, 9) {
+                0..=6 => 1,
+                7..=8 => 2,
+                _ => 4,
+            };
+            // Log-uniform between 5 minutes and 4 hours.
+            let work_s = (300.0 * (48.0f64).powf(r.unit())).round() as u64;
+            BenchJob {
+                id: i as i64 + 1,
+                gpus,
+                work_s,
+                checkpoints: i % 2 == 0,
+            }
+        })
+        .collect()
+}
+
+/// The market of a seed.
+pub fn market_config(seed: u64, root: &std::path::Path) -> vast::sim::SimConfig {
+    let mut r = Rng::stream(seed, 0x3A7);
+    let mut c = vast::sim::SimConfig::with_seed(seed);
+    c.machines = 240;
+    c.start_ms = Some(vast::sim::DEFAULT_START_MS);
+    c.root_dir = Some(root.to_path_buf());
+    c.boot = vast::sim::BootTimes::default();
+    c.faults = vast::sim::SimFaults {
+        stuck_created: r.range(0.0, 0.04),
+        exited: r.range(0.0, 0.03),
+        offline: r.range(0.0, 0.03),
+        slow_loading: r.range(0.02, 0.1),
+        slow_loading_factor: 5.0,
+        fault_after_mean_h: 3.0,
+        outbid_per_hour: r.range(0.05, 0.4),
+        outbid_hold_mean_h: 0.5,
+        ..vast::sim::SimFaults::none()
+    };
+    c.bandwidth = vast::sim::Bandwidth {
+        up_bytes_per_s: (0, 0),
+        down_bytes_per_s: (0, 0),
+    };
+    c.initial_credit = 1_000_000.0;
+    c
+}
+
+/// Figures of one strategy on one market.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Figures {
+    pub cost: f64,
+    pub makespan_h: f64,
+    pub lost_to_preemption: f64,
+    pub instances: u64,
+    pub jobs_done: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MarketResult {
+    pub seed: u64,
+    pub ours: Figures,
+    pub naive: Figures,
+    pub lower_bound: f64,
+    pub ours_over_lower_bound: f64,
+    pub ours_over_naive: f64,
+    pub makespan_ours_over_naive: f64,
+}
+
+fn f(d: Decimal) -> f64 {
+    d.to_f64().unwrap_or(0.0)
+}
+
+fn speed_of(gpu_name: &str) -> f64 {
+    vast::sim::GPU_MODELS
+        .iter()
+        .find(|g| g.name == gpu_name)
+        .map(|g| g.dlperf / 100.0)
+        .unwrap_or(0.2)
+}
+
+fn num(v: &Value, k: &str) -> f64 {
+    v.get(k).and_then(Value::as_f64).unwrap_or(0.0)
+}
+
+/// Offers of the market now, as search returns them (all of them).
+fn offers(m: &vast::sim::Market, bid: bool) -> Vec<Value> {
+    let body = json!({
+        "num_gpus": {"gte": 1},
+        "type": if bid { "bid" } else { "on-demand" },
+        "allocated_storage": 10.0,
+        "order": [["dph_total", "asc"]],
+    });
+    m.search(&body).unwrap_or_default()
+}
+
+/// Each job on its cheapest feasible GPU-hour, nothing else.
+pub fn lower_bound(jobs: &[BenchJob], m: &vast::sim::Market) -> f64 {
+    let ondemand = offers(m, false);
+    let bid = offers(m, true);
+    let mut total = 0.0;
+    for j in jobs {
+        let mut best = f64::INFINITY;
+        for (list, allowed) in [(&ondemand, true), (&bid, j.checkpoints)] {
+            if !allowed {
+                continue;
+            }
+            for o in list.iter() {
+                let n = num(o, "num_gpus");
+                if n < f64::from(j.gpus) {
+                    continue;
+                }
+                let per_gpu_h = num(o, "dph_total") / n;
+                let speed = speed_of(o.get("gpu_name").and_then(Value::as_str).unwrap_or(""));
+                let cost = per_gpu_h * f64::from(j.gpus) * j.work_s as f64 / 3600.0 / speed;
+                best = best.min(cost);
+            }
+        }
+        if best.is_finite() {
+            total += best;
+        }
+    }
+    total
+}
+
+/// Our scheduler: the real engine on the virtual clock.
+pub async fn run_ours(seed: u64, jobs: &[BenchJob]) -> (Figures, f64) {
+    let dir = scratch_dir();
+    let sim = SimMarket::new(vast::sim::Market::new(market_config(seed, &dir.path().join("sim"))));
+    let lb = lower_bound(jobs, &sim.lock());
+    let gate = Arc::new(CrashGate::new());
+    let mut world = AgentWorld::new(sim.clone(), gate.clone(), seed, AgentFaults::none(), 30_000);
+    for j in jobs {
+        world.truth.insert(
+            j.id,
+            JobTruth {
+                work_ms: j.work_s as i64 * 1000,
+                ckpt_every_ms: j.checkpoints.then_some(600_000),
+                fail: FailMode::Never,
+            },
+        );
+    }
+    let agents = Arc::new(Mutex::new(world));
+    let market: SharedMarket = Arc::new(FaultyMarket::new(sim.clone(), agents.clone(), gate.clone(), seed, ApiFaults::none()));
+    let journal = Arc::new(CrashJournal::new(gate.clone()));
+    let mut cfg = EngineConfig::new("bench", dir.path().join("home"));
+    cfg.reconcile = ReconcileConfig {
+        heartbeat_interval_ms: 30_000,
+        max_instances: 200,
+        ..ReconcileConfig::default()
+    };
+    cfg.offer_limit = 400;
+    cfg.offer_ttl_ms = 60_000;
+    let runner = Arc::new(SimRunner::new(agents.clone(), gate.clone()));
+    let mut engine = Engine::new(cfg, market, runner, journal).await.expect("the in-memory journal loads");
+    engine
+        .add_jobs(
+            jobs.iter()
+                .map(|j| job_view(j.id, "sweep", j.gpus, j.work_s, j.checkpoints))
+                .collect(),
+        )
+        .await
+        .expect("the in-memory journal saves");
+    let start = vast::sim::DEFAULT_START_MS;
+    let mut now = start;
+    let mut last_done = start;
+    let mut purchases = 0;
+    loop {
+        now += STEP_MS;
+        let _ = engine.step(now).await;
+        purchases += engine.stats.purchases;
+        engine.stats.purchases = 0;
+        let w = engine.world();
+        if w.jobs.values().any(|j| j.state == JobState::Succeeded) {
+            let done = w.jobs.values().filter(|j| j.state.is_terminal()).count();
+            if done == w.jobs.len() && last_done == start {
+                last_done = now;
+            }
+        }
+        if w.is_drained() || now - start > HORIZON_MS {
+            break;
+        }
+    }
+    let w = engine.world();
+    let costs = engine.costs(now);
+    let lost: Decimal = costs.lost.values().copied().sum();
+    let done = w.jobs.values().filter(|j| j.state == JobState::Succeeded).count();
+    if last_done == start {
+        last_done = now;
+    }
+    let fig = Figures {
+        cost: f(sim.lock().total_charged()),
+        makespan_h: (last_done - start) as f64 / 3_600_000.0,
+        lost_to_preemption: f(lost),
+        instances: purchases,
+        jobs_done: done,
+    };
+    (fig, lb)
+}
+
+#[derive(Debug, Clone)]
+enum NaiveState {
+    Waiting,
+    Booting { id: u64, since: EpochMs },
+    Running { id: u64, since: EpochMs, runtime_ms: i64 },
+    Done,
+}
+
+/// The naive baseline through its own copy of the market.
+pub fn run_naive(seed: u64, jobs: &[BenchJob]) -> Figures {
+    let dir = scratch_dir();
+    let mut m = vast::sim::Market::new(market_config(seed, &dir.path().join("sim")));
+    let start = vast::sim::DEFAULT_START_MS;
+    let mut now = start;
+    let mut state: BTreeMap<i64, NaiveState> = jobs.iter().map(|j| (j.id, NaiveState::Waiting)).collect();
+    let mut lost = Decimal::ZERO;
+    let mut rented = 0u64;
+    let mut last_done = start;
+    let status = |m: &vast::sim::Market, id: u64| -> Option<String> {
+        m.get(id)
+            .and_then(|v| v.get("actual_status").and_then(Value::as_str).map(str::to_string))
+    };
+    loop {
+        now += STEP_MS;
+        m.advance_to(now);
+        let mut ondemand: Option<Vec<Value>> = None;
+        let mut bids: Option<Vec<Value>> = None;
+        for j in jobs {
+            let st = state.get(&j.id).cloned().unwrap_or(NaiveState::Done);
+            let next = match st {
+                NaiveState::Waiting => {
+                    let list = if j.checkpoints {
+                        bids.get_or_insert_with(|| offers(&m, true))
+                    } else {
+                        ondemand.get_or_insert_with(|| offers(&m, false))
+                    };
+                    // Cheapest hourly price that fits (the list is sorted by dph_total).
+                    let pick = list.iter().position(|o| num(o, "num_gpus") >= f64::from(j.gpus));
+                    match pick {
+                        Some(i) => {
+                            let o = list.remove(i);
+                            let offer_id = o.get("id").and_then(Value::as_u64).unwrap_or(0);
+                            let mut body = json!({"image": "vastai/base-image:naive", "disk": 10, "label": format!("naive-{}", j.id), "cancel_unavail": true});
+                            if j.checkpoints {
+                                body["price"] = json!(num(&o, "min_bid"));
+                            }
+                            match m.create(offer_id, &body) {
+                                Ok(r) if r.success => {
+                                    rented += 1;
+                                    NaiveState::Booting {
+                                        id: r.new_contract,
+                                        since: now,
+                                    }
+                                }
+                                Ok(r) => {
+                                    let _ = m.destroy(r.new_contract);
+                                    NaiveState::Waiting
+                                }
+                                Err(_) => NaiveState::Waiting,
+                            }
+                        }
+                        None => NaiveState::Waiting,
+                    }
+                }
+                NaiveState::Booting { id, since } => match status(&m, id).as_deref() {
+                    Some("running") => {
+                        let gpu = m
+                            .get(id)
+                            .and_then(|v| v.get("gpu_name").and_then(Value::as_str).map(str::to_string))
+                            .unwrap_or_default();
+                        let runtime_ms = (j.work_s as f64 * 1000.0 / speed_of(&gpu)).ceil() as i64;
+                        NaiveState::Running {
+                            id,
+                            since: now,
+                            runtime_ms,
+                        }
+                    }
+                    Some("exited" | "offline" | "stopped") | None => {
+                        lost += m.charges(id).map(|c| c.total).unwrap_or_default();
+                        let _ = m.destroy(id);
+                        NaiveState::Waiting
+                    }
+                    _ if now - since > 20 * 60_000 => {
+                        lost += m.charges(id).map(|c| c.total).unwrap_or_default();
+                        let _ = m.destroy(id);
+                        NaiveState::Waiting
+                    }
+                    _ => NaiveState::Booting { id, since },
+                },
+                NaiveState::Running { id, since, runtime_ms } => {
+                    if status(&m, id).as_deref() != Some("running") {
+                        // Outbid or dead: the run is lost, start over from scratch.
+                        lost += m.charges(id).map(|c| c.total).unwrap_or_default();
+                        let _ = m.destroy(id);
+                        NaiveState::Waiting
+                    } else if now - since >= runtime_ms {
+                        let _ = m.destroy(id);
+                        last_done = now;
+                        NaiveState::Done
+                    } else {
+                        NaiveState::Running { id, since, runtime_ms }
+                    }
+                }
+                NaiveState::Done => NaiveState::Done,
+            };
+            state.insert(j.id, next);
+        }
+        let done = state.values().filter(|s| matches!(s, NaiveState::Done)).count();
+        if done == jobs.len() || now - start > HORIZON_MS {
+            break;
+        }
+    }
+    let done = state.values().filter(|s| matches!(s, NaiveState::Done)).count();
+    Figures {
+        cost: f(m.total_charged()),
+        makespan_h: (last_done - start) as f64 / 3_600_000.0,
+        lost_to_preemption: f(lost),
+        instances: rented,
+        jobs_done: done,
+    }
+}
+
+/// One market: ours, naive, lower bound.
+pub fn run_market(seed: u64, n_jobs: usize) -> MarketResult {
+    let jobs = sweep(seed, n_jobs);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a current-thread runtime builds");
+    let (ours, lb) = rt.block_on(run_ours(seed, &jobs));
+    let naive = run_naive(seed, &jobs);
+    MarketResult {
+        seed,
+        ours_over_lower_bound: ours.cost / lb,
+        ours_over_naive: ours.cost / naive.cost,
+        makespan_ours_over_naive: ours.makespan_h / naive.makespan_h,
+        ours,
+        naive,
+        lower_bound: lb,
+    }
+}
+
+/// The median of some numbers (mean of the two middle ones for an even count).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}

@@ -1,0 +1,153 @@
+//! `cargo run --release -p tests --bin market-bench -- [--json] [--markets N] [--jobs N]`
+//!
+//! Runs our scheduler, the naive baseline and the lower bound on N seeded `vast::sim` markets
+//! (default 10) with a sweep of 200 jobs, and prints a table (or JSON) with the median.
+
+use anyhow::{Context, bail};
+use tests::bench::{MarketResult, median, run_market};
+
+struct Args {
+    json: bool,
+    markets: u64,
+    jobs: usize,
+}
+
+fn parse() -> anyhow::Result<Args> {
+    let mut a = Args {
+        json: false,
+        markets: 10,
+        jobs: 200,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(x) = it.next() {
+        match x.as_str() {
+            "--json" => a.json = true,
+            "--markets" => {
+                let v = it.next().context("--markets needs a number")?;
+                a.markets = v.parse().with_context(|| format!("--markets must be a positive integer, got {v:?}"))?;
+            }
+            "--jobs" => {
+                let v = it.next().context("--jobs needs a number")?;
+                a.jobs = v.parse().with_context(|| format!("--jobs must be a positive integer, got {v:?}"))?;
+            }
+            "-h" | "--help" => {
+                println!("usage: market-bench [--json] [--markets N] [--jobs N]");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?} (expected --json, --markets N, --jobs N)"),
+        }
+    }
+    if a.markets == 0 || a.jobs == 0 {
+        bail!("--markets and --jobs must be at least 1");
+    }
+    Ok(a)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = parse()?;
+    let started = std::time::Instant::now();
+    let seeds: Vec<u64> = (1..=args.markets).collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results = std::sync::Mutex::new(Vec::new());
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(seeds.len());
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let Some(&seed) = seeds.get(i) else { break };
+                    let r = run_market(seed, args.jobs);
+                    if !args.json {
+                        eprintln!("market {seed} done");
+                    }
+                    results.lock().unwrap_or_else(|p| p.into_inner()).push(r);
+                }
+            });
+        }
+    });
+    let mut results: Vec<MarketResult> = results.into_inner().unwrap_or_else(|p| p.into_inner());
+    results.sort_by_key(|r| r.seed);
+    let med = |f: &dyn Fn(&MarketResult) -> f64| median(results.iter().map(f).collect());
+    let summary = serde_json::json!({
+        "markets": results.len(),
+        "jobs_per_market": args.jobs,
+        "median": {
+            "ours_cost": med(&|r| r.ours.cost),
+            "naive_cost": med(&|r| r.naive.cost),
+            "lower_bound": med(&|r| r.lower_bound),
+            "ours_over_lower_bound": med(&|r| r.ours_over_lower_bound),
+            "ours_over_naive": med(&|r| r.ours_over_naive),
+            "ours_makespan_h": med(&|r| r.ours.makespan_h),
+            "naive_makespan_h": med(&|r| r.naive.makespan_h),
+            "makespan_ours_over_naive": med(&|r| r.makespan_ours_over_naive),
+            "ours_lost_to_preemption": med(&|r| r.ours.lost_to_preemption),
+            "naive_lost_to_preemption": med(&|r| r.naive.lost_to_preemption),
+            "ours_instances": med(&|r| r.ours.instances as f64),
+            "naive_instances": med(&|r| r.naive.instances as f64),
+        },
+        "targets": {
+            "ours_over_lower_bound_at_most": 1.15,
+            "ours_over_naive_at_most": 0.75,
+            "makespan_ours_over_naive_at_most": 1.0,
+        },
+        "results": results,
+        "wall_s": started.elapsed().as_secs_f64(),
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+        return Ok(());
+    }
+    println!(
+        "{:>6} {:>10} {:>10} {:>10} {:>7} {:>7} {:>9} {:>9} {:>9} {:>9} {:>6} {:>6} {:>9}",
+        "market", "ours $", "naive $", "bound $", "o/LB", "o/naive", "ours h", "naive h", "lost o $", "lost n $", "inst o", "inst n", "done o/n"
+    );
+    let row = |name: String, oc: f64, nc: f64, lb: f64, olb: f64, on: f64, oh: f64, nh: f64, lo: f64, ln: f64, io: f64, inn: f64, done: String| {
+        println!(
+            "{name:>6} {oc:>10.2} {nc:>10.2} {lb:>10.2} {olb:>7.3} {on:>7.3} {oh:>9.2} {nh:>9.2} {lo:>9.2} {ln:>9.2} {io:>6.0} {inn:>6.0} {done:>9}"
+        );
+    };
+    for r in &results {
+        row(
+            r.seed.to_string(),
+            r.ours.cost,
+            r.naive.cost,
+            r.lower_bound,
+            r.ours_over_lower_bound,
+            r.ours_over_naive,
+            r.ours.makespan_h,
+            r.naive.makespan_h,
+            r.ours.lost_to_preemption,
+            r.naive.lost_to_preemption,
+            r.ours.instances as f64,
+            r.naive.instances as f64,
+            format!("{}/{}", r.ours.jobs_done, r.naive.jobs_done),
+        );
+    }
+    let m = &summary["median"];
+    let g = |k: &str| m[k].as_f64().unwrap_or(f64::NAN);
+    row(
+        "median".into(),
+        g("ours_cost"),
+        g("naive_cost"),
+        g("lower_bound"),
+        g("ours_over_lower_bound"),
+        g("ours_over_naive"),
+        g("ours_makespan_h"),
+        g("naive_makespan_h"),
+        g("ours_lost_to_preemption"),
+        g("naive_lost_to_preemption"),
+        g("ours_instances"),
+        g("naive_instances"),
+        String::new(),
+    );
+    println!(
+        "targets: ours/LB <= 1.15 (median {:.3}), ours/naive <= 0.75 (median {:.3}), makespan ours/naive <= 1 (median {:.3}); {} markets x {} jobs in {:.1} s",
+        g("ours_over_lower_bound"),
+        g("ours_over_naive"),
+        g("makespan_ours_over_naive"),
+        results.len(),
+        args.jobs,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
