@@ -119,9 +119,13 @@ pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
     let pubkey = std::fs::read_to_string(key_path.with_extension("pub")).ok();
     let (market, sim): (SharedMarket, Option<SimMarket>) = match args.provider.as_str() {
         "sim" => {
+            // The in-process market does not outlive this process: what an earlier run left
+            // in its folders is killed (as the market itself would have) and removed.
+            let root = ctx.home.join("sim");
+            clean_old_sim(&root);
             let mut cfg = vast::sim::SimConfig::with_seed(args.sim_seed);
             cfg.start_ms = Some(clock.now_ms());
-            cfg.root_dir = Some(ctx.home.join("sim"));
+            cfg.root_dir = Some(root);
             cfg.boot = vast::sim::BootTimes::fast();
             let s = SimMarket::new(vast::sim::Market::new(cfg));
             (Arc::new(s.clone()), Some(s))
@@ -197,7 +201,11 @@ pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
             let line = format!("{}: {}", e.kind, e.detail);
             match &bar {
                 Some(pb) => pb.println(line),
-                None => tracing::info!(kind = %e.kind, detail = %e.detail, "scheduler"),
+                // Structured logs when not on a terminal: one JSON object per line.
+                None => eprintln!(
+                    "{}",
+                    serde_json::json!({"at_ms": e.at_ms, "kind": e.kind, "detail": e.detail})
+                ),
             }
         }
         for r in engine.drain_reports() {
@@ -299,6 +307,30 @@ async fn experiment_names(
         .into_iter()
         .map(|e| (e.id, e.name))
         .collect())
+}
+
+/// Kill the process groups an earlier simulator registered (`<root>/instances/*/pids/<pgid>`)
+/// and remove its folders.
+fn clean_old_sim(root: &std::path::Path) {
+    let Ok(instances) = std::fs::read_dir(root.join("instances")) else {
+        return;
+    };
+    for inst in instances.flatten() {
+        let Ok(pids) = std::fs::read_dir(inst.path().join("pids")) else {
+            continue;
+        };
+        for p in pids.flatten() {
+            if let Ok(pgid) = p.file_name().to_string_lossy().parse::<i32>()
+                && pgid > 1
+            {
+                let _ = std::process::Command::new("kill")
+                    .args(["-KILL", "--", &format!("-{pgid}")])
+                    .stderr(std::process::Stdio::null())
+                    .status();
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(root);
 }
 
 /// The workspace name in labels: `$VASTICLAUDE_WORKSPACE`, else the user.

@@ -53,6 +53,12 @@ pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
                 j.reason.as_deref().unwrap_or("unknown reason")
             ));
         }
+        if j.state == JobState::Queued
+            && !j.budget_held
+            && let Some(r) = j.reason.as_deref().filter(|r| r.starts_with("waiting"))
+        {
+            attention.push(format!("job {} ({}) is {r}", j.id, j.name));
+        }
         if j.budget_held && j.state == JobState::Queued {
             attention.push(format!(
                 "job {} ({}) is held: the budget of {} is spent",

@@ -203,7 +203,10 @@ impl CostBook {
     /// to `now`, with the job spans inside them; [`CostBook::mark_accrued`] records that they
     /// were stored. Old-price segments come first (their keys are negative), so each
     /// instance's pieces arrive in time order.
-    pub fn accrual_inputs(&self, now: EpochMs) -> Vec<(InstanceKey, EpochMs, ledger::AccrualInput)> {
+    pub fn accrual_inputs(
+        &self,
+        now: EpochMs,
+    ) -> Vec<(InstanceKey, EpochMs, ledger::AccrualInput)> {
         let mut out = Vec::new();
         for (key, b) in &self.instances {
             let (intervals, spans) = b.until(now);

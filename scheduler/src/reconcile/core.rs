@@ -900,6 +900,14 @@ impl Pass<'_> {
                     });
                     if ok {
                         self.emit(Action::Place { job: j.id, key });
+                    } else {
+                        self.note(
+                            &j,
+                            format!(
+                                "waiting: the budget of {} cannot cover its worst-case cost",
+                                j.experiment
+                            ),
+                        );
                     }
                 }
                 None => unplaced.push(j),
@@ -921,6 +929,11 @@ impl Pass<'_> {
                 && self.room_for_instance()
             {
                 let Some((offer, k)) = self.best_offer(&class, offers) else {
+                    if !offers.is_empty() {
+                        for j in &class {
+                            self.note(j, "waiting: no offer fits (GPUs, disk, price cap)".into());
+                        }
+                    }
                     break;
                 };
                 // Take jobs while their worst-case cost fits their budgets.
@@ -947,6 +960,15 @@ impl Pass<'_> {
                     skipped.push(j);
                 }
                 if take.is_empty() {
+                    for j in &skipped {
+                        self.note(
+                            j,
+                            format!(
+                                "waiting: the budget of {} cannot cover its worst-case cost",
+                                j.experiment
+                            ),
+                        );
+                    }
                     break;
                 }
                 class = skipped
@@ -971,6 +993,14 @@ impl Pass<'_> {
                 }
                 provisions += 1;
             }
+        }
+    }
+
+    /// Say why a job waits (once: only when the reason changes).
+    fn note(&mut self, j: &JobView, reason: String) {
+        let current = self.w.jobs.get(&j.id).and_then(|j| j.reason.clone());
+        if current.as_deref() != Some(reason.as_str()) {
+            self.emit(Action::Note { job: j.id, reason });
         }
     }
 

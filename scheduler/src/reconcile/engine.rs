@@ -297,7 +297,9 @@ impl Engine {
     /// Give the ledger every interval piece not yet stored, up to `now`. Replays are harmless
     /// (the ledger skips what it has), so a crash between storing and journaling is fine.
     pub async fn accrue_to_ledger(&mut self, now: EpochMs) -> Result<usize, String> {
-        let Some(l) = self.ledger.clone() else { return Ok(0) };
+        let Some(l) = self.ledger.clone() else {
+            return Ok(0);
+        };
         let mut n = 0;
         let mut failed: std::collections::BTreeSet<InstanceKey> = std::collections::BTreeSet::new();
         for (key, until, input) in self.state.book.accrual_inputs(now) {
@@ -311,7 +313,11 @@ impl Engine {
                 }
                 Err(e) => {
                     failed.insert(key);
-                    self.event(now, "warn", format!("ledger accrual for {} failed: {e}", input.instance));
+                    self.event(
+                        now,
+                        "warn",
+                        format!("ledger accrual for {} failed: {e}", input.instance),
+                    );
                 }
             }
         }
@@ -322,9 +328,13 @@ impl Engine {
     /// Experiment budgets set in the ledger (`vasticlaude budget set`) apply here.
     async fn load_budgets(&mut self) {
         let Some(l) = self.ledger.clone() else { return };
-        let Ok(budgets) = l.budgets().await else { return };
+        let Ok(budgets) = l.budgets().await else {
+            return;
+        };
         for b in budgets {
-            let ledger::store::BudgetScope::Experiment(exp) = &b.scope else { continue };
+            let ledger::store::BudgetScope::Experiment(exp) = &b.scope else {
+                continue;
+            };
             if !b.hard {
                 continue;
             }
@@ -336,12 +346,17 @@ impl Engine {
                 .max()
                 .map(|p| Decimal::from(p) / Decimal::from(100))
                 .unwrap_or(Decimal::new(8, 1));
-            let entry = self.state.world.budgets.entry(exp.clone()).or_insert(BudgetView {
-                limit: b.amount.0,
-                warn_fraction: warn,
-                warned: false,
-                hard_stopped: false,
-            });
+            let entry = self
+                .state
+                .world
+                .budgets
+                .entry(exp.clone())
+                .or_insert(BudgetView {
+                    limit: b.amount.0,
+                    warn_fraction: warn,
+                    warned: false,
+                    hard_stopped: false,
+                });
             if entry.limit != b.amount.0 {
                 // A raised budget lifts a hard stop; held jobs may run again.
                 if b.amount.0 > entry.limit {
@@ -883,9 +898,15 @@ impl Engine {
                 self.accrue_to_ledger(now).await?;
                 self.record(a, &Outcome::Done, now).await.map_err(j)
             }
-            Action::Heartbeat(_) | Action::Adopt { .. } | Action::Place { .. } | Action::Blacklist { .. } => {
-                self.record(a, &Outcome::Done, now).await.map_err(j)
+            Action::Note { job, reason } => {
+                self.record(a, &Outcome::Done, now).await.map_err(j)?;
+                self.event(now, "wait", format!("job {job}: {reason}"));
+                Ok(())
             }
+            Action::Heartbeat(_)
+            | Action::Adopt { .. }
+            | Action::Place { .. }
+            | Action::Blacklist { .. } => self.record(a, &Outcome::Done, now).await.map_err(j),
         }
     }
 

@@ -496,6 +496,11 @@ pub enum Action {
         spent: Decimal,
         limit: Decimal,
     },
+    /// Why a queued job is not placed (shown by `status`).
+    Note {
+        job: JobId,
+        reason: String,
+    },
     /// Accrue the ledger up to now.
     Accrue,
     /// Every job of the experiment is terminal: print (and mail) its final cost report.

@@ -296,14 +296,20 @@ impl Runner for AgentRunner {
                 &format!("mkdir -p {}", shell_quote(&t.remote_path(&dir))),
             )
             .await?;
-            t.copy_up(&self.agent_binary, &agent)
+            // Copy beside it, then rename over: a running old agent keeps its (unlinked) file.
+            let tmp = format!("{agent}.new");
+            t.copy_up(&self.agent_binary, &tmp)
                 .await
                 .map_err(|e| rerr("copy the agent", e))?;
             let remote = t.remote_path(&agent);
             let v = Self::run_ok(
                 &*t,
                 "check the agent",
-                &format!("chmod 755 {q} && {q} version", q = shell_quote(&remote)),
+                &format!(
+                    "chmod 755 {n} && mv -f {n} {q} && {q} version",
+                    n = shell_quote(&t.remote_path(&tmp)),
+                    q = shell_quote(&remote)
+                ),
             )
             .await?;
             if !v.contains("vasticlaude-agent") {

@@ -203,8 +203,13 @@ pub async fn build(
     cfg.reconcile = opts.reconcile.clone();
     cfg.offer_ttl_ms = 5_000;
     let market: SharedMarket = Arc::new(sim.clone());
-    let ledger_url = format!("sqlite://{}?mode=rwc", opts.home.join("ledger.db").display());
-    let ledger = ledger::Ledger::open(&ledger_url).await.map_err(|e| e.to_string())?;
+    let ledger_url = format!(
+        "sqlite://{}?mode=rwc",
+        opts.home.join("ledger.db").display()
+    );
+    let ledger = ledger::Ledger::open(&ledger_url)
+        .await
+        .map_err(|e| e.to_string())?;
     let engine = Engine::new(cfg, market, runner, journal)
         .await
         .map_err(|e| e.to_string())?
@@ -273,7 +278,13 @@ pub async fn outcome(
     let ledger_total = match engine.ledger() {
         Some(l) => {
             let mut t = Decimal::ZERO;
-            for e in engine.world().jobs.values().map(|j| j.experiment.clone()).collect::<std::collections::BTreeSet<_>>() {
+            for e in engine
+                .world()
+                .jobs
+                .values()
+                .map(|j| j.experiment.clone())
+                .collect::<std::collections::BTreeSet<_>>()
+            {
                 if let Ok(u) = l.spent(&ledger::store::BudgetScope::Experiment(e)).await {
                     t += u.0;
                 }

@@ -134,6 +134,12 @@ pub fn apply(w: &mut WorldView, action: &Action, outcome: &Outcome, now: EpochMs
                 j.state = JobState::Placed;
                 j.instance = Some(*key);
                 j.budget_held = false;
+                if j.reason
+                    .as_deref()
+                    .is_some_and(|r| r.starts_with("waiting"))
+                {
+                    j.reason = None;
+                }
             }
             if let Some(inst) = w.instances.get_mut(key) {
                 inst.idle_since_ms = None;
@@ -203,6 +209,11 @@ pub fn apply(w: &mut WorldView, action: &Action, outcome: &Outcome, now: EpochMs
             }
         }
         Action::StopAttempt { .. } => {}
+        Action::Note { job, reason } => {
+            if let Some(j) = w.jobs.get_mut(job) {
+                j.reason = Some(reason.clone());
+            }
+        }
         Action::EndAttempt {
             job,
             end,
