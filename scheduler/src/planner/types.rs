@@ -292,7 +292,9 @@ pub struct PlanInput {
     pub offers_by_class: BTreeMap<ClassKey, Vec<usize>>,
     pub idle: Vec<IdleInstance>,
     pub throughput: Throughput,
-    /// Remaining budget per experiment, nano$. An experiment without an entry has no budget cap.
+    /// Remaining budget per experiment, nano$: the limit minus what was spent minus what running
+    /// work may still cost (its worst case). Each placed job reserves its worst case against it
+    /// (`PlacedJob::reserved`). An experiment without an entry has no budget cap.
     pub budgets: BTreeMap<String, Nano>,
     pub blacklist: Blacklist,
     pub config: PlanConfig,
