@@ -154,6 +154,13 @@ pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
     cfg.reconcile.max_instances = args.max_instances;
     cfg.reconcile.max_total_dph = max_dph;
     cfg.ssh_public_key = pubkey;
+    cfg.report_to = std::env::var("VASTICLAUDE_REPORT_TO")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
     if sim.is_some() {
         cfg.reconcile.heartbeat_interval_ms = 10_000;
         cfg.reconcile.idle_timeout_ms = 10_000;

@@ -151,6 +151,9 @@ pub struct EngineConfig {
     pub offer_ttl_ms: i64,
     /// Our public SSH key, put on every instance.
     pub ssh_public_key: Option<String>,
+    /// Who gets each experiment's final cost report by email (`VASTICLAUDE_REPORT_TO`), sent
+    /// through `VASTICLAUDE_SMTP_URL` when that is configured.
+    pub report_to: Vec<String>,
 }
 
 impl EngineConfig {
@@ -163,6 +166,7 @@ impl EngineConfig {
             offer_limit: 64,
             offer_ttl_ms: 30_000,
             ssh_public_key: None,
+            report_to: Vec::new(),
         }
     }
 }
@@ -891,6 +895,9 @@ impl Engine {
                 if let Ok(b) = serde_json::to_vec_pretty(&report) {
                     let _ = write_atomic(&report.folder.join("report.json"), &b);
                 }
+                if !self.cfg.report_to.is_empty() {
+                    self.mail_report(&report, now).await;
+                }
                 self.reports.push(report);
                 self.record(a, &Outcome::Done, now).await.map_err(j)
             }
@@ -1028,6 +1035,38 @@ impl Engine {
                     .map_err(|e| e.to_string())?;
                 Err(format!("start of job {job} failed: {e}"))
             }
+        }
+    }
+
+    async fn mail_report(&mut self, r: &ExperimentReport, now: EpochMs) {
+        let mailer = match ledger::Mailer::from_env() {
+            Ok(m) => m,
+            Err(e) => {
+                self.event(now, "warn", format!("final report of {} not mailed: {e}", r.experiment));
+                return;
+            }
+        };
+        let jobs: Vec<String> = r.jobs.iter().map(|(s, n)| format!("{n} {s}")).collect();
+        let text = format!(
+            "Experiment {} finished: {}.\nCost: ${} (lost to interruptions: ${}).\nOutputs: {}\n",
+            r.experiment,
+            jobs.join(", "),
+            r.cost.round_dp(6),
+            r.lost_to_interruptions.round_dp(6),
+            r.folder.display()
+        );
+        let html = format!(
+            "<p>Experiment <b>{}</b> finished: {}.</p><p>Cost: ${} (lost to interruptions: ${}).</p><p>Outputs: <code>{}</code></p>",
+            ledger::email::html_escape(&r.experiment),
+            ledger::email::html_escape(&jobs.join(", ")),
+            r.cost.round_dp(6),
+            r.lost_to_interruptions.round_dp(6),
+            ledger::email::html_escape(&r.folder.display().to_string())
+        );
+        let subject = format!("vasticlaude: {} finished, ${}", r.experiment, r.cost.round_dp(2));
+        match mailer.send(&self.cfg.report_to, &subject, &text, &html).await {
+            Ok(()) => self.event(now, "report", format!("final report of {} mailed", r.experiment)),
+            Err(e) => self.event(now, "warn", format!("final report of {} not mailed: {e}", r.experiment)),
         }
     }
 
