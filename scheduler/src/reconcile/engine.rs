@@ -975,6 +975,13 @@ impl Engine {
             endpoint: ep,
             resume_from,
             gpus: gpus.clone(),
+            disk_gb: self
+                .state
+                .world
+                .instances
+                .get(&key)
+                .map(|i| i.offer.disk_gb)
+                .unwrap_or_default(),
         };
         match self.runner.start(&req).await {
             Ok(hash) => {
@@ -1042,7 +1049,11 @@ impl Engine {
         let mailer = match ledger::Mailer::from_env() {
             Ok(m) => m,
             Err(e) => {
-                self.event(now, "warn", format!("final report of {} not mailed: {e}", r.experiment));
+                self.event(
+                    now,
+                    "warn",
+                    format!("final report of {} not mailed: {e}", r.experiment),
+                );
                 return;
             }
         };
@@ -1063,10 +1074,25 @@ impl Engine {
             r.lost_to_interruptions.round_dp(6),
             ledger::email::html_escape(&r.folder.display().to_string())
         );
-        let subject = format!("vasticlaude: {} finished, ${}", r.experiment, r.cost.round_dp(2));
-        match mailer.send(&self.cfg.report_to, &subject, &text, &html).await {
-            Ok(()) => self.event(now, "report", format!("final report of {} mailed", r.experiment)),
-            Err(e) => self.event(now, "warn", format!("final report of {} not mailed: {e}", r.experiment)),
+        let subject = format!(
+            "vasticlaude: {} finished, ${}",
+            r.experiment,
+            r.cost.round_dp(2)
+        );
+        match mailer
+            .send(&self.cfg.report_to, &subject, &text, &html)
+            .await
+        {
+            Ok(()) => self.event(
+                now,
+                "report",
+                format!("final report of {} mailed", r.experiment),
+            ),
+            Err(e) => self.event(
+                now,
+                "warn",
+                format!("final report of {} not mailed: {e}", r.experiment),
+            ),
         }
     }
 

@@ -50,6 +50,8 @@ pub struct StartRequest {
     pub resume_from: Option<PathBuf>,
     /// GPU indices on the instance.
     pub gpus: Vec<u32>,
+    /// The instance's disk, GB (exported as `VASTICLAUDE_DISK_GB`).
+    pub disk_gb: f64,
 }
 
 /// A running attempt, as the runner needs to know it (rebuilt after a restart).
@@ -369,7 +371,14 @@ impl Runner for AgentRunner {
                 fence: req.fence,
                 token: Token(token),
                 command: req.job.command.clone(),
-                env: req.job.env.clone(),
+                env: {
+                    let mut env = req.job.env.clone();
+                    env.insert(
+                        "VASTICLAUDE_DISK_GB".into(),
+                        format!("{}", req.disk_gb.round()),
+                    );
+                    env
+                },
                 working_dir: t.remote_path(&work).into(),
                 checkpoint_dir: t.remote_path(&ckpt).into(),
                 output_dir: t.remote_path(&out).into(),

@@ -323,3 +323,43 @@ async fn crash_and_restart(home: &Path, agent: PathBuf, journal: Arc<dyn Journal
     let costs = engine.costs(clock.now_ms());
     assert_eq!(costs.instances_total, costs.experiments_total);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_fills_its_disk_is_retrieved_and_retried_on_a_larger_disk() {
+    let Some(agent) = agent() else { return };
+    let home = tempfile::tempdir().unwrap();
+    let mut o = opts(home.path(), 5, agent);
+    o.faults.fail_first_boot = false;
+    o.faults.preempt_once = false;
+    let journal: Arc<dyn Journal> = Arc::new(FileJournal::in_home(home.path()));
+    let (mut engine, sim, clock) = simrun::build(&o, journal, None).await.unwrap();
+    let mut jobs = demo_jobs("disky", 1, 1, 3);
+    // Writes its partial result, then runs out of room on a disk under 15 GB.
+    jobs[0].command = "echo partial > $VASTICLAUDE_OUTPUT_DIR/partial.txt; \
+        if [ \"$VASTICLAUDE_DISK_GB\" -lt 15 ]; then echo 'write: No space left on device' >&2; exit 1; fi; \
+        sh ./train.sh"
+        .into();
+    engine.add_jobs(jobs).await.unwrap();
+    let (events, stopped) = simrun::drive(&mut engine, &sim, &clock, &o, |_| {}, |_| false).await;
+    assert_eq!(stopped, None, "{events:?}");
+    let j = &engine.world().jobs[&1];
+    assert_eq!(j.state, JobState::Succeeded, "{events:?}");
+    assert_eq!(j.failures, 1);
+    assert_eq!(j.disk_factor, 2);
+    let logs = home.path().join("experiments/disky/jobs/1/logs");
+    let first = std::fs::read_dir(&logs)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .min()
+        .unwrap();
+    let err = std::fs::read_to_string(first.join("stderr.log")).unwrap();
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(
+        home.path()
+            .join("experiments/disky/jobs/1/outputs/partial.txt")
+            .is_file()
+    );
+    assert!(events.iter().any(|e| e.contains("disk full")), "{events:?}");
+    assert!(sim.live_with_prefix("vc-demo-").is_empty());
+}
