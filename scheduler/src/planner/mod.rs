@@ -22,6 +22,21 @@
 //! * [`reputation::blacklist`] — machines and hosts to avoid, learned from our own failures;
 //! * [`PlanOffer::from_vast`] — a search result as the planner needs it;
 //! * [`synth::market`] — deterministic synthetic markets (benchmark, tests).
+//!
+//! How the reconciler builds a [`PlanInput`] each pass:
+//! 1. one [`PlanJob`] per queued job, `class` = a key of its search (GPU query, GPU count, disk,
+//!    image); `est_runtime_s` = work left after its latest pulled checkpoint, in seconds on one
+//!    reference GPU per requested GPU (`PlanConfig::ref_dlperf_per_gpu`);
+//! 2. one search per class (cached briefly), the results converted with [`PlanOffer::from_vast`]
+//!    into `offers`, their indices into `offers_by_class` (one offer may serve several classes);
+//! 3. our agent-up instances with free GPUs as [`IdleInstance`]s, with the classes they satisfy;
+//! 4. `budgets` = limit − spent − worst case of running work; `blacklist` from
+//!    [`reputation::blacklist`] over the stored failure events; `throughput` from finished
+//!    attempts; `config.max_instances` / `max_total_dph` = the headroom left.
+//!
+//! and then executes the [`Plan`]: start `reuse` jobs on their instances, create each `rent`
+//! entry (on-demand, or with `price = bid`) and place its jobs there once it is up, and leave
+//! `deferred` jobs queued with their reason shown to the user.
 
 mod baseline;
 mod bid;
