@@ -297,30 +297,37 @@ pub fn parse_order(v: &Value) -> Vec<OrderKey> {
     out
 }
 
+fn compare_rows(a: &Value, b: &Value, order: &[OrderKey]) -> Ordering {
+    for (field, desc) in order {
+        let x = a.get(field).unwrap_or(&Value::Null);
+        let y = b.get(field).unwrap_or(&Value::Null);
+        let ord = match (x.is_null(), y.is_null()) {
+            (true, true) => Ordering::Equal,
+            (true, false) => Ordering::Greater,
+            (false, true) => Ordering::Less,
+            _ => {
+                let o = values_cmp(x, y).unwrap_or(Ordering::Equal);
+                if *desc { o.reverse() } else { o }
+            }
+        };
+        if ord != Ordering::Equal {
+            return ord;
+        }
+    }
+    let ia = a.get("id").and_then(Value::as_i64).unwrap_or(0);
+    let ib = b.get("id").and_then(Value::as_i64).unwrap_or(0);
+    ia.cmp(&ib)
+}
+
 /// Sorts rows by the keys (nulls last in either direction), then by `id` ascending so equal
 /// keys come out in a stable, deterministic order.
 pub fn sort_rows(rows: &mut [Value], order: &[OrderKey]) {
-    rows.sort_by(|a, b| {
-        for (field, desc) in order {
-            let x = a.get(field).unwrap_or(&Value::Null);
-            let y = b.get(field).unwrap_or(&Value::Null);
-            let ord = match (x.is_null(), y.is_null()) {
-                (true, true) => Ordering::Equal,
-                (true, false) => Ordering::Greater,
-                (false, true) => Ordering::Less,
-                _ => {
-                    let o = values_cmp(x, y).unwrap_or(Ordering::Equal);
-                    if *desc { o.reverse() } else { o }
-                }
-            };
-            if ord != Ordering::Equal {
-                return ord;
-            }
-        }
-        let ia = a.get("id").and_then(Value::as_i64).unwrap_or(0);
-        let ib = b.get("id").and_then(Value::as_i64).unwrap_or(0);
-        ia.cmp(&ib)
-    });
+    rows.sort_by(|a, b| compare_rows(a, b, order));
+}
+
+/// [`sort_rows`] over borrowed rows.
+pub fn sort_refs(rows: &mut [&Value], order: &[OrderKey]) {
+    rows.sort_by(|a, b| compare_rows(a, b, order));
 }
 
 #[cfg(test)]

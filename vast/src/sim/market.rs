@@ -2,6 +2,7 @@
 //! faults, billing and the account. Synchronous and deterministic: time moves only through
 //! [`Market::advance_to`], and every random draw comes from the seed.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
@@ -181,6 +182,9 @@ pub struct SshKey {
     pub created_at: f64,
 }
 
+/// Offer JSON by machine, then by bundle slot.
+type OfferRows = Vec<Vec<Value>>;
+
 static MARKET_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// The simulated market. See the module docs of [`crate::sim`].
@@ -204,6 +208,9 @@ pub struct Market {
     root_dir: PathBuf,
     logs: BTreeMap<String, String>,
     credit_exhausted: bool,
+    /// Offer JSON per (type, allocated_storage) and then [machine][slot]. Prices never change,
+    /// so a search only refreshes the fields that depend on time and occupancy.
+    offer_cache: RefCell<BTreeMap<(u8, u64), OfferRows>>,
 }
 
 impl std::fmt::Debug for Market {
@@ -357,6 +364,7 @@ impl Market {
             root_dir,
             logs: BTreeMap::new(),
             credit_exhausted: false,
+            offer_cache: RefCell::new(BTreeMap::new()),
         };
         // Start with some GPUs already rented by others, as on a real market.
         let initial = (n as f64 * 0.15) as usize;
@@ -673,27 +681,52 @@ impl Market {
         };
         let mut filters: Map<String, Value> = q.clone();
         filters.insert("allocated_storage".into(), json!(storage));
-        let mut out = Vec::new();
-        for m in 0..self.machines.len() {
-            for (slot, n) in self.machines[m].bundle_sizes().into_iter().enumerate() {
+        let key = (typ as u8, storage.to_bits());
+        let mut cache = self.offer_cache.borrow_mut();
+        if cache.len() >= 8 && !cache.contains_key(&key) {
+            cache.clear();
+        }
+        let rows = cache.entry(key).or_insert_with(|| {
+            (0..self.machines.len())
+                .map(|m| {
+                    self.machines[m]
+                        .bundle_sizes()
+                        .into_iter()
+                        .enumerate()
+                        .map(|(slot, n)| self.offer_json(m, slot, n, typ, storage))
+                        .collect()
+                })
+                .collect()
+        });
+        let now_s = self.now_ms / 1000;
+        let mut hits: Vec<(usize, usize)> = Vec::new();
+        for (m, slots) in rows.iter_mut().enumerate() {
+            let free = self.free_gpus(m);
+            let duration = (self.machines[m].end_date_s - now_s).max(0) as f64;
+            for (slot, offer) in slots.iter_mut().enumerate() {
+                let n = offer["num_gpus"].as_u64().unwrap_or(0) as u32;
                 if !self.offer_visible(m, n) {
                     continue;
                 }
-                let offer = self.offer_json(m, slot, n, typ, storage);
-                if filter::matches(&filters, &offer) {
-                    out.push(offer);
+                // `duration` may be filtered on; the display fields are refreshed for hits only.
+                offer["duration"] = json!(duration);
+                if filter::matches(&filters, offer) {
+                    offer["rented"] = json!(n > free);
+                    offer["time_remaining"] = json!(format!("{:.0} days", duration / 86_400.0));
+                    hits.push((m, slot));
                 }
             }
         }
+        let mut found: Vec<&Value> = hits.iter().map(|(m, slot)| &rows[*m][*slot]).collect();
         let mut order = q.get("order").map(filter::parse_order).unwrap_or_default();
         if order.is_empty() {
             order = vec![("score".to_string(), true)];
         }
-        filter::sort_rows(&mut out, &order);
+        filter::sort_refs(&mut found, &order);
         if let Some(l) = limit {
-            out.truncate(l);
+            found.truncate(l);
         }
-        Ok(out)
+        Ok(found.into_iter().cloned().collect())
     }
 
     /// One offer as search would show it (on-demand view, 8 GB), whether or not it is
