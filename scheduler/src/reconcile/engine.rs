@@ -329,6 +329,45 @@ impl Engine {
         Ok(n)
     }
 
+    /// Send due scheduled reports and budget alerts (each firing is recorded by the ledger, so
+    /// a restart neither skips nor repeats one). Needs `VASTICLAUDE_SMTP_URL`; without it the
+    /// schedules wait.
+    async fn report_schedules(&mut self, now: EpochMs) {
+        let Some(l) = self.ledger.clone() else { return };
+        let Ok(mailer) = ledger::Mailer::from_env() else {
+            return;
+        };
+        let mut progress: BTreeMap<String, ledger::report::ExperimentProgress> = BTreeMap::new();
+        for j in self.state.world.jobs.values() {
+            let p = progress.entry(j.experiment.clone()).or_insert_with(|| {
+                ledger::report::ExperimentProgress {
+                    experiment: j.experiment.clone(),
+                    ..Default::default()
+                }
+            });
+            p.jobs_total += 1;
+            match j.state {
+                JobState::Succeeded => p.jobs_done += 1,
+                JobState::Failed => p.jobs_failed += 1,
+                JobState::Starting | JobState::Running => p.jobs_running += 1,
+                _ => {}
+            }
+        }
+        let progress: Vec<_> = progress.into_values().collect();
+        match l.tick(&mailer, &progress, now).await {
+            Ok(t) => {
+                for s in t.reports.iter().chain(t.alerts.iter()) {
+                    let what = match &s.error {
+                        None => format!("sent \"{}\" to {}", s.subject, s.to.join(", ")),
+                        Some(e) => format!("could not send \"{}\": {e}", s.subject),
+                    };
+                    self.event(now, "report", what);
+                }
+            }
+            Err(e) => self.event(now, "warn", format!("report schedules: {e}")),
+        }
+    }
+
     /// Experiment budgets set in the ledger (`vasticlaude budget set`) apply here.
     async fn load_budgets(&mut self) {
         let Some(l) = self.ledger.clone() else { return };
@@ -903,6 +942,7 @@ impl Engine {
             }
             Action::Accrue => {
                 self.accrue_to_ledger(now).await?;
+                self.report_schedules(now).await;
                 self.record(a, &Outcome::Done, now).await.map_err(j)
             }
             Action::Note { job, reason } => {
