@@ -91,6 +91,13 @@ pub trait Market: Send + Sync {
 
     /// How to reach a running instance (`None` while it is not reachable).
     fn endpoint(&self, id: VastId) -> BoxFuture<'_, Result<Option<Endpoint>, MarketError>>;
+
+    /// Put our public SSH key on one instance (the user's own account keys are left alone).
+    fn attach_ssh_key<'a>(
+        &'a self,
+        id: VastId,
+        public_key: &'a str,
+    ) -> BoxFuture<'a, Result<(), MarketError>>;
 }
 
 pub type SharedMarket = Arc<dyn Market>;
@@ -264,6 +271,22 @@ impl Market for VastMarket {
                 .await
                 .map_err(|source| MarketError::Vast {
                     op: "change bid",
+                    source,
+                })
+        })
+    }
+
+    fn attach_ssh_key<'a>(
+        &'a self,
+        id: VastId,
+        public_key: &'a str,
+    ) -> BoxFuture<'a, Result<(), MarketError>> {
+        Box::pin(async move {
+            self.client
+                .attach_ssh_key(u64_id(id, "attach ssh key")?, public_key)
+                .await
+                .map_err(|source| MarketError::Vast {
+                    op: "attach ssh key",
                     source,
                 })
         })

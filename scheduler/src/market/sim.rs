@@ -188,6 +188,19 @@ impl Market for SimMarket {
         Box::pin(async move { res })
     }
 
+    fn attach_ssh_key<'a>(
+        &'a self,
+        vast_id: VastId,
+        public_key: &'a str,
+    ) -> BoxFuture<'a, Result<(), MarketError>> {
+        let res = id("attach ssh key", vast_id).and_then(|i| {
+            self.lock()
+                .attach_ssh_key(i, public_key)
+                .map_err(|e| sim_err("attach ssh key", e))
+        });
+        Box::pin(async move { res })
+    }
+
     fn endpoint(&self, vast_id: VastId) -> BoxFuture<'_, Result<Option<Endpoint>, MarketError>> {
         let res = id("get", vast_id).map(|i| {
             let m = self.lock();

@@ -749,6 +749,14 @@ impl Engine {
                 Ok(())
             }
             Action::Setup { key } => {
+                // Our key on this instance (Vast copies account keys only at creation, and we
+                // never touch the user's account keys).
+                if let (Some(pk), Some(id)) =
+                    (self.cfg.ssh_public_key.clone(), self.endpoint_of(*key))
+                    && let Err(e) = self.market.attach_ssh_key(id, &pk).await
+                {
+                    self.event(now, "warn", format!("attaching our SSH key to {id}: {e}"));
+                }
                 let res = match self.endpoint(*key).await {
                     Ok(ep) => self
                         .runner
