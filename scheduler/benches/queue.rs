@@ -29,11 +29,17 @@ fn env_or(name: &str, default: u64) -> u64 {
 fn sweep_request(experiment: &str, a: u64, b: u64) -> AddRequest {
     let mut req = AddRequest::new(
         experiment,
-        ["python", "train.py", "--a", "{a}", "--b", "{b}"].map(String::from).to_vec(),
+        ["python", "train.py", "--a", "{a}", "--b", "{b}"]
+            .map(String::from)
+            .to_vec(),
     );
     req.requirements.gpu_query = Some("gpu_ram>=16 num_gpus=1".to_string());
-    req.sweep.push_grid(parse_sweep_arg(&format!("a=0..{a}")).unwrap()).unwrap();
-    req.sweep.push_grid(parse_sweep_arg(&format!("b=0..{b}")).unwrap()).unwrap();
+    req.sweep
+        .push_grid(parse_sweep_arg(&format!("a=0..{a}")).unwrap())
+        .unwrap();
+    req.sweep
+        .push_grid(parse_sweep_arg(&format!("b=0..{b}")).unwrap())
+        .unwrap();
     req
 }
 
@@ -57,14 +63,21 @@ async fn bench_add(backend: &str, runs: u64) -> Option<Vec<Duration>> {
         let clock = ManualClock::new(1_000);
         let req = sweep_request("bench", 100, 100);
         let t0 = Instant::now();
-        let out = queue::add_jobs(&db.store, &req, "bench", &clock).await.expect("add");
+        let out = queue::add_jobs(&db.store, &req, "bench", &clock)
+            .await
+            .expect("add");
         times.push(t0.elapsed());
         assert_eq!(out.added.len(), 10_000);
         // The same sweep again: the duplicate check over 10,000 existing jobs.
         let t1 = Instant::now();
-        let again = queue::add_jobs(&db.store, &req, "bench", &clock).await.expect("re-add");
+        let again = queue::add_jobs(&db.store, &req, "bench", &clock)
+            .await
+            .expect("re-add");
         assert_eq!(again.skipped_duplicates.len(), 10_000);
-        eprintln!("  {backend}: re-adding the identical sweep (all skipped) took {:.0} ms", t1.elapsed().as_secs_f64() * 1e3);
+        eprintln!(
+            "  {backend}: re-adding the identical sweep (all skipped) took {:.0} ms",
+            t1.elapsed().as_secs_f64() * 1e3
+        );
     }
     times.sort();
     Some(times)
@@ -74,7 +87,9 @@ async fn bench_claim(backend: &str, jobs: u64, batch: u32) -> Option<(Duration, 
     let db = fresh(backend).await?;
     let clock = Arc::new(ManualClock::new(1_000));
     let req = sweep_request("claims", jobs / 100, 100);
-    queue::add_jobs(&db.store, &req, "bench", clock.as_ref()).await.expect("add");
+    queue::add_jobs(&db.store, &req, "bench", clock.as_ref())
+        .await
+        .expect("add");
     let t0 = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..8 {
@@ -83,9 +98,15 @@ async fn bench_claim(backend: &str, jobs: u64, batch: u32) -> Option<(Duration, 
         tasks.push(tokio::spawn(async move {
             let mut n = 0usize;
             loop {
-                let got = queue::claim(&store, batch, &format!("w{w}"), 600_000, clock.as_ref() as &dyn Clock)
-                    .await
-                    .expect("claim");
+                let got = queue::claim(
+                    &store,
+                    batch,
+                    &format!("w{w}"),
+                    600_000,
+                    clock.as_ref() as &dyn Clock,
+                )
+                .await
+                .expect("claim");
                 if got.is_empty() {
                     return n;
                 }
@@ -98,7 +119,11 @@ async fn bench_claim(backend: &str, jobs: u64, batch: u32) -> Option<(Duration, 
         total += t.await.expect("claimer");
     }
     let took = t0.elapsed();
-    assert_eq!(total as u64, jobs / 100 * 100, "each job claimed exactly once");
+    assert_eq!(
+        total as u64,
+        jobs / 100 * 100,
+        "each job claimed exactly once"
+    );
     Some((took, total as f64 / took.as_secs_f64()))
 }
 

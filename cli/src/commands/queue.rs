@@ -26,7 +26,7 @@ pub enum Command {
     /// `x=0..1:step:0.25`, `lr=1e-4..1e-1:log:4`, `x=0..1:lin:5`; repeated flags make the
     /// Cartesian product. `{key}` in the command is replaced by the value, which is also
     /// exported as the environment variable `key`.
-    Add(AddArgs),
+    Add(Box<AddArgs>),
     /// List jobs.
     List {
         #[arg(long)]
@@ -197,7 +197,8 @@ impl AddArgs {
         if let Some(path) = &self.sweep_file {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| usage(format!("cannot read sweep file {}: {e}", path.display())))?;
-            let file = sweep::parse_sweep_file(&text, &path.display().to_string()).map_err(|e| q(e.into()))?;
+            let file = sweep::parse_sweep_file(&text, &path.display().to_string())
+                .map_err(|e| q(e.into()))?;
             spec.merge(file).map_err(|e| q(e.into()))?;
         }
         if let Some(n) = self.sample {
@@ -213,18 +214,36 @@ impl AddArgs {
                 .ok_or_else(|| usage(format!("invalid --env {kv:?}: expected K=V")))?;
             env.push((k.to_string(), v.to_string()));
         }
-        let max_dph = self.max_dph.as_deref().map(queue::parse_dollars).transpose().map_err(|e| {
-            q(match e {
-                QueueError::Invalid { value, why, .. } => QueueError::Invalid { field: "--max-dph", value, why },
-                other => other,
-            })
-        })?;
-        let est_runtime_ms = self.est_runtime.as_deref().map(queue::parse_duration).transpose().map_err(|e| {
-            q(match e {
-                QueueError::Invalid { value, why, .. } => QueueError::Invalid { field: "--est-runtime", value, why },
-                other => other,
-            })
-        })?;
+        let max_dph = self
+            .max_dph
+            .as_deref()
+            .map(queue::parse_dollars)
+            .transpose()
+            .map_err(|e| {
+                q(match e {
+                    QueueError::Invalid { value, why, .. } => QueueError::Invalid {
+                        field: "--max-dph",
+                        value,
+                        why,
+                    },
+                    other => other,
+                })
+            })?;
+        let est_runtime_ms = self
+            .est_runtime
+            .as_deref()
+            .map(queue::parse_duration)
+            .transpose()
+            .map_err(|e| {
+                q(match e {
+                    QueueError::Invalid { value, why, .. } => QueueError::Invalid {
+                        field: "--est-runtime",
+                        value,
+                        why,
+                    },
+                    other => other,
+                })
+            })?;
         Ok(AddRequest {
             experiment: self.experiment,
             command: self.command,
@@ -257,7 +276,7 @@ pub async fn run(cmd: Command, ctx: &Context) -> anyhow::Result<()> {
         Command::Add(args) => {
             let dry_run = args.dry_run;
             let json = args.json;
-            let req = args.into_request()?;
+            let req = (*args).into_request()?;
             if dry_run {
                 let planned = queue::plan_jobs(&req).map_err(q)?;
                 if json {
@@ -282,7 +301,9 @@ pub async fn run(cmd: Command, ctx: &Context) -> anyhow::Result<()> {
                 return Ok(());
             }
             let store = open_store(ctx).await?;
-            let out = queue::add_jobs(&store, &req, &ctx.user, &clock).await.map_err(q)?;
+            let out = queue::add_jobs(&store, &req, &ctx.user, &clock)
+                .await
+                .map_err(q)?;
             if json {
                 return print_json(&out);
             }
@@ -304,10 +325,17 @@ pub async fn run(cmd: Command, ctx: &Context) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::List { experiment, state, json } => {
+        Command::List {
+            experiment,
+            state,
+            json,
+        } => {
             let state = state
                 .as_deref()
-                .map(|s| s.parse::<JobState>().map_err(|e| usage(format!("invalid --state: {e}"))))
+                .map(|s| {
+                    s.parse::<JobState>()
+                        .map_err(|e| usage(format!("invalid --state: {e}")))
+                })
                 .transpose()?;
             let store = open_store(ctx).await?;
             let jobs = queue::list(
@@ -329,7 +357,16 @@ pub async fn run(cmd: Command, ctx: &Context) -> anyhow::Result<()> {
             }
             let mut t = Table::new();
             t.set_format(*format::consts::FORMAT_CLEAN);
-            t.set_titles(row!["id", "experiment", "name", "state", "owner", "pri", "tries", "command"]);
+            t.set_titles(row![
+                "id",
+                "experiment",
+                "name",
+                "state",
+                "owner",
+                "pri",
+                "tries",
+                "command"
+            ]);
             for j in &jobs {
                 t.add_row(row![
                     j.id,
@@ -368,7 +405,10 @@ pub async fn run(cmd: Command, ctx: &Context) -> anyhow::Result<()> {
             t.add_row(row!["max $/h", opt(&j.max_dph)]);
             t.add_row(row!["interruptible", j.interruptible]);
             t.add_row(row!["checkpoint dir", opt(&j.checkpoint_dir)]);
-            t.add_row(row!["attempts", format!("{}/{}", j.attempts, j.max_attempts)]);
+            t.add_row(row![
+                "attempts",
+                format!("{}/{}", j.attempts, j.max_attempts)
+            ]);
             t.add_row(row!["last error", opt(&j.last_error)]);
             t.add_row(row!["created", time(j.created_at)]);
             t.printstd();
@@ -383,7 +423,10 @@ pub async fn run(cmd: Command, ctx: &Context) -> anyhow::Result<()> {
                         a.state,
                         time(a.started_at),
                         a.ended_at.map_or_else(|| "…".into(), time),
-                        a.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default()
+                        a.reason
+                            .as_deref()
+                            .map(|r| format!(" ({r})"))
+                            .unwrap_or_default()
                     );
                 }
             }
@@ -400,13 +443,23 @@ pub async fn run(cmd: Command, ctx: &Context) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Cancel { jobs, experiment, json } => {
+        Command::Cancel {
+            jobs,
+            experiment,
+            json,
+        } => {
             let target = match experiment {
                 Some(e) => CancelTarget::Experiment(e),
-                None => CancelTarget::Jobs(jobs.iter().map(|s| job_ref(s)).collect::<anyhow::Result<_>>()?),
+                None => CancelTarget::Jobs(
+                    jobs.iter()
+                        .map(|s| job_ref(s))
+                        .collect::<anyhow::Result<_>>()?,
+                ),
             };
             let store = open_store(ctx).await?;
-            let out = queue::cancel(&store, &ctx.user, &target, &clock).await.map_err(q)?;
+            let out = queue::cancel(&store, &ctx.user, &target, &clock)
+                .await
+                .map_err(q)?;
             if json {
                 return print_json(&out);
             }
@@ -425,17 +478,25 @@ pub async fn run(cmd: Command, ctx: &Context) -> anyhow::Result<()> {
         Command::Retry { job, json } => {
             let r = job_ref(&job)?;
             let store = open_store(ctx).await?;
-            let v = queue::retry(&store, &ctx.user, &r, &clock).await.map_err(q)?;
+            let v = queue::retry(&store, &ctx.user, &r, &clock)
+                .await
+                .map_err(q)?;
             if json {
                 return print_json(&v);
             }
             println!("job {} ({}) is queued again", v.id, v.name);
             Ok(())
         }
-        Command::Priority { job, priority, json } => {
+        Command::Priority {
+            job,
+            priority,
+            json,
+        } => {
             let r = job_ref(&job)?;
             let store = open_store(ctx).await?;
-            let v = queue::set_priority(&store, &ctx.user, &r, priority, &clock).await.map_err(q)?;
+            let v = queue::set_priority(&store, &ctx.user, &r, priority, &clock)
+                .await
+                .map_err(q)?;
             if json {
                 return print_json(&v);
             }
@@ -444,13 +505,17 @@ pub async fn run(cmd: Command, ctx: &Context) -> anyhow::Result<()> {
         }
         Command::Pause { experiment } => {
             let store = open_store(ctx).await?;
-            queue::pause(&store, &ctx.user, &experiment, &clock).await.map_err(q)?;
+            queue::pause(&store, &ctx.user, &experiment, &clock)
+                .await
+                .map_err(q)?;
             println!("experiment {experiment} paused: its queued jobs will not start");
             Ok(())
         }
         Command::Resume { experiment } => {
             let store = open_store(ctx).await?;
-            queue::resume(&store, &ctx.user, &experiment, &clock).await.map_err(q)?;
+            queue::resume(&store, &ctx.user, &experiment, &clock)
+                .await
+                .map_err(q)?;
             println!("experiment {experiment} resumed");
             Ok(())
         }

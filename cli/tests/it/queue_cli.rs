@@ -29,7 +29,12 @@ fn stderr(o: &Output) -> String {
 }
 
 fn list_json(home: &Path, db: Option<&str>) -> Vec<serde_json::Value> {
-    let o = vc(home, db, "alice", &["queue", "list", "--experiment", "e1", "--json"]);
+    let o = vc(
+        home,
+        db,
+        "alice",
+        &["queue", "list", "--experiment", "e1", "--json"],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     serde_json::from_slice::<Vec<serde_json::Value>>(&o.stdout).expect("JSON array")
 }
@@ -37,16 +42,38 @@ fn list_json(home: &Path, db: Option<&str>) -> Vec<serde_json::Value> {
 /// The "must show", plus duplicates, dry runs and permissions.
 fn must_show(home: &Path, db: Option<&str>) {
     let add = [
-        "queue", "add", "--experiment", "e1", "--gpu", "gpu_ram>=16", "--sweep", "lr=0.1,0.01", "--sweep",
-        "seed=0,1,2", "--", "python", "train.py", "--lr", "{lr}", "--seed", "{seed}",
+        "queue",
+        "add",
+        "--experiment",
+        "e1",
+        "--gpu",
+        "gpu_ram>=16",
+        "--sweep",
+        "lr=0.1,0.01",
+        "--sweep",
+        "seed=0,1,2",
+        "--",
+        "python",
+        "train.py",
+        "--lr",
+        "{lr}",
+        "--seed",
+        "{seed}",
     ];
     let o = vc(home, db, "alice", &add);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stdout(&o).contains("queued 6 job(s) in experiment e1"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("queued 6 job(s) in experiment e1"),
+        "{}",
+        stdout(&o)
+    );
 
     let jobs = list_json(home, db);
     assert_eq!(jobs.len(), 6);
-    let mut lines: Vec<String> = jobs.iter().map(|j| j["command_line"].as_str().unwrap().to_string()).collect();
+    let mut lines: Vec<String> = jobs
+        .iter()
+        .map(|j| j["command_line"].as_str().unwrap().to_string())
+        .collect();
     lines.sort();
     assert_eq!(
         lines,
@@ -59,21 +86,77 @@ fn must_show(home: &Path, db: Option<&str>) {
             "python train.py --lr 0.1 --seed 2",
         ]
     );
-    assert_eq!(jobs[0]["command"], serde_json::json!(["python", "train.py", "--lr", "0.1", "--seed", "0"]));
+    assert_eq!(
+        jobs[0]["command"],
+        serde_json::json!(["python", "train.py", "--lr", "0.1", "--seed", "0"])
+    );
     assert_eq!(jobs[0]["name"], "lr=0.1,seed=0");
     assert_eq!(jobs[0]["owner"], "alice");
     assert_eq!(jobs[0]["state"], "queued");
 
     // A bad value: non-zero exit, a message naming key and value, nothing written.
-    let o = vc(home, db, "alice", &["queue", "add", "--experiment", "e1", "--sweep", "lr=", "--", "echo", "{lr}"]);
+    let o = vc(
+        home,
+        db,
+        "alice",
+        &[
+            "queue",
+            "add",
+            "--experiment",
+            "e1",
+            "--sweep",
+            "lr=",
+            "--",
+            "echo",
+            "{lr}",
+        ],
+    );
     assert!(!o.status.success());
     assert!(stderr(&o).contains("lr=\"\""), "{}", stderr(&o));
     assert_eq!(stderr(&o).lines().count(), 1, "one line: {}", stderr(&o));
     for bad in [
-        &["queue", "add", "--experiment", "e1", "--gpu", "gpu_ram>=", "--", "x"][..],
-        &["queue", "add", "--experiment", "e1", "--est-runtime", "soon", "--", "x"],
-        &["queue", "add", "--experiment", "e1", "--sweep", "seed=5..1", "--", "x", "{seed}"],
-        &["queue", "add", "--experiment", "e1", "--sweep", "a=1,2", "--", "x", "{b}"],
+        &[
+            "queue",
+            "add",
+            "--experiment",
+            "e1",
+            "--gpu",
+            "gpu_ram>=",
+            "--",
+            "x",
+        ][..],
+        &[
+            "queue",
+            "add",
+            "--experiment",
+            "e1",
+            "--est-runtime",
+            "soon",
+            "--",
+            "x",
+        ],
+        &[
+            "queue",
+            "add",
+            "--experiment",
+            "e1",
+            "--sweep",
+            "seed=5..1",
+            "--",
+            "x",
+            "{seed}",
+        ],
+        &[
+            "queue",
+            "add",
+            "--experiment",
+            "e1",
+            "--sweep",
+            "a=1,2",
+            "--",
+            "x",
+            "{b}",
+        ],
     ] {
         let o = vc(home, db, "alice", bad);
         assert_eq!(o.status.code(), Some(2), "{bad:?}: {}", stderr(&o));
@@ -99,7 +182,11 @@ fn must_show(home: &Path, db: Option<&str>) {
     let id = jobs[0]["id"].to_string();
     let o = vc(home, db, "bob", &["queue", "cancel", &id]);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("permission denied: bob may not cancel"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("permission denied: bob may not cancel"),
+        "{}",
+        stderr(&o)
+    );
     let o = vc(home, db, "alice", &["queue", "cancel", &id, "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -117,12 +204,18 @@ fn must_show(home: &Path, db: Option<&str>) {
 fn queue_must_show_on_sqlite() {
     let home = tempfile::tempdir().unwrap();
     must_show(home.path(), None);
-    assert!(home.path().join("state.db").exists(), "the default database lives in VASTICLAUDE_HOME");
+    assert!(
+        home.path().join("state.db").exists(),
+        "the default database lives in VASTICLAUDE_HOME"
+    );
 }
 
 #[test]
 fn queue_must_show_on_postgres() {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let db = match rt.block_on(testing::postgres()) {
         Ok(db) => db,
         Err(why) => {
@@ -132,6 +225,9 @@ fn queue_must_show_on_postgres() {
     };
     let home = tempfile::tempdir().unwrap();
     must_show(home.path(), Some(&db.url));
-    assert!(!home.path().join("state.db").exists(), "PostgreSQL mode writes no SQLite file");
+    assert!(
+        !home.path().join("state.db").exists(),
+        "PostgreSQL mode writes no SQLite file"
+    );
     drop(db);
 }

@@ -130,8 +130,10 @@ pub async fn claim(
         .order_by_asc(job::Column::RunAt)
         .order_by_asc(job::Column::Id)
         .limit(u64::from(n));
-    let picked: Vec<(i64, String, i64, Option<String>)> =
-        lock_if_pg(q, store.backend()).into_tuple().all(&txn).await?;
+    let picked: Vec<(i64, String, i64, Option<String>)> = lock_if_pg(q, store.backend())
+        .into_tuple()
+        .all(&txn)
+        .await?;
     if picked.is_empty() {
         txn.commit().await?;
         return Ok(Vec::new());
@@ -140,9 +142,15 @@ pub async fn claim(
     let mut claimed = job::Entity::update_many()
         .col_expr(job::Column::State, Expr::value(JobState::Placed.as_str()))
         .col_expr(job::Column::Fence, Expr::col(job::Column::Fence).add(1))
-        .col_expr(job::Column::Attempts, Expr::col(job::Column::Attempts).add(1))
+        .col_expr(
+            job::Column::Attempts,
+            Expr::col(job::Column::Attempts).add(1),
+        )
         .col_expr(job::Column::LeaseOwner, Expr::value(owner))
-        .col_expr(job::Column::LeaseExpiresAt, Expr::value(now.saturating_add(lease_ms)))
+        .col_expr(
+            job::Column::LeaseExpiresAt,
+            Expr::value(now.saturating_add(lease_ms)),
+        )
         .col_expr(job::Column::HeartbeatAt, Expr::value(now))
         .col_expr(job::Column::InstanceId, Expr::value(Option::<i64>::None))
         .col_expr(job::Column::UpdatedAt, Expr::value(now))
@@ -157,7 +165,15 @@ pub async fn claim(
         .map(|p| p.0)
         .collect();
     if !reclaimed.is_empty() {
-        close_open_attempts(&txn, &reclaimed, None, AttemptState::Lost, "lease expired; job reclaimed", now).await?;
+        close_open_attempts(
+            &txn,
+            &reclaimed,
+            None,
+            AttemptState::Lost,
+            "lease expired; job reclaimed",
+            now,
+        )
+        .await?;
     }
     let events = picked
         .iter()
@@ -184,7 +200,10 @@ pub async fn claim(
     txn.commit().await?;
     Ok(claimed
         .into_iter()
-        .map(|job| ClaimedJob { fence: job.fence, job })
+        .map(|job| ClaimedJob {
+            fence: job.fence,
+            job,
+        })
         .collect())
 }
 
@@ -260,10 +279,16 @@ async fn claim_pg(
             now.saturating_add(lease_ms).into(),
         ],
     );
-    let rows = job::Entity::find().from_raw_sql(stmt).all(store.db()).await?;
+    let rows = job::Entity::find()
+        .from_raw_sql(stmt)
+        .all(store.db())
+        .await?;
     Ok(rows
         .into_iter()
-        .map(|job| ClaimedJob { fence: job.fence, job })
+        .map(|job| ClaimedJob {
+            fence: job.fence,
+            job,
+        })
         .collect())
 }
 
@@ -298,8 +323,14 @@ async fn reap_expired_in<C: ConnectionTrait>(
         .col_expr(job::Column::State, Expr::value(JobState::Failed.as_str()))
         .col_expr(job::Column::Fence, Expr::col(job::Column::Fence).add(1))
         .col_expr(job::Column::LeaseOwner, Expr::value(Option::<String>::None))
-        .col_expr(job::Column::LeaseExpiresAt, Expr::value(Option::<i64>::None))
-        .col_expr(job::Column::LastError, Expr::value("lease expired with no attempts left"))
+        .col_expr(
+            job::Column::LeaseExpiresAt,
+            Expr::value(Option::<i64>::None),
+        )
+        .col_expr(
+            job::Column::LastError,
+            Expr::value("lease expired with no attempts left"),
+        )
         .col_expr(job::Column::FinishedAt, Expr::value(now))
         .col_expr(job::Column::UpdatedAt, Expr::value(now))
         .filter(job::Column::Id.is_in(ids.clone()))
@@ -355,7 +386,10 @@ pub async fn heartbeat(
 ) -> Result<(), QueueError> {
     let now = clock.now_ms();
     let res = job::Entity::update_many()
-        .col_expr(job::Column::LeaseExpiresAt, Expr::value(now.saturating_add(lease_ms)))
+        .col_expr(
+            job::Column::LeaseExpiresAt,
+            Expr::value(now.saturating_add(lease_ms)),
+        )
         .col_expr(job::Column::HeartbeatAt, Expr::value(now))
         .filter(job::Column::Id.eq(job_id))
         .filter(job::Column::Fence.eq(fence))
@@ -370,12 +404,20 @@ pub async fn heartbeat(
 }
 
 /// Loads the job and checks the fence and that it is leased, inside `txn`.
-async fn fenced<C: ConnectionTrait>(txn: &C, job_id: i64, fence: i64) -> Result<job::Model, QueueError> {
+async fn fenced<C: ConnectionTrait>(
+    txn: &C,
+    job_id: i64,
+    fence: i64,
+) -> Result<job::Model, QueueError> {
     let j = job::Entity::find_by_id(job_id)
         .one(txn)
         .await?
         .ok_or(QueueError::LeaseLost { job: job_id, fence })?;
-    let leased = j.state.parse::<JobState>().map(JobState::is_leased).unwrap_or(false);
+    let leased = j
+        .state
+        .parse::<JobState>()
+        .map(JobState::is_leased)
+        .unwrap_or(false);
     if j.fence != fence || !leased {
         return Err(QueueError::LeaseLost { job: job_id, fence });
     }
@@ -383,7 +425,9 @@ async fn fenced<C: ConnectionTrait>(txn: &C, job_id: i64, fence: i64) -> Result<
 }
 
 fn actor_of(j: &job::Model) -> String {
-    j.lease_owner.clone().unwrap_or_else(|| "scheduler".to_string())
+    j.lease_owner
+        .clone()
+        .unwrap_or_else(|| "scheduler".to_string())
 }
 
 /// Moves a claimed job forward: `placed → starting → running` (optionally recording the
@@ -400,7 +444,10 @@ pub async fn advance(
     let now = clock.now_ms();
     let txn = store.begin_write().await?;
     let j = fenced(&txn, job_id, fence).await?;
-    let from: JobState = j.state.parse().map_err(|_| QueueError::LeaseLost { job: job_id, fence })?;
+    let from: JobState = j
+        .state
+        .parse()
+        .map_err(|_| QueueError::LeaseLost { job: job_id, fence })?;
     let ok = matches!(
         (from, to),
         (JobState::Placed, JobState::Starting)
@@ -442,7 +489,8 @@ pub async fn advance(
         .await?;
     }
     txn.commit().await?;
-    rows.pop().ok_or(QueueError::LeaseLost { job: job_id, fence })
+    rows.pop()
+        .ok_or(QueueError::LeaseLost { job: job_id, fence })
 }
 
 /// Marks a claimed job succeeded.
@@ -457,17 +505,31 @@ pub async fn complete(
     let txn = store.begin_write().await?;
     let j = fenced(&txn, job_id, fence).await?;
     let mut rows = job::Entity::update_many()
-        .col_expr(job::Column::State, Expr::value(JobState::Succeeded.as_str()))
+        .col_expr(
+            job::Column::State,
+            Expr::value(JobState::Succeeded.as_str()),
+        )
         .col_expr(job::Column::ExitCode, Expr::value(done.exit_code))
         .col_expr(job::Column::LeaseOwner, Expr::value(Option::<String>::None))
-        .col_expr(job::Column::LeaseExpiresAt, Expr::value(Option::<i64>::None))
+        .col_expr(
+            job::Column::LeaseExpiresAt,
+            Expr::value(Option::<i64>::None),
+        )
         .col_expr(job::Column::FinishedAt, Expr::value(now))
         .col_expr(job::Column::UpdatedAt, Expr::value(now))
         .filter(job::Column::Id.eq(job_id))
         .filter(job::Column::Fence.eq(fence))
         .exec_with_returning(&txn)
         .await?;
-    close_open_attempts(&txn, &[job_id], Some(fence), AttemptState::Succeeded, "job succeeded", now).await?;
+    close_open_attempts(
+        &txn,
+        &[job_id],
+        Some(fence),
+        AttemptState::Succeeded,
+        "job succeeded",
+        now,
+    )
+    .await?;
     record_events(
         &txn,
         vec![NewEvent {
@@ -476,13 +538,16 @@ pub async fn complete(
             from: Some(j.state.clone()),
             to: JobState::Succeeded.as_str().to_string(),
             actor: actor_of(&j),
-            reason: done.note.unwrap_or_else(|| format!("exit code {:?}", done.exit_code)),
+            reason: done
+                .note
+                .unwrap_or_else(|| format!("exit code {:?}", done.exit_code)),
             at: now,
         }],
     )
     .await?;
     txn.commit().await?;
-    rows.pop().ok_or(QueueError::LeaseLost { job: job_id, fence })
+    rows.pop()
+        .ok_or(QueueError::LeaseLost { job: job_id, fence })
 }
 
 /// Records a failure of a claimed job with the default [`RetryPolicy`]: requeued with backoff
@@ -495,7 +560,16 @@ pub async fn fail(
     retryable: bool,
     clock: &dyn Clock,
 ) -> Result<job::Model, QueueError> {
-    fail_with_policy(store, job_id, fence, reason, retryable, &RetryPolicy::default(), clock).await
+    fail_with_policy(
+        store,
+        job_id,
+        fence,
+        reason,
+        retryable,
+        &RetryPolicy::default(),
+        clock,
+    )
+    .await
 }
 
 /// [`fail`] with an explicit retry policy.
@@ -517,23 +591,38 @@ pub async fn fail_with_policy(
         (
             JobState::Queued,
             now.saturating_add(delay),
-            format!("{reason} (attempt {}/{}; retry in {} s)", j.attempts, j.max_attempts, delay / 1000),
+            format!(
+                "{reason} (attempt {}/{}; retry in {} s)",
+                j.attempts,
+                j.max_attempts,
+                delay / 1000
+            ),
         )
     } else if retryable {
         (
             JobState::Failed,
             j.run_at,
-            format!("{reason} (attempt {}/{}; no attempts left)", j.attempts, j.max_attempts),
+            format!(
+                "{reason} (attempt {}/{}; no attempts left)",
+                j.attempts, j.max_attempts
+            ),
         )
     } else {
-        (JobState::Failed, j.run_at, format!("{reason} (not retryable)"))
+        (
+            JobState::Failed,
+            j.run_at,
+            format!("{reason} (not retryable)"),
+        )
     };
     let mut upd = job::Entity::update_many()
         .col_expr(job::Column::State, Expr::value(to.as_str()))
         .col_expr(job::Column::RunAt, Expr::value(run_at))
         .col_expr(job::Column::LastError, Expr::value(reason))
         .col_expr(job::Column::LeaseOwner, Expr::value(Option::<String>::None))
-        .col_expr(job::Column::LeaseExpiresAt, Expr::value(Option::<i64>::None))
+        .col_expr(
+            job::Column::LeaseExpiresAt,
+            Expr::value(Option::<i64>::None),
+        )
         .col_expr(job::Column::UpdatedAt, Expr::value(now));
     if to == JobState::Failed {
         upd = upd.col_expr(job::Column::FinishedAt, Expr::value(now));
@@ -543,7 +632,15 @@ pub async fn fail_with_policy(
         .filter(job::Column::Fence.eq(fence))
         .exec_with_returning(&txn)
         .await?;
-    close_open_attempts(&txn, &[job_id], Some(fence), AttemptState::Failed, reason, now).await?;
+    close_open_attempts(
+        &txn,
+        &[job_id],
+        Some(fence),
+        AttemptState::Failed,
+        reason,
+        now,
+    )
+    .await?;
     record_events(
         &txn,
         vec![NewEvent {
@@ -558,7 +655,8 @@ pub async fn fail_with_policy(
     )
     .await?;
     txn.commit().await?;
-    rows.pop().ok_or(QueueError::LeaseLost { job: job_id, fence })
+    rows.pop()
+        .ok_or(QueueError::LeaseLost { job: job_id, fence })
 }
 
 /// The instance went away under a claimed job (preempted, outbid, lost): `→ interrupted →
@@ -576,18 +674,32 @@ pub async fn interrupt(
     let j = fenced(&txn, job_id, fence).await?;
     let mut rows = job::Entity::update_many()
         .col_expr(job::Column::State, Expr::value(JobState::Queued.as_str()))
-        .col_expr(job::Column::Attempts, Expr::value(std::cmp::max(j.attempts - 1, 0)))
+        .col_expr(
+            job::Column::Attempts,
+            Expr::value(std::cmp::max(j.attempts - 1, 0)),
+        )
         .col_expr(job::Column::RunAt, Expr::value(now))
         .col_expr(job::Column::LastError, Expr::value(reason))
         .col_expr(job::Column::LeaseOwner, Expr::value(Option::<String>::None))
-        .col_expr(job::Column::LeaseExpiresAt, Expr::value(Option::<i64>::None))
+        .col_expr(
+            job::Column::LeaseExpiresAt,
+            Expr::value(Option::<i64>::None),
+        )
         .col_expr(job::Column::InstanceId, Expr::value(Option::<i64>::None))
         .col_expr(job::Column::UpdatedAt, Expr::value(now))
         .filter(job::Column::Id.eq(job_id))
         .filter(job::Column::Fence.eq(fence))
         .exec_with_returning(&txn)
         .await?;
-    close_open_attempts(&txn, &[job_id], Some(fence), AttemptState::Interrupted, reason, now).await?;
+    close_open_attempts(
+        &txn,
+        &[job_id],
+        Some(fence),
+        AttemptState::Interrupted,
+        reason,
+        now,
+    )
+    .await?;
     let actor = actor_of(&j);
     record_events(
         &txn,
@@ -614,7 +726,8 @@ pub async fn interrupt(
     )
     .await?;
     txn.commit().await?;
-    rows.pop().ok_or(QueueError::LeaseLost { job: job_id, fence })
+    rows.pop()
+        .ok_or(QueueError::LeaseLost { job: job_id, fence })
 }
 
 #[cfg(test)]

@@ -29,8 +29,8 @@ use sea_orm::{
 use sha2::Digest;
 
 pub use claim::{
-    ClaimedJob, Completion, RetryPolicy, advance, claim, complete, fail, fail_with_policy, heartbeat,
-    interrupt, reap_expired,
+    ClaimedJob, Completion, RetryPolicy, advance, claim, complete, fail, fail_with_policy,
+    heartbeat, interrupt, reap_expired,
 };
 pub use sweep::{Point, SweepError, SweepSpec};
 
@@ -38,7 +38,9 @@ use crate::clock::Clock;
 use crate::store::entity::{attempt, event, experiment, job};
 use crate::store::events::{EntityKind, NewEvent, list_events, record_event, record_events};
 use crate::store::users::{authorize, ensure_user, is_admin};
-use crate::store::{Interruptible, JobState, Store, StoreError, decimal_from_nusd, nusd_from_decimal};
+use crate::store::{
+    Interruptible, JobState, Store, StoreError, decimal_from_nusd, nusd_from_decimal,
+};
 
 /// The experiment jobs go to when none is named.
 pub const DEFAULT_EXPERIMENT: &str = "default";
@@ -58,11 +60,17 @@ pub enum QueueError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The fence is stale or the job is no longer leased: stop working on it.
-    #[error("job {job}: lease lost (fence {fence} is not current, or the job is no longer claimed)")]
+    #[error(
+        "job {job}: lease lost (fence {fence} is not current, or the job is no longer claimed)"
+    )]
     LeaseLost { job: i64, fence: i64 },
     /// The job is in a state where the operation makes no sense.
     #[error("job {job} is {state}: {why}")]
-    BadState { job: i64, state: String, why: String },
+    BadState {
+        job: i64,
+        state: String,
+        why: String,
+    },
 }
 
 impl From<DbErr> for QueueError {
@@ -171,7 +179,11 @@ pub struct PlannedJob {
 pub fn plan_jobs(req: &AddRequest) -> Result<Vec<PlannedJob>, QueueError> {
     validate_experiment_name(&req.experiment)?;
     if req.command.is_empty() || req.command[0].trim().is_empty() {
-        return Err(invalid("command", req.command.join(" "), "give the command after --"));
+        return Err(invalid(
+            "command",
+            req.command.join(" "),
+            "give the command after --",
+        ));
     }
     let r = &req.requirements;
     if let Some(q) = &r.gpu_query {
@@ -199,7 +211,11 @@ pub fn plan_jobs(req: &AddRequest) -> Result<Vec<PlannedJob>, QueueError> {
     if let Some(ms) = r.est_runtime_ms
         && ms <= 0
     {
-        return Err(invalid("--est-runtime", format!("{ms}ms"), "must be positive"));
+        return Err(invalid(
+            "--est-runtime",
+            format!("{ms}ms"),
+            "must be positive",
+        ));
     }
     if req.max_attempts == 0 {
         return Err(invalid("--max-attempts", "0", "must be at least 1"));
@@ -242,7 +258,10 @@ pub fn plan_jobs(req: &AddRequest) -> Result<Vec<PlannedJob>, QueueError> {
             .as_deref()
             .map(|d| sweep::substitute(d, &point))
             .transpose()?;
-        let params: BTreeMap<String, String> = point.all().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let params: BTreeMap<String, String> = point
+            .all()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let spec_hash = spec_hash(&command, &env, &params, &checkpoint_dir, r);
         out.push(PlannedJob {
             name: point.name(),
@@ -282,13 +301,16 @@ fn spec_hash(
 
 fn valid_env_key(k: &str) -> bool {
     let mut c = k.chars();
-    matches!(c.next(), Some(ch) if ch.is_ascii_alphabetic() || ch == '_') && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+    matches!(c.next(), Some(ch) if ch.is_ascii_alphabetic() || ch == '_')
+        && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
 }
 
 fn validate_experiment_name(name: &str) -> Result<(), QueueError> {
     let ok = !name.is_empty()
         && name.len() <= 100
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         && !name.starts_with('.');
     if ok {
         Ok(())
@@ -308,7 +330,11 @@ pub fn shell_join(argv: &[String]) -> String {
             let safe = !a.is_empty()
                 && a.chars()
                     .all(|c| c.is_ascii_alphanumeric() || "_-./=:,@%+{}".contains(c));
-            if safe { a.clone() } else { format!("'{}'", a.replace('\'', r"'\''")) }
+            if safe {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
         })
         .collect::<Vec<_>>()
         .join(" ")
@@ -324,13 +350,17 @@ pub fn parse_duration(s: &str) -> Result<i64, QueueError> {
     let mut total = 0f64;
     let mut rest = t;
     while !rest.is_empty() {
-        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
         if num_len == 0 {
             return Err(bad("expected a number, e.g. 90s, 30m, 2h, 1h30m"));
         }
         let n: f64 = rest[..num_len].parse().map_err(|_| bad("not a number"))?;
         rest = &rest[num_len..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
         let ms = match unit.trim() {
@@ -410,7 +440,9 @@ pub async fn add_jobs(
     let mut seen_in_batch = HashSet::new();
     let mut rows = Vec::with_capacity(planned.len());
     for p in planned {
-        if !req.allow_duplicates && (existing.contains(&p.spec_hash) || !seen_in_batch.insert(p.spec_hash.clone())) {
+        if !req.allow_duplicates
+            && (existing.contains(&p.spec_hash) || !seen_in_batch.insert(p.spec_hash.clone()))
+        {
             skipped.push(p.name);
             continue;
         }
@@ -442,7 +474,11 @@ pub async fn add_jobs(
             instance_id: Set(None),
             last_error: Set(None),
             exit_code: Set(None),
-            dedup_key: Set(if req.allow_duplicates { None } else { Some(p.spec_hash.clone()) }),
+            dedup_key: Set(if req.allow_duplicates {
+                None
+            } else {
+                Some(p.spec_hash.clone())
+            }),
             spec_hash: Set(p.spec_hash),
             batch: Set(batch.clone()),
             created_at: Set(now),
@@ -531,27 +567,49 @@ async fn get_or_create_experiment<C: ConnectionTrait>(
         created_at: Set(now),
         updated_at: Set(now),
     })
-    .on_conflict(OnConflict::column(experiment::Column::Name).do_nothing().to_owned())
+    .on_conflict(
+        OnConflict::column(experiment::Column::Name)
+            .do_nothing()
+            .to_owned(),
+    )
     .exec_without_returning(db)
     .await?;
-    let e = find_experiment(db, name).await?.ok_or_else(|| StoreError::NotFound {
-        what: "experiment",
-        key: name.to_string(),
-    })?;
+    let e = find_experiment(db, name)
+        .await?
+        .ok_or_else(|| StoreError::NotFound {
+            what: "experiment",
+            key: name.to_string(),
+        })?;
     if e.owner == actor && e.created_at == now {
-        record_event(db, EntityKind::Experiment, e.id, None, "active", actor, "created by queue add", now).await?;
+        record_event(
+            db,
+            EntityKind::Experiment,
+            e.id,
+            None,
+            "active",
+            actor,
+            "created by queue add",
+            now,
+        )
+        .await?;
     }
     Ok(e)
 }
 
-async fn find_experiment<C: ConnectionTrait>(db: &C, name: &str) -> Result<Option<experiment::Model>, QueueError> {
+async fn find_experiment<C: ConnectionTrait>(
+    db: &C,
+    name: &str,
+) -> Result<Option<experiment::Model>, QueueError> {
     Ok(experiment::Entity::find()
         .filter(experiment::Column::Name.eq(name))
         .one(db)
         .await?)
 }
 
-async fn require_experiment<C: ConnectionTrait>(db: &C, name: &str) -> Result<experiment::Model, QueueError> {
+async fn require_experiment<C: ConnectionTrait>(
+    db: &C,
+    name: &str,
+) -> Result<experiment::Model, QueueError> {
     find_experiment(db, name).await?.ok_or_else(|| {
         QueueError::Store(StoreError::NotFound {
             what: "experiment",
@@ -604,7 +662,8 @@ impl JobView {
             what: "job",
             detail: format!("job {} {what}: {e}", j.id),
         };
-        let command: Vec<String> = serde_json::from_str(&j.command).map_err(|e| corrupt("command", e))?;
+        let command: Vec<String> =
+            serde_json::from_str(&j.command).map_err(|e| corrupt("command", e))?;
         Ok(Self {
             id: j.id,
             experiment: experiment.to_string(),
@@ -622,7 +681,9 @@ impl JobView {
             disk_gb: j.disk_gb,
             checkpoint_dir: j.checkpoint_dir.clone(),
             interruptible: j.interruptible.clone(),
-            max_dph: j.max_dph_nusd.map(|n| decimal_from_nusd(n).normalize().to_string()),
+            max_dph: j
+                .max_dph_nusd
+                .map(|n| decimal_from_nusd(n).normalize().to_string()),
             est_runtime_ms: j.est_runtime_ms,
             attempts: j.attempts,
             max_attempts: j.max_attempts,
@@ -680,7 +741,10 @@ pub async fn list(store: &Store, filter: &ListFilter) -> Result<Vec<JobView>, Qu
         .await?
         .iter()
         .map(|j| {
-            let exp = names.get(&j.experiment_id).map(String::as_str).unwrap_or("?");
+            let exp = names
+                .get(&j.experiment_id)
+                .map(String::as_str)
+                .unwrap_or("?");
             JobView::from_model(j, exp).map_err(QueueError::from)
         })
         .collect()
@@ -727,7 +791,10 @@ pub async fn find_job<C: ConnectionTrait>(db: &C, r: &JobRef) -> Result<job::Mod
         })
     };
     match r {
-        JobRef::Id(id) => job::Entity::find_by_id(*id).one(db).await?.ok_or_else(not_found),
+        JobRef::Id(id) => job::Entity::find_by_id(*id)
+            .one(db)
+            .await?
+            .ok_or_else(not_found),
         JobRef::Name { experiment, name } => {
             let e = require_experiment(db, experiment).await?;
             let mut found = job::Entity::find()
@@ -739,7 +806,11 @@ pub async fn find_job<C: ConnectionTrait>(db: &C, r: &JobRef) -> Result<job::Mod
             match found.len() {
                 0 => Err(not_found()),
                 1 => Ok(found.remove(0)),
-                _ => Err(invalid("job", r.to_string(), "several jobs have this name; use the job id")),
+                _ => Err(invalid(
+                    "job",
+                    r.to_string(),
+                    "several jobs have this name; use the job id",
+                )),
             }
         }
     }
@@ -817,7 +888,8 @@ pub async fn cancel(
                 .order_by_asc(job::Column::Id)
                 .all(&txn)
                 .await?;
-            let (mine, others): (Vec<_>, Vec<_>) = all.into_iter().partition(|j| admin || j.owner == actor);
+            let (mine, others): (Vec<_>, Vec<_>) =
+                all.into_iter().partition(|j| admin || j.owner == actor);
             out.skipped_not_owner = others
                 .iter()
                 .filter(|j| !is_final(&j.state))
@@ -833,10 +905,16 @@ pub async fn cancel(
             continue;
         }
         job::Entity::update_many()
-            .col_expr(job::Column::State, Expr::value(JobState::Cancelled.as_str()))
+            .col_expr(
+                job::Column::State,
+                Expr::value(JobState::Cancelled.as_str()),
+            )
             .col_expr(job::Column::Fence, Expr::col(job::Column::Fence).add(1))
             .col_expr(job::Column::LeaseOwner, Expr::value(Option::<String>::None))
-            .col_expr(job::Column::LeaseExpiresAt, Expr::value(Option::<i64>::None))
+            .col_expr(
+                job::Column::LeaseExpiresAt,
+                Expr::value(Option::<i64>::None),
+            )
             .col_expr(job::Column::FinishedAt, Expr::value(now))
             .col_expr(job::Column::UpdatedAt, Expr::value(now))
             .filter(job::Column::Id.eq(j.id))
@@ -859,17 +937,28 @@ pub async fn cancel(
 }
 
 fn is_final(state: &str) -> bool {
-    state.parse::<JobState>().map(JobState::is_final).unwrap_or(false)
+    state
+        .parse::<JobState>()
+        .map(JobState::is_final)
+        .unwrap_or(false)
 }
 
 /// Puts a failed or cancelled job back in the queue with a fresh set of attempts.
-pub async fn retry(store: &Store, actor: &str, r: &JobRef, clock: &dyn Clock) -> Result<JobView, QueueError> {
+pub async fn retry(
+    store: &Store,
+    actor: &str,
+    r: &JobRef,
+    clock: &dyn Clock,
+) -> Result<JobView, QueueError> {
     let now = clock.now_ms();
     let txn = store.begin_write().await?;
     ensure_user(&txn, actor, now).await?;
     let j = find_job(&txn, r).await?;
     authorize(&txn, actor, &j.owner, "retry", &format!("job {}", j.id)).await?;
-    if !matches!(j.state.parse::<JobState>(), Ok(JobState::Failed | JobState::Cancelled)) {
+    if !matches!(
+        j.state.parse::<JobState>(),
+        Ok(JobState::Failed | JobState::Cancelled)
+    ) {
         return Err(QueueError::BadState {
             job: j.id,
             state: j.state,
@@ -887,10 +976,23 @@ pub async fn retry(store: &Store, actor: &str, r: &JobRef, clock: &dyn Clock) ->
         .filter(job::Column::Id.eq(j.id))
         .exec(&txn)
         .await?;
-    record_event(&txn, EntityKind::Job, j.id, Some(&j.state), JobState::Queued.as_str(), actor, "queue retry", now)
-        .await?;
+    record_event(
+        &txn,
+        EntityKind::Job,
+        j.id,
+        Some(&j.state),
+        JobState::Queued.as_str(),
+        actor,
+        "queue retry",
+        now,
+    )
+    .await?;
     let updated = find_job(&txn, &JobRef::Id(j.id)).await?;
-    let exp = experiment::Entity::find_by_id(updated.experiment_id).one(&txn).await?.map(|e| e.name).unwrap_or_default();
+    let exp = experiment::Entity::find_by_id(updated.experiment_id)
+        .one(&txn)
+        .await?
+        .map(|e| e.name)
+        .unwrap_or_default();
     txn.commit().await?;
     Ok(JobView::from_model(&updated, &exp)?)
 }
@@ -907,7 +1009,14 @@ pub async fn set_priority(
     let txn = store.begin_write().await?;
     ensure_user(&txn, actor, now).await?;
     let j = find_job(&txn, r).await?;
-    authorize(&txn, actor, &j.owner, "reprioritise", &format!("job {}", j.id)).await?;
+    authorize(
+        &txn,
+        actor,
+        &j.owner,
+        "reprioritise",
+        &format!("job {}", j.id),
+    )
+    .await?;
     job::Entity::update_many()
         .col_expr(job::Column::Priority, Expr::value(priority))
         .col_expr(job::Column::UpdatedAt, Expr::value(now))
@@ -926,18 +1035,32 @@ pub async fn set_priority(
     )
     .await?;
     let updated = find_job(&txn, &JobRef::Id(j.id)).await?;
-    let exp = experiment::Entity::find_by_id(updated.experiment_id).one(&txn).await?.map(|e| e.name).unwrap_or_default();
+    let exp = experiment::Entity::find_by_id(updated.experiment_id)
+        .one(&txn)
+        .await?
+        .map(|e| e.name)
+        .unwrap_or_default();
     txn.commit().await?;
     Ok(JobView::from_model(&updated, &exp)?)
 }
 
 /// Stops claiming an experiment's queued jobs (running ones keep running).
-pub async fn pause(store: &Store, actor: &str, experiment: &str, clock: &dyn Clock) -> Result<(), QueueError> {
+pub async fn pause(
+    store: &Store,
+    actor: &str,
+    experiment: &str,
+    clock: &dyn Clock,
+) -> Result<(), QueueError> {
     set_paused(store, actor, experiment, true, clock).await
 }
 
 /// Lets an experiment's queued jobs be claimed again.
-pub async fn resume(store: &Store, actor: &str, experiment: &str, clock: &dyn Clock) -> Result<(), QueueError> {
+pub async fn resume(
+    store: &Store,
+    actor: &str,
+    experiment: &str,
+    clock: &dyn Clock,
+) -> Result<(), QueueError> {
     set_paused(store, actor, experiment, false, clock).await
 }
 
@@ -961,8 +1084,22 @@ async fn set_paused(
             .filter(experiment::Column::Id.eq(e.id))
             .exec(&txn)
             .await?;
-        let (from, to) = if paused { ("active", "paused") } else { ("paused", "active") };
-        record_event(&txn, EntityKind::Experiment, e.id, Some(from), to, actor, &format!("queue {verb}"), now).await?;
+        let (from, to) = if paused {
+            ("active", "paused")
+        } else {
+            ("paused", "active")
+        };
+        record_event(
+            &txn,
+            EntityKind::Experiment,
+            e.id,
+            Some(from),
+            to,
+            actor,
+            &format!("queue {verb}"),
+            now,
+        )
+        .await?;
     }
     txn.commit().await?;
     Ok(())
@@ -996,7 +1133,9 @@ pub async fn list_experiments(store: &Store) -> Result<Vec<ExperimentSummary>, Q
         .await?;
     let mut per: HashMap<i64, BTreeMap<String, u64>> = HashMap::new();
     for (e, s, n) in counts {
-        per.entry(e).or_default().insert(s, u64::try_from(n).unwrap_or(0));
+        per.entry(e)
+            .or_default()
+            .insert(s, u64::try_from(n).unwrap_or(0));
     }
     Ok(experiment::Entity::find()
         .order_by_asc(experiment::Column::Name)
@@ -1039,7 +1178,12 @@ mod tests {
     fn dollars() {
         assert_eq!(parse_dollars("$0.45").unwrap().to_string(), "0.45");
         assert!(parse_dollars("-1").is_err());
-        assert!(parse_dollars("abc").unwrap_err().to_string().contains("\"abc\""));
+        assert!(
+            parse_dollars("abc")
+                .unwrap_err()
+                .to_string()
+                .contains("\"abc\"")
+        );
     }
 
     #[test]
@@ -1048,14 +1192,26 @@ mod tests {
             .iter()
             .map(|s| s.to_string())
             .collect();
-        assert_eq!(shell_join(&argv), r#"python train.py --lr 0.1 'it'\''s' 'a b' ''"#);
+        assert_eq!(
+            shell_join(&argv),
+            r#"python train.py --lr 0.1 'it'\''s' 'a b' ''"#
+        );
     }
 
     #[test]
     fn plan_expands_and_validates() {
-        let mut req = AddRequest::new("e1", ["python", "train.py", "--lr", "{lr}", "--seed", "{seed}"].map(String::from).to_vec());
-        req.sweep.push_grid(sweep::parse_sweep_arg("lr=0.1,0.01").unwrap()).unwrap();
-        req.sweep.push_grid(sweep::parse_sweep_arg("seed=0,1,2").unwrap()).unwrap();
+        let mut req = AddRequest::new(
+            "e1",
+            ["python", "train.py", "--lr", "{lr}", "--seed", "{seed}"]
+                .map(String::from)
+                .to_vec(),
+        );
+        req.sweep
+            .push_grid(sweep::parse_sweep_arg("lr=0.1,0.01").unwrap())
+            .unwrap();
+        req.sweep
+            .push_grid(sweep::parse_sweep_arg("seed=0,1,2").unwrap())
+            .unwrap();
         req.requirements.gpu_query = Some("gpu_ram>=16".to_string());
         let jobs = plan_jobs(&req).unwrap();
         assert_eq!(jobs.len(), 6);
@@ -1067,15 +1223,30 @@ mod tests {
 
         let mut bad = req.clone();
         bad.command.push("{epochs}".into());
-        assert!(plan_jobs(&bad).unwrap_err().to_string().contains("{epochs}"));
+        assert!(
+            plan_jobs(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("{epochs}")
+        );
         let mut bad = req.clone();
         bad.requirements.gpu_query = Some("gpu_ram>=".into());
         assert!(plan_jobs(&bad).unwrap_err().to_string().contains("--gpu"));
         let mut bad = req.clone();
         bad.experiment = "../etc".into();
-        assert!(plan_jobs(&bad).unwrap_err().to_string().contains("--experiment"));
+        assert!(
+            plan_jobs(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("--experiment")
+        );
         let mut bad = req;
         bad.env.push(("lr".into(), "1".into()));
-        assert!(plan_jobs(&bad).unwrap_err().to_string().contains("sweep parameter"));
+        assert!(
+            plan_jobs(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("sweep parameter")
+        );
     }
 }

@@ -57,20 +57,32 @@ pub const MAX_POINTS: usize = 1_000_000;
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SweepError {
     #[error("invalid sweep {key}={value:?}: {why}")]
-    BadSpec { key: String, value: String, why: String },
+    BadSpec {
+        key: String,
+        value: String,
+        why: String,
+    },
     #[error("invalid sweep {arg:?}: expected KEY=VALUES (e.g. lr=0.1,0.01)")]
     MissingEquals { arg: String },
-    #[error("invalid sweep key {key:?}: keys are letters, digits and _ and do not start with a digit")]
+    #[error(
+        "invalid sweep key {key:?}: keys are letters, digits and _ and do not start with a digit"
+    )]
     BadKey { key: String },
     #[error("sweep key {key:?} is given twice")]
     DuplicateKey { key: String },
     #[error("sweep file {path}: {why}")]
     File { path: String, why: String },
     #[error("unknown placeholder {{{name}}} in {text:?} (known: {known})")]
-    UnknownPlaceholder { name: String, text: String, known: String },
+    UnknownPlaceholder {
+        name: String,
+        text: String,
+        known: String,
+    },
     #[error("the sweep has {count} points, more than the limit of {max}", max = MAX_POINTS)]
     TooLarge { count: u128 },
-    #[error("the sweep has random parameters ({keys}); say how many points to draw with --sample N")]
+    #[error(
+        "the sweep has random parameters ({keys}); say how many points to draw with --sample N"
+    )]
     NeedSample { keys: String },
     #[error("invalid --sample 0: draw at least one point")]
     ZeroSample,
@@ -139,19 +151,27 @@ impl Point {
 fn check_key(key: &str) -> Result<(), SweepError> {
     let mut chars = key.chars();
     let ok = match chars.next() {
-        Some(c) if c.is_ascii_alphabetic() || c == '_' => chars.all(|c| c.is_ascii_alphanumeric() || c == '_'),
+        Some(c) if c.is_ascii_alphabetic() || c == '_' => {
+            chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        }
         _ => false,
     };
     if ok {
         Ok(())
     } else {
-        Err(SweepError::BadKey { key: key.to_string() })
+        Err(SweepError::BadKey {
+            key: key.to_string(),
+        })
     }
 }
 
 /// Parses one `--sweep KEY=SPEC` flag.
 pub fn parse_sweep_arg(arg: &str) -> Result<Dim, SweepError> {
-    let (key, spec) = arg.split_once('=').ok_or_else(|| SweepError::MissingEquals { arg: arg.to_string() })?;
+    let (key, spec) = arg
+        .split_once('=')
+        .ok_or_else(|| SweepError::MissingEquals {
+            arg: arg.to_string(),
+        })?;
     let key = key.trim();
     check_key(key)?;
     Ok(Dim {
@@ -187,13 +207,18 @@ pub fn parse_values(key: &str, spec: &str) -> Result<Vec<String>, SweepError> {
 
 /// `NUMBER..…`: starts like a number and has `..` after it.
 fn looks_like_range(s: &str) -> bool {
-    let Some(idx) = s.find("..") else { return false };
+    let Some(idx) = s.find("..") else {
+        return false;
+    };
     let start = &s[..idx];
     !start.is_empty() && start.trim().parse::<f64>().is_ok()
 }
 
 fn parse_num(s: &str, what: &str) -> Result<f64, String> {
-    let v: f64 = s.trim().parse().map_err(|_| format!("{what} {s:?} is not a number"))?;
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{what} {s:?} is not a number"))?;
     if v.is_finite() {
         Ok(v)
     } else {
@@ -223,9 +248,16 @@ fn parse_range(s: &str) -> Result<Vec<String>, String> {
             let (Some(a), Some(b)) = (parse_int(start_s), parse_int(end_s)) else {
                 parse_num(start_s, "start")?;
                 parse_num(end_s, "end")?;
-                return Err("a range without :step: or :log: needs integer ends; use A..B:step:S".to_string());
+                return Err(
+                    "a range without :step: or :log: needs integer ends; use A..B:step:S"
+                        .to_string(),
+                );
             };
-            let end = if inclusive { b.checked_add(1).ok_or("end too large")? } else { b };
+            let end = if inclusive {
+                b.checked_add(1).ok_or("end too large")?
+            } else {
+                b
+            };
             if end <= a {
                 return Err(format!("range {s} is empty"));
             }
@@ -236,9 +268,9 @@ fn parse_range(s: &str) -> Result<Vec<String>, String> {
             Ok((a..end).map(|v| v.to_string()).collect())
         }
         Some(m) => {
-            let (kind, arg) = m
-                .split_once(':')
-                .ok_or_else(|| format!("expected :step:S, :log:N or :lin:N after the range, got :{m}"))?;
+            let (kind, arg) = m.split_once(':').ok_or_else(|| {
+                format!("expected :step:S, :log:N or :lin:N after the range, got :{m}")
+            })?;
             let a = parse_num(start_s, "start")?;
             let b = parse_num(end_s, "end")?;
             match kind {
@@ -252,7 +284,9 @@ fn parse_range(s: &str) -> Result<Vec<String>, String> {
                     }
                     let span = (b - a) / step;
                     if span > MAX_POINTS as f64 {
-                        return Err(format!("range has about {span:.0} values, more than {MAX_POINTS}"));
+                        return Err(format!(
+                            "range has about {span:.0} values, more than {MAX_POINTS}"
+                        ));
                     }
                     // Count from the span, not by accumulating, so 0.1 steps do not drift.
                     let n = if inclusive {
@@ -264,7 +298,11 @@ fn parse_range(s: &str) -> Result<Vec<String>, String> {
                     Ok((0..n)
                         .map(|i| {
                             let v = a + step * i as f64;
-                            if ints { format!("{}", v as i64) } else { fmt_num(v, 12) }
+                            if ints {
+                                format!("{}", v as i64)
+                            } else {
+                                fmt_num(v, 12)
+                            }
                         })
                         .collect())
                 }
@@ -302,7 +340,9 @@ fn parse_range(s: &str) -> Result<Vec<String>, String> {
                     }
                     Ok(vals)
                 }
-                other => Err(format!("unknown range kind {other:?}; expected step, log or lin")),
+                other => Err(format!(
+                    "unknown range kind {other:?}; expected step, log or lin"
+                )),
             }
         }
     }
@@ -311,7 +351,11 @@ fn parse_range(s: &str) -> Result<Vec<String>, String> {
 /// `v` with at most `sig` significant digits, without an exponent or trailing zeros.
 pub fn fmt_num(v: f64, sig: i32) -> String {
     if v == 0.0 || !v.is_finite() {
-        return if v == 0.0 { "0".to_string() } else { v.to_string() };
+        return if v == 0.0 {
+            "0".to_string()
+        } else {
+            v.to_string()
+        };
     }
     let mag = v.abs().log10().floor() as i32;
     let decimals = (sig - 1 - mag).max(0);
@@ -415,7 +459,12 @@ impl SweepSpec {
         let size = self.grid_size();
         if !self.random.is_empty() {
             let n = self.sample.ok_or_else(|| SweepError::NeedSample {
-                keys: self.random.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(", "),
+                keys: self
+                    .random
+                    .iter()
+                    .map(|(k, _)| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
             })?;
             if n > MAX_POINTS {
                 return Err(SweepError::TooLarge { count: n as u128 });
@@ -515,7 +564,9 @@ pub fn parse_sweep_file(text: &str, path: &str) -> Result<SweepSpec, SweepError>
         path: path.to_string(),
         why,
     };
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| file_err(e.to_string().trim().to_string()))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| file_err(e.to_string().trim().to_string()))?;
     let mut spec = SweepSpec::default();
     for (k, v) in &table {
         match k.as_str() {
@@ -544,13 +595,22 @@ pub fn parse_sweep_file(text: &str, path: &str) -> Result<SweepSpec, SweepError>
     let section = |name: &str| -> Result<BTreeMap<String, toml::Value>, SweepError> {
         match table.get(name) {
             None => Ok(BTreeMap::new()),
-            Some(toml::Value::Table(t)) => Ok(t.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
-            Some(other) => Err(file_err(format!("[{name}] must be a table, not {}", other.type_str()))),
+            Some(toml::Value::Table(t)) => {
+                Ok(t.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            }
+            Some(other) => Err(file_err(format!(
+                "[{name}] must be a table, not {}",
+                other.type_str()
+            ))),
         }
     };
     for (k, v) in section("fixed")? {
         check_key(&k)?;
-        let s = toml_scalar(&v).ok_or_else(|| file_err(format!("fixed {k} = {v} is not a string, number or boolean")))?;
+        let s = toml_scalar(&v).ok_or_else(|| {
+            file_err(format!(
+                "fixed {k} = {v} is not a string, number or boolean"
+            ))
+        })?;
         if spec.has_key(&k) {
             return Err(SweepError::DuplicateKey { key: k });
         }
@@ -571,7 +631,9 @@ pub fn parse_sweep_file(text: &str, path: &str) -> Result<SweepSpec, SweepError>
                 let mut out = Vec::with_capacity(items.len());
                 for item in items {
                     out.push(toml_scalar(item).ok_or_else(|| {
-                        file_err(format!("grid {k}: {item} is not a string, number or boolean"))
+                        file_err(format!(
+                            "grid {k}: {item} is not a string, number or boolean"
+                        ))
                     })?);
                 }
                 let mut seen = HashSet::new();
@@ -584,7 +646,11 @@ pub fn parse_sweep_file(text: &str, path: &str) -> Result<SweepSpec, SweepError>
                 }
                 out
             }
-            other => return Err(file_err(format!("grid {k} = {other} must be a list or a range string"))),
+            other => {
+                return Err(file_err(format!(
+                    "grid {k} = {other} must be a list or a range string"
+                )));
+            }
         };
         spec.push_grid(Dim { key: k, values })?;
     }
@@ -609,9 +675,14 @@ pub fn parse_sweep_file(text: &str, path: &str) -> Result<SweepSpec, SweepError>
         };
         let dist = match kind.as_str() {
             "choice" => {
-                let items = arg.as_array().filter(|a| !a.is_empty()).ok_or_else(|| bad("choice needs a non-empty list"))?;
+                let items = arg
+                    .as_array()
+                    .filter(|a| !a.is_empty())
+                    .ok_or_else(|| bad("choice needs a non-empty list"))?;
                 let vals: Option<Vec<String>> = items.iter().map(toml_scalar).collect();
-                Dist::Choice(vals.ok_or_else(|| bad("choice values must be strings, numbers or booleans"))?)
+                Dist::Choice(
+                    vals.ok_or_else(|| bad("choice values must be strings, numbers or booleans"))?,
+                )
             }
             "uniform" => {
                 let (a, b) = pair(arg).ok_or_else(|| bad("uniform needs [low, high]"))?;
@@ -628,7 +699,10 @@ pub fn parse_sweep_file(text: &str, path: &str) -> Result<SweepSpec, SweepError>
                 Dist::LogUniform(a, b)
             }
             "int" => {
-                let a = arg.as_array().filter(|a| a.len() == 2).ok_or_else(|| bad("int needs [low, high]"))?;
+                let a = arg
+                    .as_array()
+                    .filter(|a| a.len() == 2)
+                    .ok_or_else(|| bad("int needs [low, high]"))?;
                 let (Some(lo), Some(hi)) = (a[0].as_integer(), a[1].as_integer()) else {
                     return Err(bad("int bounds must be integers"));
                 };
@@ -664,24 +738,29 @@ pub fn substitute(text: &str, point: &Point) -> Result<String, SweepError> {
             i += 2;
             continue;
         }
-        if c == b'{' && (i == 0 || bytes[i - 1] != b'$') {
-            if let Some(len) = text[i + 1..].find('}') {
-                let name = &text[i + 1..i + 1 + len];
-                if check_key(name).is_ok() {
-                    match point.get(name) {
-                        Some(v) => {
-                            out.push_str(v);
-                            i += len + 2;
-                            continue;
-                        }
-                        None => {
-                            let known: Vec<&str> = point.all().map(|(k, _)| k).collect();
-                            return Err(SweepError::UnknownPlaceholder {
-                                name: name.to_string(),
-                                text: text.to_string(),
-                                known: if known.is_empty() { "none".to_string() } else { known.join(", ") },
-                            });
-                        }
+        if c == b'{'
+            && (i == 0 || bytes[i - 1] != b'$')
+            && let Some(len) = text[i + 1..].find('}')
+        {
+            let name = &text[i + 1..i + 1 + len];
+            if check_key(name).is_ok() {
+                match point.get(name) {
+                    Some(v) => {
+                        out.push_str(v);
+                        i += len + 2;
+                        continue;
+                    }
+                    None => {
+                        let known: Vec<&str> = point.all().map(|(k, _)| k).collect();
+                        return Err(SweepError::UnknownPlaceholder {
+                            name: name.to_string(),
+                            text: text.to_string(),
+                            known: if known.is_empty() {
+                                "none".to_string()
+                            } else {
+                                known.join(", ")
+                            },
+                        });
                     }
                 }
             }
@@ -711,7 +790,10 @@ mod tests {
         assert_eq!(vals("x=0..=1:step:0.25"), ["0", "0.25", "0.5", "0.75", "1"]);
         assert_eq!(vals("x=0..=0.3:step:0.1"), ["0", "0.1", "0.2", "0.3"]);
         assert_eq!(vals("b=16..=64:step:16"), ["16", "32", "48", "64"]);
-        assert_eq!(vals("lr=1e-4..1e-1:log:4"), ["0.0001", "0.001", "0.01", "0.1"]);
+        assert_eq!(
+            vals("lr=1e-4..1e-1:log:4"),
+            ["0.0001", "0.001", "0.01", "0.1"]
+        );
         assert_eq!(vals("x=0..1:lin:5"), ["0", "0.25", "0.5", "0.75", "1"]);
         assert_eq!(vals("d=../a,../b"), ["../a", "../b"]);
         assert_eq!(vals("s=-2..1"), ["-2", "-1", "0"]);
@@ -734,14 +816,21 @@ mod tests {
             assert!(err.contains(needle), "{arg}: {err}");
             assert!(err.contains(arg.split('=').next().unwrap()), "{arg}: {err}");
         }
-        assert!(matches!(parse_sweep_arg("lr"), Err(SweepError::MissingEquals { .. })));
-        assert!(matches!(parse_sweep_arg("1x=2"), Err(SweepError::BadKey { .. })));
+        assert!(matches!(
+            parse_sweep_arg("lr"),
+            Err(SweepError::MissingEquals { .. })
+        ));
+        assert!(matches!(
+            parse_sweep_arg("1x=2"),
+            Err(SweepError::BadKey { .. })
+        ));
     }
 
     #[test]
     fn grid_is_a_cartesian_product_in_flag_order() {
         let mut s = SweepSpec::default();
-        s.push_grid(parse_sweep_arg("lr=0.1,0.01").unwrap()).unwrap();
+        s.push_grid(parse_sweep_arg("lr=0.1,0.01").unwrap())
+            .unwrap();
         s.push_grid(parse_sweep_arg("seed=0..3").unwrap()).unwrap();
         let names: Vec<String> = s.expand().unwrap().iter().map(Point::name).collect();
         assert_eq!(
@@ -796,7 +885,10 @@ mod tests {
         let spec = parse_sweep_file(text, "s.toml").unwrap();
         let pts = spec.expand().unwrap();
         assert_eq!(pts.len(), 5);
-        assert_eq!(pts, parse_sweep_file(text, "s.toml").unwrap().expand().unwrap());
+        assert_eq!(
+            pts,
+            parse_sweep_file(text, "s.toml").unwrap().expand().unwrap()
+        );
         for p in &pts {
             assert_eq!(p.get("epochs"), Some("10"));
             let lr: f64 = p.get("lr").unwrap().parse().unwrap();
@@ -810,7 +902,10 @@ mod tests {
         }
         let err = parse_sweep_file("[random]\nlr = { uniform = [1, 0] }", "s.toml").unwrap_err();
         assert!(err.to_string().contains("lr"), "{err}");
-        let err = parse_sweep_file("[random]\nlr = { uniform = [0, 1] }", "s.toml").unwrap().expand().unwrap_err();
+        let err = parse_sweep_file("[random]\nlr = { uniform = [0, 1] }", "s.toml")
+            .unwrap()
+            .expand()
+            .unwrap_err();
         assert!(matches!(err, SweepError::NeedSample { .. }));
         let err = parse_sweep_file("smaples = 3", "s.toml").unwrap_err();
         assert!(err.to_string().contains("smaples"), "{err}");
@@ -824,10 +919,19 @@ mod tests {
             params: vec![("lr".into(), "0.1".into())],
             fixed: vec![("epochs".into(), "3".into())],
         };
-        assert_eq!(substitute("--lr={lr} -e {epochs}", &p).unwrap(), "--lr=0.1 -e 3");
-        assert_eq!(substitute("echo ${HOME} {{lr}} {\"a\": 1}", &p).unwrap(), "echo ${HOME} {lr} {\"a\": 1}");
+        assert_eq!(
+            substitute("--lr={lr} -e {epochs}", &p).unwrap(),
+            "--lr=0.1 -e 3"
+        );
+        assert_eq!(
+            substitute("echo ${HOME} {{lr}} {\"a\": 1}", &p).unwrap(),
+            "echo ${HOME} {lr} {\"a\": 1}"
+        );
         let err = substitute("--seed {seed}", &p).unwrap_err().to_string();
-        assert!(err.contains("{seed}") && err.contains("lr, epochs"), "{err}");
+        assert!(
+            err.contains("{seed}") && err.contains("lr, epochs"),
+            "{err}"
+        );
         assert_eq!(substitute("héllo {lr}", &p).unwrap(), "héllo 0.1");
     }
 

@@ -1,8 +1,8 @@
 //! Attempts: one try of a job on one instance, under the fencing token the claim handed out.
 
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::NotSet, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel,
-    QueryFilter, QueryOrder, Set,
+    ActiveModelTrait, ActiveValue::NotSet, ColumnTrait, ConnectionTrait, EntityTrait,
+    IntoActiveModel, QueryFilter, QueryOrder, Set,
 };
 use sha2::Digest;
 
@@ -83,7 +83,10 @@ pub async fn start_attempt<C: ConnectionTrait>(
         None,
         AttemptState::Running.as_str(),
         actor,
-        &format!("job {} fence {} on instance {:?}", row.job_id, row.fence, row.instance_id),
+        &format!(
+            "job {} fence {} on instance {:?}",
+            row.job_id, row.fence, row.instance_id
+        ),
         now,
     )
     .await?;
@@ -136,7 +139,10 @@ pub async fn set_checkpoint<C: ConnectionTrait>(
     Ok(am.update(db).await?)
 }
 
-pub async fn get_attempt<C: ConnectionTrait>(db: &C, id: i64) -> Result<attempt::Model, StoreError> {
+pub async fn get_attempt<C: ConnectionTrait>(
+    db: &C,
+    id: i64,
+) -> Result<attempt::Model, StoreError> {
     attempt::Entity::find_by_id(id)
         .one(db)
         .await?
@@ -147,7 +153,10 @@ pub async fn get_attempt<C: ConnectionTrait>(db: &C, id: i64) -> Result<attempt:
 }
 
 /// A job's attempts, oldest first.
-pub async fn attempts_for_job<C: ConnectionTrait>(db: &C, job_id: i64) -> Result<Vec<attempt::Model>, StoreError> {
+pub async fn attempts_for_job<C: ConnectionTrait>(
+    db: &C,
+    job_id: i64,
+) -> Result<Vec<attempt::Model>, StoreError> {
     Ok(attempt::Entity::find()
         .filter(attempt::Column::JobId.eq(job_id))
         .order_by_asc(attempt::Column::Id)
@@ -168,7 +177,10 @@ pub async fn find_open_attempt_by_token<C: ConnectionTrait>(
 }
 
 /// The latest checkpoint recorded for any attempt of a job (to resume from).
-pub async fn latest_checkpoint<C: ConnectionTrait>(db: &C, job_id: i64) -> Result<Option<String>, StoreError> {
+pub async fn latest_checkpoint<C: ConnectionTrait>(
+    db: &C,
+    job_id: i64,
+) -> Result<Option<String>, StoreError> {
     Ok(attempt::Entity::find()
         .filter(attempt::Column::JobId.eq(job_id))
         .filter(attempt::Column::CheckpointPath.is_not_null())

@@ -3,7 +3,9 @@
 //! Write events in the same transaction as the change they describe (pass the transaction as
 //! `db`), so the journal never disagrees with the tables.
 
-use sea_orm::{ActiveValue::NotSet, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Set};
+use sea_orm::{
+    ActiveValue::NotSet, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Set,
+};
 
 use super::StoreError;
 use super::entity::event;
@@ -88,11 +90,17 @@ pub async fn record_event<C: ConnectionTrait>(
 }
 
 /// Appends many events (in chunks small enough for either backend's parameter limit).
-pub async fn record_events<C: ConnectionTrait>(db: &C, events: Vec<NewEvent>) -> Result<(), StoreError> {
+pub async fn record_events<C: ConnectionTrait>(
+    db: &C,
+    events: Vec<NewEvent>,
+) -> Result<(), StoreError> {
     let mut it = events.into_iter().peekable();
     while it.peek().is_some() {
-        let chunk: Vec<event::ActiveModel> = it.by_ref().take(1000).map(NewEvent::into_active).collect();
-        event::Entity::insert_many(chunk).exec_without_returning(db).await?;
+        let chunk: Vec<event::ActiveModel> =
+            it.by_ref().take(1000).map(NewEvent::into_active).collect();
+        event::Entity::insert_many(chunk)
+            .exec_without_returning(db)
+            .await?;
     }
     Ok(())
 }

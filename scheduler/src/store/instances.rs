@@ -4,8 +4,8 @@
 //! label `vc-<workspace>-<id>` finds the instance on the account to adopt or destroy.
 
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::NotSet, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel,
-    QueryFilter, QueryOrder, Set,
+    ActiveModelTrait, ActiveValue::NotSet, ColumnTrait, ConnectionTrait, EntityTrait,
+    IntoActiveModel, QueryFilter, QueryOrder, Set,
 };
 
 use super::entity::instance;
@@ -43,7 +43,11 @@ pub async fn create_instance<C: ConnectionTrait>(
     actor: &str,
     now: EpochMs,
 ) -> Result<instance::Model, StoreError> {
-    let pending = format!("vc-{}-pending-{now}-{}", new.workspace, super::testing::unique_suffix());
+    let pending = format!(
+        "vc-{}-pending-{now}-{}",
+        new.workspace,
+        super::testing::unique_suffix()
+    );
     let row = instance::ActiveModel {
         id: NotSet,
         label: Set(pending),
@@ -57,7 +61,10 @@ pub async fn create_instance<C: ConnectionTrait>(
         num_gpus: Set(new.num_gpus),
         ssh_host: Set(None),
         ssh_port: Set(None),
-        meta: Set(new.meta.unwrap_or_else(|| serde_json::json!({})).to_string()),
+        meta: Set(new
+            .meta
+            .unwrap_or_else(|| serde_json::json!({}))
+            .to_string()),
         last_error: Set(None),
         created_at: Set(now),
         updated_at: Set(now),
@@ -82,7 +89,10 @@ pub async fn create_instance<C: ConnectionTrait>(
     Ok(row)
 }
 
-pub async fn get_instance<C: ConnectionTrait>(db: &C, id: i64) -> Result<instance::Model, StoreError> {
+pub async fn get_instance<C: ConnectionTrait>(
+    db: &C,
+    id: i64,
+) -> Result<instance::Model, StoreError> {
     instance::Entity::find_by_id(id)
         .one(db)
         .await?
@@ -115,7 +125,9 @@ pub async fn list_instances<C: ConnectionTrait>(
 }
 
 /// Instances not yet `gone`.
-pub async fn list_live_instances<C: ConnectionTrait>(db: &C) -> Result<Vec<instance::Model>, StoreError> {
+pub async fn list_live_instances<C: ConnectionTrait>(
+    db: &C,
+) -> Result<Vec<instance::Model>, StoreError> {
     Ok(instance::Entity::find()
         .filter(instance::Column::State.ne(InstanceState::Gone.as_str()))
         .order_by_asc(instance::Column::Id)
@@ -145,7 +157,17 @@ pub async fn set_instance_state<C: ConnectionTrait>(
         am.destroyed_at = Set(Some(now));
     }
     let row = am.update(db).await?;
-    record_event(db, EntityKind::Instance, id, Some(&from), to.as_str(), actor, reason, now).await?;
+    record_event(
+        db,
+        EntityKind::Instance,
+        id,
+        Some(&from),
+        to.as_str(),
+        actor,
+        reason,
+        now,
+    )
+    .await?;
     Ok(row)
 }
 

@@ -53,12 +53,21 @@ impl std::fmt::Debug for LeaderLock {
 
 impl LeaderLock {
     /// Takes leadership if nobody holds it; `Ok(None)` if someone does.
-    pub async fn try_acquire(store: &Store, holder: &str, now: EpochMs) -> Result<Option<Self>, StoreError> {
+    pub async fn try_acquire(
+        store: &Store,
+        holder: &str,
+        now: EpochMs,
+    ) -> Result<Option<Self>, StoreError> {
         let inner = match store.backend() {
             Backend::Postgres => {
                 let mut conn = sqlx::PgConnection::connect(store.raw_url())
                     .await
-                    .map_err(|e| StoreError::Lock(format!("cannot open a connection to {}: {e}", store.url_redacted())))?;
+                    .map_err(|e| {
+                        StoreError::Lock(format!(
+                            "cannot open a connection to {}: {e}",
+                            store.url_redacted()
+                        ))
+                    })?;
                 let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
                     .bind(ADVISORY_KEY)
                     .fetch_one(&mut conn)
@@ -72,7 +81,9 @@ impl LeaderLock {
             }
             Backend::Sqlite => {
                 let db_path = store.sqlite_path().ok_or_else(|| {
-                    StoreError::Lock("an in-memory SQLite database has no lock file; use a file".to_string())
+                    StoreError::Lock(
+                        "an in-memory SQLite database has no lock file; use a file".to_string(),
+                    )
                 })?;
                 let mut name = db_path.as_os_str().to_owned();
                 name.push(".leader.lock");
@@ -82,12 +93,17 @@ impl LeaderLock {
                     .truncate(false)
                     .write(true)
                     .open(&path)
-                    .map_err(|e| StoreError::Lock(format!("cannot open {}: {e}", path.display())))?;
+                    .map_err(|e| {
+                        StoreError::Lock(format!("cannot open {}: {e}", path.display()))
+                    })?;
                 match file.try_lock() {
                     Ok(()) => Inner::File { _file: file, path },
                     Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
                     Err(std::fs::TryLockError::Error(e)) => {
-                        return Err(StoreError::Lock(format!("cannot lock {}: {e}", path.display())));
+                        return Err(StoreError::Lock(format!(
+                            "cannot lock {}: {e}",
+                            path.display()
+                        )));
                     }
                 }
             }
@@ -157,7 +173,9 @@ impl LeaderLock {
 
 /// The current leader row, if any scheduler ever led.
 pub async fn current_leader(store: &Store) -> Result<Option<scheduler_leader::Model>, StoreError> {
-    Ok(scheduler_leader::Entity::find_by_id(1).one(store.db()).await?)
+    Ok(scheduler_leader::Entity::find_by_id(1)
+        .one(store.db())
+        .await?)
 }
 
 async fn bump_epoch(store: &Store, holder: &str, now: EpochMs) -> Result<i64, StoreError> {

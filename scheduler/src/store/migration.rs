@@ -20,7 +20,8 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        let mut all: Vec<Box<dyn MigrationTrait>> = vec![Box::new(M0001StoreCore), Box::new(M0002StoreJobBatch)];
+        let mut all: Vec<Box<dyn MigrationTrait>> =
+            vec![Box::new(M0001StoreCore), Box::new(M0002StoreJobBatch)];
         all.extend(ledger::migration::migrations());
         all.extend(crate::collector::migrations());
         all
@@ -37,7 +38,11 @@ impl MigrationName for M0001StoreCore {
     }
 }
 
-fn fk(name: &str, from: (&'static str, &'static str), to: (&'static str, &'static str)) -> ForeignKeyCreateStatement {
+fn fk(
+    name: &str,
+    from: (&'static str, &'static str),
+    to: (&'static str, &'static str),
+) -> ForeignKeyCreateStatement {
     ForeignKey::create()
         .name(name.to_string())
         .from(from.0, from.1)
@@ -134,8 +139,16 @@ impl MigrationTrait for M0001StoreCore {
                 .col(big_integer("created_at"))
                 .col(big_integer("updated_at"))
                 .col(big_integer_null("finished_at"))
-                .foreign_key(&mut fk("fk_jobs_experiment", ("jobs", "experiment_id"), ("experiments", "id")))
-                .foreign_key(&mut fk("fk_jobs_instance", ("jobs", "instance_id"), ("instances", "id")))
+                .foreign_key(&mut fk(
+                    "fk_jobs_experiment",
+                    ("jobs", "experiment_id"),
+                    ("experiments", "id"),
+                ))
+                .foreign_key(&mut fk(
+                    "fk_jobs_instance",
+                    ("jobs", "instance_id"),
+                    ("instances", "id"),
+                ))
                 .to_owned(),
         )
         .await?;
@@ -195,7 +208,11 @@ impl MigrationTrait for M0001StoreCore {
                 .col(integer_null("exit_status"))
                 .col(text_null("checkpoint_path"))
                 .col(text_null("reason"))
-                .foreign_key(&mut fk("fk_attempts_job", ("attempts", "job_id"), ("jobs", "id")))
+                .foreign_key(&mut fk(
+                    "fk_attempts_job",
+                    ("attempts", "job_id"),
+                    ("jobs", "id"),
+                ))
                 .foreign_key(&mut fk(
                     "fk_attempts_instance",
                     ("attempts", "instance_id"),

@@ -63,7 +63,9 @@ impl std::fmt::Display for Backend {
 /// What went wrong in the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("unsupported database URL {url:?}: expected sqlite://PATH, sqlite::memory: or postgres://…")]
+    #[error(
+        "unsupported database URL {url:?}: expected sqlite://PATH, sqlite::memory: or postgres://…"
+    )]
     UnsupportedUrl { url: String },
     #[error("cannot create the state folder {path}: {source}")]
     CreateDir {
@@ -78,7 +80,9 @@ pub enum StoreError {
     Db(#[from] DbErr),
     #[error("{what} {key} not found")]
     NotFound { what: &'static str, key: String },
-    #[error("permission denied: {actor} may not {action} {target} (owned by {owner}; only the owner or an admin may)")]
+    #[error(
+        "permission denied: {actor} may not {action} {target} (owned by {owner}; only the owner or an admin may)"
+    )]
     PermissionDenied {
         actor: String,
         action: String,
@@ -126,7 +130,11 @@ pub async fn connect(url: &str) -> Result<Store, StoreError> {
                     })?;
                 }
                 if !url.contains("mode=") {
-                    url_owned.push_str(if url.contains('?') { "&mode=rwc" } else { "?mode=rwc" });
+                    url_owned.push_str(if url.contains('?') {
+                        "&mode=rwc"
+                    } else {
+                        "?mode=rwc"
+                    });
                 }
                 sqlite_path = Some(path);
             }
@@ -255,7 +263,9 @@ fn backend_of(url: &str) -> Result<Backend, StoreError> {
 
 /// The file behind a SQLite URL, or None for an in-memory database.
 fn sqlite_file_path(url: &str) -> Option<PathBuf> {
-    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
     let path = rest.split('?').next().unwrap_or_default();
     if path.is_empty() || path == ":memory:" || rest.contains("mode=memory") {
         None
@@ -287,7 +297,8 @@ pub const NUSD_PER_USD: i64 = 1_000_000_000;
 /// range (about ±9.2 billion dollars).
 pub fn nusd_from_decimal(usd: Decimal) -> Option<i64> {
     let scaled = usd.checked_mul(Decimal::from(NUSD_PER_USD))?;
-    let rounded = scaled.round_dp_with_strategy(0, rust_decimal::RoundingStrategy::MidpointAwayFromZero);
+    let rounded =
+        scaled.round_dp_with_strategy(0, rust_decimal::RoundingStrategy::MidpointAwayFromZero);
     i64::try_from(rounded).ok()
 }
 

@@ -71,11 +71,15 @@ text_enum!(
 
 impl JobState {
     /// Held under a lease by a scheduler (claimed and not yet finished).
-    pub const LEASED: &'static [JobState] = &[JobState::Placed, JobState::Starting, JobState::Running];
+    pub const LEASED: &'static [JobState] =
+        &[JobState::Placed, JobState::Starting, JobState::Running];
 
     /// No further transition happens without a user's `retry`.
     pub fn is_final(self) -> bool {
-        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+        )
     }
 
     /// Held under a lease (see [`JobState::LEASED`]).
@@ -134,6 +138,9 @@ mod tests {
             assert_eq!(s.as_str().parse::<InstanceState>().unwrap(), *s);
         }
         let err = "runing".parse::<JobState>().unwrap_err().to_string();
-        assert!(err.contains("\"runing\"") && err.contains("running"), "{err}");
+        assert!(
+            err.contains("\"runing\"") && err.contains("running"),
+            "{err}"
+        );
     }
 }

@@ -57,7 +57,9 @@ pub struct TestDb {
 
 impl std::fmt::Debug for TestDb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TestDb").field("url", &super::redact_url(&self.url)).finish()
+        f.debug_struct("TestDb")
+            .field("url", &super::redact_url(&self.url))
+            .finish()
     }
 }
 
@@ -82,9 +84,12 @@ pub async fn sqlite() -> Result<TestDb, StoreError> {
 pub async fn postgres() -> Result<TestDb, String> {
     let admin_url = pg_admin_url();
     let name = format!("vc_{}", unique_suffix());
-    let mut admin = sqlx::PgConnection::connect(&admin_url)
-        .await
-        .map_err(|e| format!("PostgreSQL at {} is not reachable: {e}", super::redact_url(&admin_url)))?;
+    let mut admin = sqlx::PgConnection::connect(&admin_url).await.map_err(|e| {
+        format!(
+            "PostgreSQL at {} is not reachable: {e}",
+            super::redact_url(&admin_url)
+        )
+    })?;
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&mut admin)
         .await
@@ -129,7 +134,10 @@ impl Drop for TestDb {
                 // Drop runs inside a test's runtime, where blocking on another future is not
                 // allowed; a thread with its own small runtime does the async work.
                 let handle = std::thread::spawn(move || {
-                    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    else {
                         return;
                     };
                     rt.block_on(async move {
@@ -137,8 +145,8 @@ impl Drop for TestDb {
                             let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
                                 "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
                             )))
-                                .execute(&mut c)
-                                .await;
+                            .execute(&mut c)
+                            .await;
                             let _ = c.close().await;
                         }
                     });

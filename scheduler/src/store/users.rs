@@ -18,7 +18,10 @@
 //! This guards teammates against each other's mistakes; it is not a security boundary against
 //! someone who holds the database credentials, who can always write rows directly.
 
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, Set, sea_query::OnConflict};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, Set,
+    sea_query::OnConflict,
+};
 
 use super::StoreError;
 use super::entity::user;
@@ -56,13 +59,21 @@ impl std::str::FromStr for Role {
 }
 
 /// Makes sure `name` has a `users` row (role `member` when new) and returns its role.
-pub async fn ensure_user<C: ConnectionTrait>(db: &C, name: &str, now: EpochMs) -> Result<Role, StoreError> {
+pub async fn ensure_user<C: ConnectionTrait>(
+    db: &C,
+    name: &str,
+    now: EpochMs,
+) -> Result<Role, StoreError> {
     user::Entity::insert(user::ActiveModel {
         name: Set(name.to_string()),
         role: Set(Role::Member.as_str().to_string()),
         created_at: Set(now),
     })
-    .on_conflict(OnConflict::column(user::Column::Name).do_nothing().to_owned())
+    .on_conflict(
+        OnConflict::column(user::Column::Name)
+            .do_nothing()
+            .to_owned(),
+    )
     .exec_without_returning(db)
     .await?;
     role_of(db, name).await
@@ -114,7 +125,10 @@ pub async fn set_role<C: ConnectionTrait>(
         )));
     }
     user::Entity::update_many()
-        .col_expr(user::Column::Role, sea_orm::sea_query::Expr::value(role.as_str()))
+        .col_expr(
+            user::Column::Role,
+            sea_orm::sea_query::Expr::value(role.as_str()),
+        )
         .filter(user::Column::Name.eq(target))
         .exec(db)
         .await?;

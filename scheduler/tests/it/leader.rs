@@ -13,19 +13,32 @@ async fn leader_failover(db: &TestDb) {
     // A second Store on the same database, as a second scheduler process would have.
     let other = scheduler::store::connect(&db.url).await.unwrap();
 
-    let mut leader = LeaderLock::try_acquire(&db.store, "sched-a", 1_000).await.unwrap().expect("free");
+    let mut leader = LeaderLock::try_acquire(&db.store, "sched-a", 1_000)
+        .await
+        .unwrap()
+        .expect("free");
     assert_eq!(leader.epoch(), 1);
     leader.check().await.unwrap();
-    assert!(LeaderLock::try_acquire(&other, "sched-b", 1_000).await.unwrap().is_none());
+    assert!(
+        LeaderLock::try_acquire(&other, "sched-b", 1_000)
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     // The standby waits; the leader dies (its lock is dropped without a goodbye).
     let standby = {
         let other = other.clone();
         let clock = clock.clone();
-        tokio::spawn(async move { LeaderLock::acquire(&other, "sched-b", &clock, Duration::from_millis(50)).await })
+        tokio::spawn(async move {
+            LeaderLock::acquire(&other, "sched-b", &clock, Duration::from_millis(50)).await
+        })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!standby.is_finished(), "standby must wait while the leader lives");
+    assert!(
+        !standby.is_finished(),
+        "standby must wait while the leader lives"
+    );
     drop(leader);
     let b = tokio::time::timeout(Duration::from_secs(20), standby)
         .await
@@ -33,11 +46,17 @@ async fn leader_failover(db: &TestDb) {
         .unwrap()
         .unwrap();
     assert_eq!(b.epoch(), 2);
-    assert_eq!(current_leader(&db.store).await.unwrap().unwrap().holder, "sched-b");
+    assert_eq!(
+        current_leader(&db.store).await.unwrap().unwrap().holder,
+        "sched-b"
+    );
 
     // A clean release lets the first one back at once.
     b.release().await.unwrap();
-    let a = LeaderLock::try_acquire(&db.store, "sched-a", 2_000).await.unwrap().expect("released");
+    let a = LeaderLock::try_acquire(&db.store, "sched-a", 2_000)
+        .await
+        .unwrap()
+        .expect("released");
     assert_eq!(a.epoch(), 3);
     a.release().await.unwrap();
 }
