@@ -172,7 +172,12 @@ enum Event {
         machine: usize,
     },
     ChurnArrival,
+    /// Balance check, every [`BILLING_TICK_MS`] while instances exist (Vast updates balances
+    /// "about once every few seconds" and stops instances at zero).
+    BillingTick,
 }
+
+const BILLING_TICK_MS: i64 = 10_000;
 
 /// An SSH key registered on the account.
 #[derive(Debug, Clone, Serialize)]
@@ -207,10 +212,10 @@ pub struct Market {
     next_key_id: u64,
     root_dir: PathBuf,
     logs: BTreeMap<String, String>,
-    credit_exhausted: bool,
     /// Offer JSON per (type, allocated_storage) and then [machine][slot]. Prices never change,
     /// so a search only refreshes the fields that depend on time and occupancy.
     offer_cache: RefCell<BTreeMap<(u8, u64), OfferRows>>,
+    billing_tick: bool,
 }
 
 impl std::fmt::Debug for Market {
@@ -363,8 +368,8 @@ impl Market {
             next_key_id: 5_000,
             root_dir,
             logs: BTreeMap::new(),
-            credit_exhausted: false,
             offer_cache: RefCell::new(BTreeMap::new()),
+            billing_tick: false,
         };
         // Start with some GPUs already rented by others, as on a real market.
         let initial = (n as f64 * 0.15) as usize;
@@ -1131,6 +1136,10 @@ impl Market {
                 self.churn_arrival(false);
                 self.schedule_next_churn();
             }
+            Event::BillingTick => {
+                self.billing_tick = false;
+                self.ensure_billing_tick();
+            }
         }
     }
 
@@ -1185,18 +1194,28 @@ impl Market {
         self.schedule(at, Event::ExternalLeave { ext, machine: m });
     }
 
+    fn ensure_billing_tick(&mut self) {
+        if !self.billing_tick && !self.instances.is_empty() {
+            self.billing_tick = true;
+            let at = self.now_ms + BILLING_TICK_MS;
+            self.schedule(at, Event::BillingTick);
+        }
+    }
+
     fn check_credit(&mut self) {
-        if self.credit_exhausted || self.instances.is_empty() {
+        if self.instances.is_empty() {
             return;
         }
         if self.credit() <= Decimal::ZERO {
-            self.credit_exhausted = true;
             let ids: Vec<u64> = self
                 .instances
                 .values()
-                .filter(|i| i.intended == "running")
+                .filter(|i| i.intended == "running" || i.wants_gpus)
                 .map(|i| i.id)
                 .collect();
+            if ids.is_empty() {
+                return;
+            }
             self.log_event(
                 None,
                 None,
@@ -1363,6 +1382,7 @@ impl Market {
         }
         let min_bid = inst.min_bid;
         self.instances.insert(id, inst);
+        self.ensure_billing_tick();
         if low_bid {
             self.log_event(
                 Some(id),

@@ -883,3 +883,40 @@ fn config_loads_from_toml() {
         "rates are probabilities"
     );
 }
+
+#[test]
+fn running_out_of_credit_stops_everything() {
+    let mut c = config(71);
+    c.initial_credit = 0.05;
+    let mut m = Market::new(c);
+    let offer = m
+        .search(
+            &json!({"gpu_name": {"in": ["H100 SXM", "H200"]}, "order": [["dph_total", "desc"]]}),
+        )
+        .expect("search")
+        .into_iter()
+        .find(|o| o["rented"] == json!(false))
+        .expect("a free H100/H200 offer");
+    let id = create(&mut m, &offer, json!({"image": "img", "disk": 20}));
+    advance(&mut m, HOUR);
+    // Balances are checked every 10 s: the overrun is at most one tick of spend.
+    let credit = m.credit();
+    let per_tick = dec(&offer["dph_total"]) / Decimal::from(360);
+    assert!(
+        credit <= Decimal::ZERO && credit > -per_tick - Decimal::new(1, 2),
+        "credit {credit}"
+    );
+    let inst = m.get(id).expect("the instance is kept");
+    assert_eq!(
+        inst["actual_status"],
+        json!("stopped"),
+        "Vast stops instances at zero balance"
+    );
+    assert!(m.events().iter().any(|e| e.kind == "credit_exhausted"));
+    // Storage keeps billing while stopped.
+    let before = m.charges(id).expect("c");
+    advance(&mut m, HOUR);
+    let after = m.charges(id).expect("c");
+    assert_eq!(after.gpu, before.gpu);
+    assert!(after.disk > before.disk);
+}
