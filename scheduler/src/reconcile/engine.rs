@@ -82,7 +82,18 @@ impl FileJournal {
     }
 }
 
-/// Write `bytes` to `path` atomically.
+/// Write `bytes` to `path` atomically (readers see the old or the new file), without waiting
+/// for the disk: for snapshots that are rewritten anyway.
+pub fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Write `bytes` to `path` atomically and durably.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     if let Some(dir) = path.parent() {
@@ -154,6 +165,9 @@ pub struct EngineConfig {
     /// Who gets each experiment's final cost report by email (`VASTICLAUDE_REPORT_TO`), sent
     /// through `VASTICLAUDE_SMTP_URL` when that is configured.
     pub report_to: Vec<String>,
+    /// Write the human-readable snapshots (`instances.json`, experiments' `status.json`,
+    /// jobs' `job.json`); simulations turn them off.
+    pub snapshots: bool,
 }
 
 impl EngineConfig {
@@ -167,6 +181,7 @@ impl EngineConfig {
             offer_ttl_ms: 30_000,
             ssh_public_key: None,
             report_to: Vec::new(),
+            snapshots: true,
         }
     }
 }
@@ -1175,13 +1190,16 @@ impl Engine {
         };
         let dir = job_dir(&self.cfg.home, &j.experiment, job);
         if let Ok(b) = serde_json::to_vec_pretty(j) {
-            let _ = write_atomic(&dir.join("job.json"), &b);
+            let _ = replace_file(&dir.join("job.json"), &b);
         }
     }
 
     /// `$VASTICLAUDE_HOME/instances.json` and `experiments/<e>/status.json`: what runs where,
     /// since when, at what price. Rewritten when it changes.
     fn snapshot(&mut self, now: EpochMs) {
+        if !self.cfg.snapshots {
+            return;
+        }
         let w = &self.state.world;
         let costs = self.state.book.summary(now);
         let instances: Vec<serde_json::Value> = w
@@ -1210,7 +1228,7 @@ impl Engine {
         if text == self.last_snapshot {
             return;
         }
-        let _ = write_atomic(&self.cfg.home.join("instances.json"), text.as_bytes());
+        let _ = replace_file(&self.cfg.home.join("instances.json"), text.as_bytes());
         let mut exps: BTreeMap<&str, Vec<&JobView>> = BTreeMap::new();
         for j in w.jobs.values() {
             exps.entry(j.experiment.as_str()).or_default().push(j);
@@ -1229,7 +1247,7 @@ impl Engine {
                 })).collect::<Vec<_>>(),
             });
             if let Ok(b) = serde_json::to_vec_pretty(&doc) {
-                let _ = write_atomic(&exp_dir(&self.cfg.home, e).join("status.json"), &b);
+                let _ = replace_file(&exp_dir(&self.cfg.home, e).join("status.json"), &b);
             }
         }
         self.last_snapshot = text;

@@ -17,6 +17,7 @@ mod model;
 pub mod runner;
 pub mod simrun;
 mod transition;
+pub mod virtual_runner;
 
 pub use self::core::{
     Health, OutbidSituation, ReconcileConfig, classify, outbid_decision, reconcile,

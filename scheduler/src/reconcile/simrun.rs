@@ -425,3 +425,137 @@ pub async fn run_demo(
 pub fn job_outputs(home: &Path, experiment: &str, job: JobId) -> PathBuf {
     super::engine::job_dir(home, experiment, job).join("outputs")
 }
+
+/// What a virtual-clock run found.
+#[derive(Debug, Clone, Serialize)]
+pub struct VirtualOutcome {
+    pub seed: u64,
+    pub steps: u64,
+    pub virtual_hours: f64,
+    pub jobs_succeeded: usize,
+    pub jobs_failed: usize,
+    pub stats: EngineStats,
+    pub costs: CostSummary,
+    pub market_charged_total: Decimal,
+    /// Broken invariants (empty when the run is sound).
+    pub violations: Vec<String>,
+}
+
+/// The whole scheduler on the simulator's virtual clock with the market's own random faults
+/// (outbids, exits, hosts offline, slow boots) and no processes: a [`VirtualRunner`] models the
+/// jobs. Deterministic for a seed; checks the invariants of ARCHITECTURE §2 at the end.
+pub async fn run_virtual(
+    seed: u64,
+    jobs: usize,
+    step_ms: i64,
+    max_virtual_ms: i64,
+) -> VirtualOutcome {
+    use crate::clock::{Clock, ManualClock};
+    let mut cfg = vast::sim::SimConfig::with_seed(seed);
+    cfg.machines = 40;
+    // Faults far more often than on the real market, so a short sweep meets all of them.
+    cfg.faults = vast::sim::SimFaults {
+        stuck_created: 0.1,
+        exited: 0.1,
+        offline: 0.05,
+        slow_loading: 0.1,
+        fault_after_mean_h: 0.5,
+        outbid_per_hour: 1.0,
+        outbid_hold_mean_h: 0.3,
+        ..vast::sim::SimFaults::none()
+    };
+    let start = cfg.start_ms.unwrap_or(vast::sim::DEFAULT_START_MS);
+    let root = std::env::temp_dir().join(format!("vc-virtual-{}-{seed}", std::process::id()));
+    cfg.root_dir = Some(root.clone());
+    let sim = SimMarket::new(vast::sim::Market::new(cfg));
+    let clock = ManualClock::new(start);
+    let shared: SharedClock = Arc::new(clock.clone());
+    let runner = Arc::new(super::virtual_runner::VirtualRunner::new(
+        sim.clone(),
+        shared.clone(),
+        10_000,
+    ));
+    let mut ecfg = EngineConfig::new("dst", root.join("home"));
+    ecfg.snapshots = false;
+    ecfg.reconcile.idle_timeout_ms = 60_000;
+    ecfg.reconcile.max_instances = 6;
+    let journal: Arc<dyn Journal> = Arc::new(super::engine::MemoryJournal::default());
+    let market: SharedMarket = Arc::new(sim.clone());
+    let mut engine = match Engine::new(ecfg, market, runner.clone(), journal).await {
+        Ok(e) => e,
+        Err(e) => panic!("engine: {e}"),
+    };
+    let mut sweep = demo_jobs("dst", jobs, 1, 120);
+    for (i, j) in sweep.iter_mut().enumerate() {
+        j.env.insert("STEP_SECONDS".into(), "30".into());
+        j.env.insert("CKPT_EVERY".into(), "10".into());
+        j.req.est_runtime_s = 3_600;
+        j.req.interruptible = i % 2 == 0;
+    }
+    let _ = engine.add_jobs(sweep).await;
+    let mut steps = 0;
+    let mut violations = Vec::new();
+    loop {
+        let now = clock.now_ms();
+        match engine.step(now).await {
+            Ok(r) if r.drained => break,
+            Ok(_) => {}
+            Err(e) => {
+                violations.push(format!("journal: {e}"));
+                break;
+            }
+        }
+        steps += 1;
+        if now - start > max_virtual_ms {
+            violations.push(format!(
+                "not drained after {} virtual hours",
+                max_virtual_ms / 3_600_000
+            ));
+            break;
+        }
+        clock.advance(step_ms);
+    }
+    let now = clock.now_ms();
+    let w = engine.world().clone();
+    for j in w.jobs.values() {
+        if !j.state.is_terminal() {
+            violations.push(format!("job {} lost in state {}", j.id, j.state.as_str()));
+        }
+        if j.state == JobState::Failed && j.reason.is_none() {
+            violations.push(format!("job {} failed without a reason", j.id));
+        }
+    }
+    violations.extend(runner.overlaps());
+    let left = sim.live_with_prefix(&label_prefix("dst"));
+    if !left.is_empty() {
+        violations.push(format!("instances leaked: {left:?}"));
+    }
+    let costs = engine.costs(now);
+    if costs.instances_total != costs.experiments_total {
+        violations.push(format!(
+            "money not conserved: instances {} vs experiments {}",
+            costs.instances_total, costs.experiments_total
+        ));
+    }
+    let market_charged_total = sim.charges().iter().map(|(_, c)| *c).sum();
+    let _ = std::fs::remove_dir_all(&root);
+    VirtualOutcome {
+        seed,
+        steps,
+        virtual_hours: (now - start) as f64 / 3_600_000.0,
+        jobs_succeeded: w
+            .jobs
+            .values()
+            .filter(|j| j.state == JobState::Succeeded)
+            .count(),
+        jobs_failed: w
+            .jobs
+            .values()
+            .filter(|j| j.state == JobState::Failed)
+            .count(),
+        stats: engine.stats.clone(),
+        costs,
+        market_charged_total,
+        violations,
+    }
+}
