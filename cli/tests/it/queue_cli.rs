@@ -231,3 +231,80 @@ fn queue_must_show_on_postgres() {
     );
     drop(db);
 }
+
+/// A sweep file with grid, random and fixed parameters, sampled reproducibly (dry run only).
+#[test]
+fn sweep_file_sampling_is_reproducible() {
+    let home = tempfile::tempdir().unwrap();
+    let file = home.path().join("sweep.toml");
+    std::fs::write(
+        &file,
+        "[fixed]\nepochs = 3\n[grid]\nopt = [\"adam\", \"sgd\"]\n[random]\nlr = { log_uniform = [1e-5, 1e-1] }\nlayers = { int = [2, 8] }\n",
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    let args = [
+        "queue",
+        "add",
+        "--experiment",
+        "rs",
+        "--sweep-file",
+        f,
+        "--sample",
+        "5",
+        "--seed",
+        "7",
+        "--dry-run",
+        "--json",
+        "--",
+        "python",
+        "t.py",
+        "--opt",
+        "{opt}",
+        "--lr",
+        "{lr}",
+        "--layers",
+        "{layers}",
+        "--epochs",
+        "{epochs}",
+    ];
+    let one = vc(home.path(), None, "alice", &args);
+    assert!(one.status.success(), "{}", stderr(&one));
+    let two = vc(home.path(), None, "alice", &args);
+    assert_eq!(one.stdout, two.stdout, "same seed, same jobs");
+    let v: serde_json::Value = serde_json::from_slice(&one.stdout).unwrap();
+    let jobs = v["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 5);
+    for j in jobs {
+        let argv: Vec<&str> = j["command"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert_eq!(argv[argv.len() - 1], "3");
+        let lr: f64 = argv[5].parse().unwrap();
+        assert!((1e-5..=1e-1).contains(&lr), "{argv:?}");
+        assert_eq!(j["env"]["lr"].as_str().unwrap(), argv[5]);
+    }
+    let other_seed: Vec<&str> = args
+        .iter()
+        .map(|a| if *a == "7" { "8" } else { a })
+        .collect();
+    let three = vc(home.path(), None, "alice", &other_seed);
+    assert_ne!(one.stdout, three.stdout, "another seed, other jobs");
+    assert!(
+        !home.path().join("state.db").exists(),
+        "a dry run opens no database"
+    );
+
+    // A random section without --sample is refused, naming the keys.
+    let o = vc(
+        home.path(),
+        None,
+        "alice",
+        &["queue", "add", "--sweep-file", f, "--", "x"],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--sample"), "{}", stderr(&o));
+}

@@ -477,3 +477,51 @@ both_backends!(
     instances_attempts_and_events,
     migrations_are_idempotent,
 );
+
+/// Two identical adds racing each other: the jobs exist once, and the loser either sees them
+/// (SQLite serialises the two transactions) or is refused by the unique index (PostgreSQL),
+/// writing nothing in both cases.
+async fn racing_identical_adds_do_not_duplicate(db: &TestDb) {
+    let clock = ManualClock::new(1_000);
+    // The experiment exists already, so the two adds do not queue behind its creation.
+    queue::add_jobs(
+        &db.store,
+        &AddRequest::new("race", vec!["true".into()]),
+        "alice",
+        &clock,
+    )
+    .await
+    .unwrap();
+    // Big enough that one add is still writing when the other has checked for duplicates.
+    let mut req = AddRequest::new("race", vec!["run".into(), "{i}".into()]);
+    req.sweep
+        .push_grid(parse_sweep_arg("i=0..3000").unwrap())
+        .unwrap();
+    let (a, b) = tokio::join!(
+        queue::add_jobs(&db.store, &req, "alice", &clock),
+        queue::add_jobs(&db.store, &req, "bob", &clock),
+    );
+    let added: usize = [&a, &b]
+        .iter()
+        .map(|r| r.as_ref().map(|o| o.added.len()).unwrap_or(0))
+        .sum();
+    assert_eq!(added, 3000);
+    for r in [&a, &b] {
+        match r {
+            Ok(o) => assert!(o.added.len() == 3000 || o.skipped_duplicates.len() == 3000),
+            Err(e) => assert!(e.to_string().contains("ran at the same time"), "{e}"),
+        }
+    }
+    let jobs = queue::list(
+        &db.store,
+        &ListFilter {
+            experiment: Some("race".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(jobs.len(), 3001);
+}
+
+both_backends!(racing_identical_adds_do_not_duplicate);
