@@ -34,6 +34,9 @@ pub struct ServeArgs {
     /// Folder for the instances' local folders (default: a fresh folder under the temp dir).
     #[arg(long)]
     pub root: Option<PathBuf>,
+    /// Port written into every instance's SSH fields (host 127.0.0.1), e.g. a loopback sshd.
+    #[arg(long)]
+    pub ssh_port: Option<u16>,
 }
 
 /// What `serve` was asked for, free of clap.
@@ -61,6 +64,9 @@ impl ServeArgs {
         }
         if let Some(root) = self.root {
             config.root_dir = Some(root);
+        }
+        if let Some(port) = self.ssh_port {
+            config.ssh_port = port;
         }
         config.start_ms = Some(vast::sim::server::wall_ms());
         config.validate().map_err(|e| UsageError(e.to_string()))?;

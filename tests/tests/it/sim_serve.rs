@@ -117,6 +117,40 @@ fn sim_serve_prints_its_url_and_checks_the_key() {
     assert_eq!(status, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).expect("json");
     assert_eq!(v["offers"].as_array().map(Vec::len), Some(2));
+
+    // An instance's SSH fields point at 127.0.0.1 and --ssh-port; its folder is under --root.
+    let offer = v["offers"][0]["id"].as_u64().expect("offer id");
+    let (status, body) = request(
+        port,
+        "PUT",
+        &format!("/api/v0/asks/{offer}/"),
+        Some("k-123"),
+        r#"{"client_id":"me","image":"img","disk":10}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let created: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let id = created["new_contract"].as_u64().expect("new_contract");
+    let (status, body) = request(
+        port,
+        "GET",
+        &format!("/api/v0/instances/{id}/"),
+        Some("k-123"),
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    let inst: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        inst["instances"]["ssh_host"],
+        serde_json::json!("127.0.0.1")
+    );
+    assert_eq!(inst["instances"]["ssh_port"], serde_json::json!(2222));
+    assert!(
+        root.path()
+            .join("instances")
+            .join(id.to_string())
+            .join("pids")
+            .is_dir()
+    );
 }
 
 #[test]
