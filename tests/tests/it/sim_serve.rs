@@ -73,6 +73,8 @@ fn sim_serve_prints_its_url_and_checks_the_key() {
                 "7",
                 "--api-key",
                 "k-123",
+                "--ssh-port",
+                "2222",
             ])
             .arg("--root")
             .arg(root.path())
