@@ -559,7 +559,7 @@ async fn get_or_create_experiment<C: ConnectionTrait>(
     if let Some(e) = find_experiment(db, name).await? {
         return Ok(e);
     }
-    experiment::Entity::insert(experiment::ActiveModel {
+    let inserted = experiment::Entity::insert(experiment::ActiveModel {
         id: NotSet,
         name: Set(name.to_string()),
         owner: Set(actor.to_string()),
@@ -580,7 +580,7 @@ async fn get_or_create_experiment<C: ConnectionTrait>(
             what: "experiment",
             key: name.to_string(),
         })?;
-    if e.owner == actor && e.created_at == now {
+    if inserted == 1 {
         record_event(
             db,
             EntityKind::Experiment,
