@@ -816,3 +816,42 @@ async fn http_rate_limits_and_faults() {
         r.status()
     );
 }
+
+#[test]
+fn official_cli_retries_through_sim_rate_limits() {
+    let bin = vastai_bin();
+    if !require(
+        "vastai CLI",
+        bin.is_ok(),
+        bin.as_ref().err().map(String::as_str).unwrap_or(""),
+    ) {
+        return;
+    }
+    let mut config = sim_config(12);
+    // Shorter than the CLI's two backoffs (0.15 s + 0.225 s): its third try gets through.
+    config
+        .rate_limits
+        .per_endpoint_s
+        .insert("GET /api/v0/users/current/".into(), 0.3);
+    config.rate_limits.body = RateLimitBody::Text;
+    let sim = start_sim(config);
+    let cli = VastCli::new(bin.expect("checked"), &sim.url);
+    // A fresh HOME: the CLI first asks users/current for the account role, then `show user`
+    // asks again at once, which the limit answers with 429.
+    let out = cli.run(&["--explain", "show", "user", "--raw"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the CLI retried through the 429s: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let attempts = stdout.matches("GET http").count();
+    assert!(
+        attempts >= 3,
+        "expected a retried request, saw {attempts} attempts:\n{stdout}"
+    );
+    let json_start = stdout.rfind("\n{").map(|i| i + 1).unwrap_or(0);
+    let user: Value =
+        serde_json::from_str(&stdout[json_start..]).expect("user JSON after the explain lines");
+    assert!(num(&user["credit"]) > 0.0);
+}
