@@ -13,7 +13,56 @@ use serde::{Deserialize, Serialize};
 /// the wall clock.
 pub const DEFAULT_START_MS: i64 = 1_767_225_600_000;
 
-/// Everything that shapes one simulated market.
+/// Everything that shapes one simulated market. Every key is optional in TOML:
+///
+/// ```
+/// let cfg = vast::sim::SimConfig::from_toml_str(r#"
+/// seed = 7
+/// machines = 300            # host machines (>= 200 gives ~500 offers)
+/// api_key = "sim"
+/// initial_credit = 500.0    # dollars
+/// ssh_port = 2222           # written into every instance's SSH fields (host 127.0.0.1)
+/// root_dir = "/tmp/vc-sim"  # instance folders: <root_dir>/instances/<id>/
+///
+/// [boot]                    # seconds
+/// created_s = [2.0, 10.0]
+/// loading_min_s = 20.0
+/// loading_median_s = 90.0
+/// loading_max_s = 600.0
+/// restart_s = [5.0, 30.0]
+///
+/// [faults]                  # probabilities per instance, rates per hour
+/// stuck_created = 0.02
+/// exited = 0.01
+/// offline = 0.01
+/// slow_loading = 0.05
+/// slow_loading_factor = 10.0
+/// fault_after_mean_h = 2.0
+/// outbid_per_hour = 0.1
+/// outbid_hold_mean_h = 0.5
+/// gpu_taken_on_stop = 0.2
+/// gpu_taken_hold_mean_h = 1.0
+/// http_429 = 0.01           # HTTP server only
+/// http_5xx = 0.005
+///
+/// [churn]                   # other renters
+/// arrivals_per_hour = 20.0
+/// hold_mean_h = 3.0
+///
+/// [bandwidth]               # bytes per second while running
+/// up_bytes_per_s = [1000, 50000]
+/// down_bytes_per_s = [10000, 500000]
+///
+/// [rate_limits]             # HTTP server only; minimum seconds between calls
+/// default_s = 0.5
+/// body = "alternate"        # text | detail | alternate
+/// [rate_limits.per_endpoint_s]
+/// "GET /api/v0/instances/{id}/" = 2.0
+/// "#).unwrap();
+/// assert_eq!(cfg.machines, 300);
+/// assert_eq!(cfg.boot.created_s, (2.0, 10.0));
+/// assert_eq!(cfg.rate_limits.per_endpoint_s["GET /api/v0/instances/{id}/"], 2.0);
+/// ```
 #[derive(Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct SimConfig {
