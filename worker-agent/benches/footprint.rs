@@ -14,10 +14,15 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use worker_agent::protocol::{Action, HeartbeatAck, HeartbeatBatch, JobSpec, PROTOCOL_VERSION, Token};
+use worker_agent::protocol::{
+    Action, HeartbeatAck, HeartbeatBatch, JobSpec, PROTOCOL_VERSION, Token,
+};
 
 fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// Answer every POST with an ack of its newest seq (keep-alive, one thread per connection).
@@ -57,8 +62,14 @@ fn stand_in_collector(listener: TcpListener) {
                     action: Action::Continue,
                 };
                 let out = serde_json::to_vec(&ack).unwrap();
-                let head = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", out.len());
-                if w.write_all(head.as_bytes()).and_then(|_| w.write_all(&out)).is_err() {
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                    out.len()
+                );
+                if w.write_all(head.as_bytes())
+                    .and_then(|_| w.write_all(&out))
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -80,16 +91,23 @@ fn cpu_ticks(pid: u32) -> u64 {
     let Some(close) = s.rfind(')') else { return 0 };
     let f: Vec<&str> = s[close + 2..].split_whitespace().collect();
     // utime and stime are fields 14 and 15 of stat; after "pid (comm) " they are at 11 and 12.
-    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
 }
 
 fn main() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
     let agent = std::env::var_os("VASTICLAUDE_AGENT")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target/agent/vasticlaude-agent"));
     if !agent.is_file() {
-        eprintln!("skipped: {} is missing: run scripts/build-agent first (or set VASTICLAUDE_AGENT)", agent.display());
+        eprintln!(
+            "skipped: {} is missing: run scripts/build-agent first (or set VASTICLAUDE_AGENT)",
+            agent.display()
+        );
         return;
     }
     let seconds = env_num("VC_BENCH_SECONDS", 20);
@@ -151,7 +169,8 @@ fn main() {
     #[allow(unsafe_code)]
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let status: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(spec.state_dir.join("status.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(spec.state_dir.join("status.json")).unwrap())
+            .unwrap();
     // SAFETY: stops the agent this bench started.
     #[allow(unsafe_code)]
     unsafe {
@@ -161,9 +180,20 @@ fn main() {
     let _ = std::fs::remove_dir_all(&dir);
 
     println!("agent footprint: {}", agent.display());
-    println!("  binary size: {size} bytes ({:.2} MiB; target <= 10 MB)", size as f64 / 1048576.0);
-    println!("  heartbeat interval: {interval} ms, measured for {elapsed:.1} s, job printing 10 lines/s");
-    println!("  resident memory: VmRSS now {rss} KiB, max sampled {rss_max} KiB, VmHWM {hwm} KiB (target <= 10240 KiB)");
-    println!("  CPU: {:.2} s over {elapsed:.1} s = {:.3} % of one core", ticks as f64 / hz, 100.0 * ticks as f64 / hz / elapsed);
+    println!(
+        "  binary size: {size} bytes ({:.2} MiB; target <= 10 MB)",
+        size as f64 / 1048576.0
+    );
+    println!(
+        "  heartbeat interval: {interval} ms, measured for {elapsed:.1} s, job printing 10 lines/s"
+    );
+    println!(
+        "  resident memory: VmRSS now {rss} KiB, max sampled {rss_max} KiB, VmHWM {hwm} KiB (target <= 10240 KiB)"
+    );
+    println!(
+        "  CPU: {:.2} s over {elapsed:.1} s = {:.3} % of one core",
+        ticks as f64 / hz,
+        100.0 * ticks as f64 / hz / elapsed
+    );
     println!("  heartbeats acked: {}", status["acked_seq"]);
 }

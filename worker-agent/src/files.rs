@@ -37,7 +37,13 @@ impl CappedLog {
     pub fn create(path: PathBuf, cap: u64) -> io::Result<Self> {
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
         let size = file.metadata()?.len();
-        Ok(Self { path, cap: cap.max(1), file, size, total: size })
+        Ok(Self {
+            path,
+            cap: cap.max(1),
+            file,
+            size,
+            total: size,
+        })
     }
 
     pub fn write(&mut self, mut bytes: &[u8]) -> io::Result<()> {
@@ -59,7 +65,10 @@ impl CappedLog {
         let mut old = self.path.as_os_str().to_owned();
         old.push(".1");
         fs::rename(&self.path, PathBuf::from(old))?;
-        self.file = OpenOptions::new().create(true).append(true).open(&self.path)?;
+        self.file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
         self.size = 0;
         Ok(())
     }
@@ -90,7 +99,12 @@ impl Spool {
                 }
             }
         }
-        Ok(Self { path, pending, max: max.max(1), dropped: 0 })
+        Ok(Self {
+            path,
+            pending,
+            max: max.max(1),
+            dropped: 0,
+        })
     }
 
     pub fn push(&mut self, hb: Heartbeat) -> io::Result<()> {
@@ -104,7 +118,10 @@ impl Spool {
             }
             return self.rewrite();
         }
-        let mut f = OpenOptions::new().create(true).append(true).open(&self.path)?;
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
         f.write_all(&line)
     }
 
@@ -152,7 +169,11 @@ impl PidDir {
     pub const ENV: &'static str = "VASTICLAUDE_PID_DIR";
 
     pub fn from_env() -> Self {
-        Self(std::env::var_os(Self::ENV).map(PathBuf::from).filter(|p| !p.as_os_str().is_empty()))
+        Self(
+            std::env::var_os(Self::ENV)
+                .map(PathBuf::from)
+                .filter(|p| !p.as_os_str().is_empty()),
+        )
     }
 
     pub fn register(&self, pgid: i32) {
@@ -218,7 +239,12 @@ mod tests {
         }
         s.ack(2).unwrap();
         // A torn line at the end is ignored.
-        OpenOptions::new().append(true).open(&p).unwrap().write_all(b"{\"prot").unwrap();
+        OpenOptions::new()
+            .append(true)
+            .open(&p)
+            .unwrap()
+            .write_all(b"{\"prot")
+            .unwrap();
         let s2 = Spool::open(p, 100).unwrap();
         let seqs: Vec<u64> = s2.pending().iter().map(|h| h.seq).collect();
         assert_eq!(seqs, vec![3, 4, 5]);
@@ -231,7 +257,10 @@ mod tests {
         for i in 1..=5 {
             s.push(hb(i)).unwrap();
         }
-        assert_eq!(s.pending().iter().map(|h| h.seq).collect::<Vec<_>>(), vec![3, 4, 5]);
+        assert_eq!(
+            s.pending().iter().map(|h| h.seq).collect::<Vec<_>>(),
+            vec![3, 4, 5]
+        );
         assert_eq!(s.dropped, 2);
     }
 

@@ -22,7 +22,10 @@ pub fn parse_nvidia_smi(csv: &str) -> Result<Vec<GpuStat>, String> {
     for line in csv.lines().map(str::trim).filter(|l| !l.is_empty()) {
         let f: Vec<&str> = line.split(',').map(str::trim).collect();
         if f.len() < 8 {
-            return Err(format!("nvidia-smi line has {} fields, expected 8: {line:?}", f.len()));
+            return Err(format!(
+                "nvidia-smi line has {} fields, expected 8: {line:?}",
+                f.len()
+            ));
         }
         let index = f[0]
             .parse()
@@ -113,9 +116,15 @@ mod tests {
     #[tokio::test]
     async fn absent_program_degrades() {
         let got = sample_with("/nonexistent/nvidia-smi-vc", Duration::from_secs(5)).await;
-        assert!(matches!(&got, GpuSample::Absent(w) if w.contains("not found")), "{got:?}");
+        assert!(
+            matches!(&got, GpuSample::Absent(w) if w.contains("not found")),
+            "{got:?}"
+        );
         let got = sample_with("false", Duration::from_secs(5)).await;
-        assert!(matches!(&got, GpuSample::Failed(w) if w.contains("exited")), "{got:?}");
+        assert!(
+            matches!(&got, GpuSample::Failed(w) if w.contains("exited")),
+            "{got:?}"
+        );
     }
 
     #[tokio::test]
@@ -131,7 +140,9 @@ mod tests {
         .unwrap();
         std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
         let got = sample_with(fake.to_str().unwrap(), Duration::from_secs(5)).await;
-        let GpuSample::Stats(g) = got else { panic!("{got:?}") };
+        let GpuSample::Stats(g) = got else {
+            panic!("{got:?}")
+        };
         assert_eq!(g.len(), 1);
         assert_eq!(g[0].name, "NVIDIA H200");
         assert_eq!(g[0].memory_total_mib, Some(143771.0));

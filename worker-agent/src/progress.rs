@@ -57,8 +57,11 @@ pub fn parse_json_line(line: &str) -> Option<ProgressUpdate> {
 }
 
 fn as_u64(v: &serde_json::Value) -> Option<u64> {
-    v.as_u64()
-        .or_else(|| v.as_f64().filter(|f| *f >= 0.0 && f.is_finite()).map(|f| f as u64))
+    v.as_u64().or_else(|| {
+        v.as_f64()
+            .filter(|f| *f >= 0.0 && f.is_finite())
+            .map(|f| f as u64)
+    })
 }
 
 /// Scan a line of job output for `step N/M` or a tqdm bar. Returns `(step, total)`.
@@ -162,11 +165,19 @@ mod tests {
             Some((45, 100))
         );
         assert_eq!(
-            parse_output_line("Epoch 1:  12%|█▏        | 120/1000 [00:01<00:09, 95.2it/s, loss=0.3]"),
+            parse_output_line(
+                "Epoch 1:  12%|█▏        | 120/1000 [00:01<00:09, 95.2it/s, loss=0.3]"
+            ),
             Some((120, 1000))
         );
-        assert_eq!(parse_output_line("100%|██████████| 10/10 [00:01<00:00]"), Some((10, 10)));
-        assert_eq!(parse_output_line("  0%|          | 0/50 [00:00<?, ?it/s]"), Some((0, 50)));
+        assert_eq!(
+            parse_output_line("100%|██████████| 10/10 [00:01<00:00]"),
+            Some((10, 10))
+        );
+        assert_eq!(
+            parse_output_line("  0%|          | 0/50 [00:00<?, ?it/s]"),
+            Some((0, 50))
+        );
     }
 
     #[test]
@@ -180,7 +191,11 @@ mod tests {
     #[test]
     fn non_progress_lines() {
         assert_eq!(parse_output_line("loss 0.5 at 12/100 tokens"), None);
-        assert_eq!(parse_output_line("steps: 12/100"), None, "'steps' is not 'step N'");
+        assert_eq!(
+            parse_output_line("steps: 12/100"),
+            None,
+            "'steps' is not 'step N'"
+        );
         assert_eq!(parse_output_line("step 120/100"), None, "step beyond total");
         assert_eq!(parse_output_line("step 5/0"), None);
         assert_eq!(parse_output_line("date 2024/05/06"), None);
@@ -190,8 +205,9 @@ mod tests {
 
     #[test]
     fn json_lines() {
-        let u = parse_json_line(r#"{"step": 10, "total": 100, "loss": 0.31, "checkpoint": "c/10.pt"}"#)
-            .unwrap();
+        let u =
+            parse_json_line(r#"{"step": 10, "total": 100, "loss": 0.31, "checkpoint": "c/10.pt"}"#)
+                .unwrap();
         assert_eq!(u.step, Some(10));
         assert_eq!(u.total, Some(100));
         assert_eq!(u.metrics.get("loss"), Some(&0.31));

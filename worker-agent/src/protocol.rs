@@ -93,7 +93,9 @@ fn default_log_cap() -> u64 {
 /// Why a spec cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
-    #[error("job spec protocol version {found} is not supported (this agent speaks {PROTOCOL_VERSION})")]
+    #[error(
+        "job spec protocol version {found} is not supported (this agent speaks {PROTOCOL_VERSION})"
+    )]
     Version { found: u32 },
     #[error("job spec field {field} is invalid: {why}")]
     Invalid { field: &'static str, why: String },
@@ -111,9 +113,16 @@ impl JobSpec {
 
     pub fn validate(&self) -> Result<(), SpecError> {
         if self.protocol_version != PROTOCOL_VERSION {
-            return Err(SpecError::Version { found: self.protocol_version });
+            return Err(SpecError::Version {
+                found: self.protocol_version,
+            });
         }
-        let bad = |field, why: &str| Err(SpecError::Invalid { field, why: why.to_string() });
+        let bad = |field, why: &str| {
+            Err(SpecError::Invalid {
+                field,
+                why: why.to_string(),
+            })
+        };
         if self.command.trim().is_empty() {
             return bad("command", "is empty");
         }
@@ -129,7 +138,9 @@ impl JobSpec {
                 ),
             });
         }
-        if !(self.collector_url.starts_with("http://") || self.collector_url.starts_with("https://")) {
+        if !(self.collector_url.starts_with("http://")
+            || self.collector_url.starts_with("https://"))
+        {
             return Err(SpecError::Invalid {
                 field: "collector_url",
                 why: format!("{:?} is not an http(s) URL", self.collector_url),
@@ -143,7 +154,11 @@ impl JobSpec {
 
     /// The heartbeat endpoint for this spec.
     pub fn heartbeat_url(&self) -> String {
-        format!("{}{}", self.collector_url.trim_end_matches('/'), HEARTBEATS_PATH)
+        format!(
+            "{}{}",
+            self.collector_url.trim_end_matches('/'),
+            HEARTBEATS_PATH
+        )
     }
 }
 

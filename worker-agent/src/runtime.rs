@@ -50,7 +50,11 @@ macro_rules! alog {
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("cannot prepare {what} at {path}: {source}")]
-    Prepare { what: &'static str, path: String, source: std::io::Error },
+    Prepare {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot build the HTTP client: {0}")]
     Http(String),
 }
@@ -138,7 +142,9 @@ impl Agent {
     /// Read new JSON lines appended to the progress file since the last look.
     fn poll_progress_file(&mut self) {
         use std::io::{Read, Seek, SeekFrom};
-        let Ok(mut f) = std::fs::File::open(&self.spec.progress_file) else { return };
+        let Ok(mut f) = std::fs::File::open(&self.spec.progress_file) else {
+            return;
+        };
         let len = f.metadata().map(|m| m.len()).unwrap_or(0);
         if len < self.progress_offset {
             // Truncated or replaced: start over.
@@ -150,7 +156,9 @@ impl Agent {
         }
         let mut buf = Vec::new();
         // Bound one read so a runaway file cannot balloon memory; the rest is read next beat.
-        let Ok(n) = f.take(4 * 1024 * 1024).read_to_end(&mut buf) else { return };
+        let Ok(n) = f.take(4 * 1024 * 1024).read_to_end(&mut buf) else {
+            return;
+        };
         self.progress_offset += n as u64;
         self.progress_partial.extend_from_slice(&buf);
         let Some(last_nl) = self.progress_partial.iter().rposition(|&b| b == b'\n') else {
@@ -177,7 +185,12 @@ impl Agent {
     /// The newest checkpoint: what the progress file named, else the newest entry in the
     /// checkpoint dir.
     fn last_checkpoint(&self) -> Option<CheckpointInfo> {
-        let named = self.observed.lock().expect("observed lock").checkpoint.clone();
+        let named = self
+            .observed
+            .lock()
+            .expect("observed lock")
+            .checkpoint
+            .clone();
         if let Some(p) = named {
             let full = self.spec.checkpoint_dir.join(&p);
             let time_ms = std::fs::metadata(&full)
@@ -191,14 +204,19 @@ impl Agent {
         }
         let mut best: Option<(SystemTime, String)> = None;
         for e in std::fs::read_dir(&self.spec.checkpoint_dir).ok()?.flatten() {
-            let Ok(t) = e.metadata().and_then(|m| m.modified()) else { continue };
+            let Ok(t) = e.metadata().and_then(|m| m.modified()) else {
+                continue;
+            };
             if best.as_ref().is_none_or(|(bt, _)| t > *bt) {
                 best = Some((t, e.file_name().to_string_lossy().into_owned()));
             }
         }
         best.map(|(t, path)| CheckpointInfo {
             path,
-            time_ms: t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0),
+            time_ms: t
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0),
         })
     }
 
@@ -257,7 +275,9 @@ impl Agent {
     }
 
     fn write_status(&self) {
-        let Some(last) = self.last.clone() else { return };
+        let Some(last) = self.last.clone() else {
+            return;
+        };
         let status = AgentStatus {
             protocol_version: PROTOCOL_VERSION,
             agent_pid: std::process::id(),
@@ -284,7 +304,13 @@ impl Agent {
         while !self.spool.is_empty() {
             let batch = HeartbeatBatch {
                 attempt: self.spec.attempt,
-                heartbeats: self.spool.pending().iter().take(BATCH_MAX).cloned().collect(),
+                heartbeats: self
+                    .spool
+                    .pending()
+                    .iter()
+                    .take(BATCH_MAX)
+                    .cloned()
+                    .collect(),
             };
             let last_sent = batch.heartbeats.last().map(|h| h.seq).unwrap_or(0);
             let res = self
@@ -297,20 +323,30 @@ impl Agent {
             let resp = match res {
                 Ok(r) => r,
                 Err(e) => {
-                    alog!("collector unreachable ({} spooled): {}", self.spool.len(), without_url(&e));
+                    alog!(
+                        "collector unreachable ({} spooled): {}",
+                        self.spool.len(),
+                        without_url(&e)
+                    );
                     return false;
                 }
             };
             let status = resp.status();
             if !status.is_success() {
                 let body = resp.text().await.unwrap_or_default();
-                alog!("collector answered {status}: {}", body.chars().take(200).collect::<String>());
+                alog!(
+                    "collector answered {status}: {}",
+                    body.chars().take(200).collect::<String>()
+                );
                 return false;
             }
             let ack: HeartbeatAck = match resp.json().await {
                 Ok(a) => a,
                 Err(e) => {
-                    alog!("collector answer is not a heartbeat ack: {}", without_url(&e));
+                    alog!(
+                        "collector answer is not a heartbeat ack: {}",
+                        without_url(&e)
+                    );
                     return false;
                 }
             };
@@ -402,13 +438,31 @@ pub async fn run(spec: JobSpec) -> Result<ExitInfo, AgentError> {
     let pid_dir = PidDir::from_env();
     let agent_pgid = own_pgid();
     pid_dir.register(agent_pgid);
-    let _ = std::fs::write(spec.state_dir.join(files::PID), std::process::id().to_string());
+    let _ = std::fs::write(
+        spec.state_dir.join(files::PID),
+        std::process::id().to_string(),
+    );
 
     let spool_path = spec.state_dir.join(files::SPOOL);
-    let spool = Spool::open(spool_path.clone(), SPOOL_MAX).map_err(|source| {
-        AgentError::Prepare { what: "spool", path: spool_path.display().to_string(), source }
-    })?;
-    let seq = spool.pending().back().map(|h| h.seq).unwrap_or(0);
+    let spool =
+        Spool::open(spool_path.clone(), SPOOL_MAX).map_err(|source| AgentError::Prepare {
+            what: "spool",
+            path: spool_path.display().to_string(),
+            source,
+        })?;
+    // A restarted agent of the same attempt continues the sequence (the collector would
+    // otherwise drop its heartbeats as duplicates of the earlier run's).
+    let status_seq = std::fs::read(spec.state_dir.join(files::STATUS))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<AgentStatus>(&b).ok())
+        .map(|st| st.last.seq)
+        .unwrap_or(0);
+    let seq = spool
+        .pending()
+        .back()
+        .map(|h| h.seq)
+        .unwrap_or(0)
+        .max(status_seq);
     let cap = spec.log_cap_bytes;
     let open_log = |name: &str| {
         let p = spec.state_dir.join(name);
@@ -441,7 +495,12 @@ pub async fn run(spec: JobSpec) -> Result<ExitInfo, AgentError> {
         last: None,
     };
     let spec = agent.spec.clone();
-    alog!("job {} attempt {} starting: heartbeats to {}", spec.job_id, spec.attempt, agent.url);
+    alog!(
+        "job {} attempt {} starting: heartbeats to {}",
+        spec.job_id,
+        spec.attempt,
+        agent.url
+    );
 
     let mut cmd = tokio::process::Command::new("sh");
     cmd.arg("-c")
@@ -528,7 +587,8 @@ pub async fn run(spec: JobSpec) -> Result<ExitInfo, AgentError> {
                 alog!("stopping job ({:?}): SIGTERM to group {g}", stop_reason);
                 signal_group(g, libc::SIGTERM);
             }
-            kill_at = Some(tokio::time::Instant::now() + Duration::from_millis(spec.grace_period_ms));
+            kill_at =
+                Some(tokio::time::Instant::now() + Duration::from_millis(spec.grace_period_ms));
         }
         tokio::select! {
             st = child.wait() => break st,

@@ -1,6 +1,6 @@
 //! The [`HeartbeatStore`] on the real store (SQLite or PostgreSQL through sea-orm).
 //!
-//! One flush = one attempts lookup (`attempts` joined to `jobs` for the current fence) and one
+//! One flush = one attempts lookup (`attempts` left-joined to `jobs` for the current fence) and one
 //! write transaction with two multi-row statements: `INSERT … ON CONFLICT (attempt_id, seq) DO
 //! NOTHING` into the history and an upsert of the newest heartbeat per attempt that only moves
 //! forward (`WHERE attempt_progress.last_seq < excluded.last_seq`), then a read of the stored
@@ -9,11 +9,10 @@
 use std::collections::HashMap;
 
 use futures::future::BoxFuture;
+use sea_orm::ConnectionTrait;
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict, Query};
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
 
 use super::{AttemptAuth, CollectorError, HeartbeatStore, StoredHeartbeat, newest_per_attempt};
-use crate::store::entity::{attempt, job};
 use crate::store::{AttemptState, Store};
 use worker_agent::protocol::{Heartbeat, JobState};
 
@@ -51,34 +50,38 @@ impl HeartbeatStore for DbHeartbeatStore {
         ids: &'a [i64],
     ) -> BoxFuture<'a, Result<HashMap<i64, AttemptAuth>, CollectorError>> {
         Box::pin(async move {
-            let db = self.store.db();
-            let rows = attempt::Entity::find()
-                .filter(attempt::Column::Id.is_in(ids.iter().copied()))
-                .all(db)
-                .await?;
-            let mut job_ids: Vec<i64> = rows.iter().map(|a| a.job_id).collect();
-            job_ids.sort_unstable();
-            job_ids.dedup();
-            let fences: HashMap<i64, i64> = job::Entity::find()
-                .filter(job::Column::Id.is_in(job_ids))
-                .all(db)
-                .await?
-                .into_iter()
-                .map(|j| (j.id, j.fence))
-                .collect();
-            Ok(rows
-                .into_iter()
-                .map(|a| {
-                    let auth = AttemptAuth {
-                        token_hash: a.token_hash.clone(),
-                        fence: a.fence,
-                        // A missing job cannot have this attempt current.
-                        current_fence: fences.get(&a.job_id).copied().unwrap_or(i64::MIN),
-                        active: a.ended_at.is_none() && a.state == AttemptState::Running.as_str(),
-                    };
-                    (a.id, auth)
-                })
-                .collect())
+            // One round trip, only the columns needed (the job row is wide).
+            let mut q = Query::select();
+            q.column(("attempts", "id"))
+                .column(("attempts", "token_hash"))
+                .column(("attempts", "fence"))
+                .column(("attempts", "state"))
+                .column(("attempts", "ended_at"))
+                .expr_as(Expr::col(("jobs", "fence")), "current_fence")
+                .from("attempts")
+                .left_join(
+                    "jobs",
+                    Expr::col(("jobs", "id")).equals(("attempts", "job_id")),
+                )
+                .and_where(Expr::col(("attempts", "id")).is_in(ids.iter().copied()));
+            let rows = self.store.db().query_all(&q).await?;
+            let mut out = HashMap::with_capacity(rows.len());
+            for r in rows {
+                let id: i64 = r.try_get("", "id")?;
+                let state: String = r.try_get("", "state")?;
+                let ended_at: Option<i64> = r.try_get("", "ended_at")?;
+                let auth = AttemptAuth {
+                    token_hash: r.try_get("", "token_hash")?,
+                    fence: r.try_get("", "fence")?,
+                    // A missing job cannot have this attempt current.
+                    current_fence: r
+                        .try_get::<Option<i64>>("", "current_fence")?
+                        .unwrap_or(i64::MIN),
+                    active: ended_at.is_none() && state == AttemptState::Running.as_str(),
+                };
+                out.insert(id, auth);
+            }
+            Ok(out)
         })
     }
 
@@ -87,7 +90,11 @@ impl HeartbeatStore for DbHeartbeatStore {
         beats: &'a [StoredHeartbeat],
     ) -> BoxFuture<'a, Result<HashMap<i64, u64>, CollectorError>> {
         Box::pin(async move {
-            let txn = self.store.begin_write().await.map_err(|e| CollectorError::Store(e.to_string()))?;
+            let txn = self
+                .store
+                .begin_write()
+                .await
+                .map_err(|e| CollectorError::Store(e.to_string()))?;
             for chunk in beats.chunks(ROWS_PER_STATEMENT) {
                 let mut q = Query::insert();
                 q.into_table("agent_heartbeats").columns([
@@ -101,7 +108,8 @@ impl HeartbeatStore for DbHeartbeatStore {
                 ]);
                 for b in chunk {
                     let hb = &b.heartbeat;
-                    let body = serde_json::to_string(hb).map_err(|e| CollectorError::Store(e.to_string()))?;
+                    let body = serde_json::to_string(hb)
+                        .map_err(|e| CollectorError::Store(e.to_string()))?;
                     q.values_panic([
                         hb.attempt.into(),
                         seq_i64(hb).into(),
@@ -112,7 +120,11 @@ impl HeartbeatStore for DbHeartbeatStore {
                         body.into(),
                     ]);
                 }
-                q.on_conflict(OnConflict::columns(["attempt_id", "seq"]).do_nothing().to_owned());
+                q.on_conflict(
+                    OnConflict::columns(["attempt_id", "seq"])
+                        .do_nothing()
+                        .to_owned(),
+                );
                 txn.execute(&q).await?;
             }
 
@@ -136,7 +148,8 @@ impl HeartbeatStore for DbHeartbeatStore {
                 ]);
                 for b in chunk {
                     let hb = &b.heartbeat;
-                    let body = serde_json::to_string(hb).map_err(|e| CollectorError::Store(e.to_string()))?;
+                    let body = serde_json::to_string(hb)
+                        .map_err(|e| CollectorError::Store(e.to_string()))?;
                     let metrics = (!hb.progress.metrics.is_empty())
                         .then(|| serde_json::to_string(&hb.progress.metrics).unwrap_or_default());
                     q.values_panic([
@@ -146,8 +159,14 @@ impl HeartbeatStore for DbHeartbeatStore {
                         hb.time_ms.into(),
                         b.received_at.into(),
                         state_str(hb.state).into(),
-                        hb.progress.step.map(|s| i64::try_from(s).unwrap_or(i64::MAX)).into(),
-                        hb.progress.total.map(|s| i64::try_from(s).unwrap_or(i64::MAX)).into(),
+                        hb.progress
+                            .step
+                            .map(|s| i64::try_from(s).unwrap_or(i64::MAX))
+                            .into(),
+                        hb.progress
+                            .total
+                            .map(|s| i64::try_from(s).unwrap_or(i64::MAX))
+                            .into(),
                         metrics.into(),
                         hb.last_checkpoint.as_ref().map(|c| c.path.clone()).into(),
                         hb.exit.as_ref().and_then(|e| e.code).into(),
@@ -195,7 +214,10 @@ impl HeartbeatStore for DbHeartbeatStore {
         })
     }
 
-    fn latest(&self, attempt: i64) -> BoxFuture<'_, Result<Option<StoredHeartbeat>, CollectorError>> {
+    fn latest(
+        &self,
+        attempt: i64,
+    ) -> BoxFuture<'_, Result<Option<StoredHeartbeat>, CollectorError>> {
         Box::pin(async move {
             let mut sel = Query::select();
             sel.columns(["received_at", "body"])
@@ -206,9 +228,15 @@ impl HeartbeatStore for DbHeartbeatStore {
             };
             let received_at: i64 = row.try_get("", "received_at")?;
             let body: String = row.try_get("", "body")?;
-            let heartbeat = serde_json::from_str(&body)
-                .map_err(|e| CollectorError::Store(format!("stored heartbeat of attempt {attempt} is unreadable: {e}")))?;
-            Ok(Some(StoredHeartbeat { received_at, heartbeat }))
+            let heartbeat = serde_json::from_str(&body).map_err(|e| {
+                CollectorError::Store(format!(
+                    "stored heartbeat of attempt {attempt} is unreadable: {e}"
+                ))
+            })?;
+            Ok(Some(StoredHeartbeat {
+                received_at,
+                heartbeat,
+            }))
         })
     }
 }

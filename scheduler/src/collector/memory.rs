@@ -51,17 +51,30 @@ impl MemoryHeartbeatStore {
 
     /// Stored heartbeats of an attempt, by seq.
     pub fn heartbeats(&self, attempt: i64) -> Vec<StoredHeartbeat> {
-        self.lock().beats.get(&attempt).map(|m| m.values().cloned().collect()).unwrap_or_default()
+        self.lock()
+            .beats
+            .get(&attempt)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// The newest stored heartbeat of an attempt (synchronous twin of `latest`).
     pub fn latest_heartbeat(&self, attempt: i64) -> Option<worker_agent::protocol::Heartbeat> {
-        self.lock().beats.get(&attempt).and_then(|m| m.values().next_back()).map(|b| b.heartbeat.clone())
+        self.lock()
+            .beats
+            .get(&attempt)
+            .and_then(|m| m.values().next_back())
+            .map(|b| b.heartbeat.clone())
     }
 
     /// Seqs of an attempt in the order they were first stored.
     pub fn arrival_order(&self, attempt: i64) -> Vec<u64> {
-        self.lock().arrivals.iter().filter(|(a, _)| *a == attempt).map(|(_, s)| *s).collect()
+        self.lock()
+            .arrivals
+            .iter()
+            .filter(|(a, _)| *a == attempt)
+            .map(|(_, s)| *s)
+            .collect()
     }
 
     /// How many heartbeats arrived again after being stored.
@@ -96,26 +109,37 @@ impl HeartbeatStore for MemoryHeartbeatStore {
         for b in beats {
             let (attempt, seq) = (b.heartbeat.attempt, b.heartbeat.seq);
             touched.push(attempt);
-            let per = inner.beats.entry(attempt).or_default();
-            if per.contains_key(&seq) {
-                inner.duplicates += 1;
-            } else {
-                per.insert(seq, b.clone());
-                inner.arrivals.push((attempt, seq));
+            match inner.beats.entry(attempt).or_default().entry(seq) {
+                std::collections::btree_map::Entry::Occupied(_) => inner.duplicates += 1,
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    v.insert(b.clone());
+                    inner.arrivals.push((attempt, seq));
+                }
             }
         }
         let out = touched
             .into_iter()
             .map(|a| {
-                let max = inner.beats.get(&a).and_then(|m| m.keys().next_back().copied()).unwrap_or(0);
+                let max = inner
+                    .beats
+                    .get(&a)
+                    .and_then(|m| m.keys().next_back().copied())
+                    .unwrap_or(0);
                 (a, max)
             })
             .collect();
         Box::pin(async move { Ok(out) })
     }
 
-    fn latest(&self, attempt: i64) -> BoxFuture<'_, Result<Option<StoredHeartbeat>, CollectorError>> {
-        let out = self.lock().beats.get(&attempt).and_then(|m| m.values().next_back().cloned());
+    fn latest(
+        &self,
+        attempt: i64,
+    ) -> BoxFuture<'_, Result<Option<StoredHeartbeat>, CollectorError>> {
+        let out = self
+            .lock()
+            .beats
+            .get(&attempt)
+            .and_then(|m| m.values().next_back().cloned());
         Box::pin(async move { Ok(out) })
     }
 }

@@ -9,7 +9,9 @@
 //! tables independent lets the in-memory simulation and the database share one schema story.
 
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::schema::{big_integer, big_integer_null, integer_null, string, text, text_null};
+use sea_orm_migration::schema::{
+    big_integer, big_integer_null, integer_null, string, text, text_null,
+};
 
 /// Creates `agent_heartbeats` and `attempt_progress`.
 #[derive(Debug)]
@@ -61,7 +63,9 @@ impl MigrationTrait for M0100CollectorHeartbeats {
     }
 
     async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
-        m.drop_table(Table::drop().table("attempt_progress").to_owned()).await?;
-        m.drop_table(Table::drop().table("agent_heartbeats").to_owned()).await
+        m.drop_table(Table::drop().table("attempt_progress").to_owned())
+            .await?;
+        m.drop_table(Table::drop().table("agent_heartbeats").to_owned())
+            .await
     }
 }

@@ -45,7 +45,7 @@ pub use db::DbHeartbeatStore;
 pub use memory::MemoryHeartbeatStore;
 pub use migration::M0100CollectorHeartbeats;
 pub use worker_agent::protocol::{
-    Action, Heartbeat, HeartbeatAck, HeartbeatBatch, HEARTBEATS_PATH, PROTOCOL_VERSION,
+    Action, HEARTBEATS_PATH, Heartbeat, HeartbeatAck, HeartbeatBatch, PROTOCOL_VERSION,
 };
 
 use crate::clock::{EpochMs, SharedClock};
@@ -139,7 +139,10 @@ pub trait HeartbeatStore: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<HashMap<i64, u64>, CollectorError>>;
 
     /// The heartbeat with the highest seq for an attempt.
-    fn latest(&self, attempt: i64) -> BoxFuture<'_, Result<Option<StoredHeartbeat>, CollectorError>>;
+    fn latest(
+        &self,
+        attempt: i64,
+    ) -> BoxFuture<'_, Result<Option<StoredHeartbeat>, CollectorError>>;
 }
 
 /// Tuning knobs.
@@ -153,6 +156,10 @@ pub struct CollectorConfig {
     pub queue_depth: usize,
     /// Most heartbeats in one request.
     pub max_request_heartbeats: usize,
+    /// Flushes in flight at once: while one transaction commits, the next batch is gathered
+    /// and written. One agent's requests are sequential (it waits for each ack), so batches in
+    /// flight never race on one attempt's order; rows are written sorted to avoid deadlocks.
+    pub max_concurrent_flushes: usize,
 }
 
 impl Default for CollectorConfig {
@@ -162,6 +169,7 @@ impl Default for CollectorConfig {
             max_batch: 2_000,
             queue_depth: 10_000,
             max_request_heartbeats: 500,
+            max_concurrent_flushes: 4,
         }
     }
 }
@@ -199,19 +207,36 @@ pub struct Collector {
 
 impl std::fmt::Debug for Collector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Collector").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Collector")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
 impl Collector {
     /// Start the writer task (needs a tokio runtime). It ends when every `Collector` clone and
     /// router is dropped.
-    pub fn new(store: Arc<dyn HeartbeatStore>, clock: SharedClock, config: CollectorConfig) -> Self {
+    pub fn new(
+        store: Arc<dyn HeartbeatStore>,
+        clock: SharedClock,
+        config: CollectorConfig,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(config.queue_depth.max(1));
         let stats = Arc::new(CollectorStats::default());
         let config = Arc::new(config);
-        tokio::spawn(writer(rx, store.clone(), clock, config.clone(), stats.clone()));
-        Self { tx, store, config, stats }
+        tokio::spawn(writer(
+            rx,
+            store.clone(),
+            clock,
+            config.clone(),
+            stats.clone(),
+        ));
+        Self {
+            tx,
+            store,
+            config,
+            stats,
+        }
     }
 
     /// The latest stored heartbeat of an attempt.
@@ -259,7 +284,10 @@ impl Collector {
             beats: batch.heartbeats,
             reply,
         };
-        self.tx.send(work).await.map_err(|_| SubmitError::Unavailable("collector is shutting down".into()))?;
+        self.tx
+            .send(work)
+            .await
+            .map_err(|_| SubmitError::Unavailable("collector is shutting down".into()))?;
         match rx.await {
             Ok(Ok(ack)) => Ok(ack),
             Ok(Err(Reject::Unauthorized(why))) => {
@@ -291,6 +319,9 @@ async fn writer(
     stats: Arc<CollectorStats>,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        config.max_concurrent_flushes.max(1),
+    ));
     while let Some(first) = rx.recv().await {
         let mut works = vec![first];
         let mut count = works[0].beats.len();
@@ -306,7 +337,14 @@ async fn writer(
         }
         stats.flushes.fetch_add(1, Relaxed);
         stats.heartbeats.fetch_add(count as u64, Relaxed);
-        flush(&*store, &*clock, works).await;
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (store, clock) = (store.clone(), clock.clone());
+        tokio::spawn(async move {
+            flush(&*store, &*clock, works).await;
+            drop(permit);
+        });
     }
 }
 
@@ -337,14 +375,23 @@ async fn flush(store: &dyn HeartbeatStore, clock: &dyn crate::clock::Clock, work
             let _ = w.reply.send(Err(Reject::Unauthorized(why)));
             continue;
         };
-        let stop = w.beats.iter().any(|h| auth.wants_stop(h.fence)) || (w.beats.is_empty() && auth.wants_stop(auth.fence));
-        rows.extend(w.beats.iter().map(|h| StoredHeartbeat { received_at: now, heartbeat: h.clone() }));
+        let stop = w.beats.iter().any(|h| auth.wants_stop(h.fence))
+            || (w.beats.is_empty() && auth.wants_stop(auth.fence));
+        rows.extend(w.beats.iter().map(|h| StoredHeartbeat {
+            received_at: now,
+            heartbeat: h.clone(),
+        }));
         accepted.push((w, stop));
     }
     if accepted.is_empty() {
         return;
     }
-    let maxes = if rows.is_empty() { Ok(HashMap::new()) } else { store.store(&rows).await };
+    rows.sort_by_key(|r| (r.heartbeat.attempt, r.heartbeat.seq));
+    let maxes = if rows.is_empty() {
+        Ok(HashMap::new())
+    } else {
+        store.store(&rows).await
+    };
     let maxes = match maxes {
         Ok(m) => m,
         Err(e) => {
@@ -397,7 +444,12 @@ async fn post_heartbeats(
     };
     let batch: HeartbeatBatch = match serde_json::from_slice(&body) {
         Ok(b) => b,
-        Err(e) => return error_response(StatusCode::BAD_REQUEST, format!("body is not a heartbeat batch: {e}")),
+        Err(e) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                format!("body is not a heartbeat batch: {e}"),
+            );
+        }
     };
     match c.submit(token, batch).await {
         Ok(ack) => axum::Json(ack).into_response(),
@@ -426,7 +478,9 @@ pub async fn serve(
     state: Collector,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 #[cfg(test)]
@@ -452,10 +506,21 @@ mod tests {
 
     #[test]
     fn stop_when_stale_or_ended() {
-        let a = AttemptAuth { token_hash: None, fence: 3, current_fence: 3, active: true };
+        let a = AttemptAuth {
+            token_hash: None,
+            fence: 3,
+            current_fence: 3,
+            active: true,
+        };
         assert!(!a.wants_stop(3));
         assert!(a.wants_stop(2));
-        assert!(AttemptAuth { current_fence: 4, ..a.clone() }.wants_stop(3));
+        assert!(
+            AttemptAuth {
+                current_fence: 4,
+                ..a.clone()
+            }
+            .wants_stop(3)
+        );
         assert!(AttemptAuth { active: false, ..a }.wants_stop(3));
     }
 }

@@ -28,7 +28,9 @@ pub struct DeployOptions {
 
 impl Default for DeployOptions {
     fn default() -> Self {
-        Self { remote_root: "/root/.vasticlaude".into() }
+        Self {
+            remote_root: "/root/.vasticlaude".into(),
+        }
     }
 }
 
@@ -60,13 +62,24 @@ pub enum DeployError {
     #[error(transparent)]
     Transport(#[from] TransportError),
     #[error("cannot read the agent binary {path}: {source}")]
-    AgentBinary { path: PathBuf, source: std::io::Error },
+    AgentBinary {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot write the job spec to a temporary file: {0}")]
     Spec(std::io::Error),
     #[error("{step} failed on {target}: {why}")]
-    Step { target: String, step: &'static str, why: String },
+    Step {
+        target: String,
+        step: &'static str,
+        why: String,
+    },
     #[error("the agent on {target} sent no first heartbeat: {why}; agent log tail: {log_tail}")]
-    NoHeartbeat { target: String, why: String, log_tail: String },
+    NoHeartbeat {
+        target: String,
+        why: String,
+        log_tail: String,
+    },
 }
 
 /// sha256 hex of a local file.
@@ -89,7 +102,11 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(bytes)
 }
 
@@ -143,44 +160,73 @@ where
     let spec_path = t.remote_path(&inst_spec);
 
     // 1. The agent binary, unless the same one is already there.
-    let local_sha = sha256_file(agent_binary)
-        .map_err(|source| DeployError::AgentBinary { path: agent_binary.to_path_buf(), source })?;
+    let local_sha = sha256_file(agent_binary).map_err(|source| DeployError::AgentBinary {
+        path: agent_binary.to_path_buf(),
+        source,
+    })?;
     let remote_sha = t
-        .run(&format!("sha256sum {} 2>/dev/null | cut -d' ' -f1", shell_quote(&agent_path)))
+        .run(&format!(
+            "sha256sum {} 2>/dev/null | cut -d' ' -f1",
+            shell_quote(&agent_path)
+        ))
         .await?
         .stdout_str();
     let agent_copied = remote_sha.trim() != local_sha;
     if agent_copied {
         let suffix = format!(".{}.tmp", &local_sha[..12]);
         let tmp = format!("{agent_path}{suffix}");
-        step(t, "create agent dir", &format!("mkdir -p {}", shell_quote(&bin_dir))).await?;
-        t.copy_up(agent_binary, &format!("{inst_agent}{suffix}")).await?;
+        step(
+            t,
+            "create agent dir",
+            &format!("mkdir -p {}", shell_quote(&bin_dir)),
+        )
+        .await?;
+        t.copy_up(agent_binary, &format!("{inst_agent}{suffix}"))
+            .await?;
         step(
             t,
             "install agent",
-            &format!("chmod 755 {q} && mv -f {q} {a}", q = shell_quote(&tmp), a = shell_quote(&agent_path)),
+            &format!(
+                "chmod 755 {q} && mv -f {q} {a}",
+                q = shell_quote(&tmp),
+                a = shell_quote(&agent_path)
+            ),
         )
         .await?;
     }
 
     // 2. The spec (it carries the token: owner-only permissions).
-    step(t, "create state dir", &format!("mkdir -p {} && chmod 700 {0}", shell_quote(&state_dir))).await?;
-    let json = serde_json::to_vec_pretty(&mapped).map_err(|e| DeployError::Spec(std::io::Error::other(e)))?;
+    step(
+        t,
+        "create state dir",
+        &format!("mkdir -p {} && chmod 700 {0}", shell_quote(&state_dir)),
+    )
+    .await?;
+    let json = serde_json::to_vec_pretty(&mapped)
+        .map_err(|e| DeployError::Spec(std::io::Error::other(e)))?;
     let tmp = std::env::temp_dir().join(format!(
         "vc-spec-{}-{}-{}.json",
         std::process::id(),
         spec.attempt,
-        crate::collector::mint_token().map(|(t, _)| t[4..16].to_string()).unwrap_or_default()
+        crate::collector::mint_token()
+            .map(|(t, _)| t[4..16].to_string())
+            .unwrap_or_default()
     ));
     write_private(&tmp, &json).map_err(DeployError::Spec)?;
     let copied = t.copy_up(&tmp, &inst_spec).await;
     let _ = std::fs::remove_file(&tmp);
     copied?;
-    step(t, "protect spec", &format!("chmod 600 {}", shell_quote(&spec_path))).await?;
+    step(
+        t,
+        "protect spec",
+        &format!("chmod 600 {}", shell_quote(&spec_path)),
+    )
+    .await?;
 
     // 3. The code.
     if let Some(code) = code_dir {
-        t.copy_up(code, &spec.working_dir.display().to_string()).await?;
+        t.copy_up(code, &spec.working_dir.display().to_string())
+            .await?;
     }
 
     // 4. Start, unless this attempt's agent is already running.
@@ -197,12 +243,25 @@ where
         Some(p) => (true, p.trim().to_string()),
         None => (false, out.trim().to_string()),
     };
-    let agent_pid: u32 = pid_text.lines().last().unwrap_or("").trim().parse().map_err(|_| DeployError::Step {
-        target: t.describe(),
-        step: "start agent",
-        why: format!("expected the agent's pid, got {:?}", out.trim()),
-    })?;
-    let deployment = Deployment { agent_pid, agent_path, spec_path, state_dir: state_dir.clone(), agent_copied, already_running };
+    let agent_pid: u32 = pid_text
+        .lines()
+        .last()
+        .unwrap_or("")
+        .trim()
+        .parse()
+        .map_err(|_| DeployError::Step {
+            target: t.describe(),
+            step: "start agent",
+            why: format!("expected the agent's pid, got {:?}", out.trim()),
+        })?;
+    let deployment = Deployment {
+        agent_pid,
+        agent_path,
+        spec_path,
+        state_dir: state_dir.clone(),
+        agent_copied,
+        already_running,
+    };
 
     // 5. The first heartbeat proves the whole path (agent, tunnel, collector, token).
     if let Err(why) = wait_first_heartbeat(deployment.clone()).await {
@@ -212,7 +271,11 @@ where
             .await
             .map(|o| o.stdout_str())
             .unwrap_or_default();
-        return Err(DeployError::NoHeartbeat { target: t.describe(), why, log_tail: log_tail.trim().to_string() });
+        return Err(DeployError::NoHeartbeat {
+            target: t.describe(),
+            why,
+            log_tail: log_tail.trim().to_string(),
+        });
     }
     Ok(deployment)
 }

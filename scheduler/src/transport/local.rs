@@ -29,7 +29,9 @@ impl LocalTransport {
     pub const PID_DIR: &'static str = "pids";
 
     pub fn new(instance_dir: impl Into<PathBuf>) -> Self {
-        Self { root: instance_dir.into() }
+        Self {
+            root: instance_dir.into(),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -45,7 +47,11 @@ impl LocalTransport {
     }
 
     fn io(&self, op: &str, source: std::io::Error) -> TransportError {
-        TransportError::Io { target: self.describe(), op: op.to_string(), source }
+        TransportError::Io {
+            target: self.describe(),
+            op: op.to_string(),
+            source,
+        }
     }
 }
 
@@ -141,22 +147,42 @@ impl Transport for LocalTransport {
                 std::fs::File::create(f).map_err(|e| self.io("register pgid", e))?;
             }
             let out = child.wait_with_output().await;
-            if let (Some(g), Some(f)) = (pgid, &pid_file) {
-                if !group_alive(g) {
-                    let _ = std::fs::remove_file(f);
-                }
+            if let (Some(g), Some(f)) = (pgid, &pid_file)
+                && !group_alive(g)
+            {
+                let _ = std::fs::remove_file(f);
             }
             let out = out.map_err(|e| self.io("run", e))?;
-            Ok(CommandOutput { status: out.status.code(), stdout: out.stdout, stderr: out.stderr })
+            Ok(CommandOutput {
+                status: out.status.code(),
+                stdout: out.stdout,
+                stderr: out.stderr,
+            })
         })
     }
 
-    fn copy_up<'a>(&'a self, local: &'a Path, remote: &'a str) -> BoxFuture<'a, Result<(), TransportError>> {
-        Box::pin(async move { copy_local(local, &self.map(remote)).await.map_err(|e| self.io("copy up", e)) })
+    fn copy_up<'a>(
+        &'a self,
+        local: &'a Path,
+        remote: &'a str,
+    ) -> BoxFuture<'a, Result<(), TransportError>> {
+        Box::pin(async move {
+            copy_local(local, &self.map(remote))
+                .await
+                .map_err(|e| self.io("copy up", e))
+        })
     }
 
-    fn copy_down<'a>(&'a self, remote: &'a str, local: &'a Path) -> BoxFuture<'a, Result<(), TransportError>> {
-        Box::pin(async move { copy_local(&self.map(remote), local).await.map_err(|e| self.io("copy down", e)) })
+    fn copy_down<'a>(
+        &'a self,
+        remote: &'a str,
+        local: &'a Path,
+    ) -> BoxFuture<'a, Result<(), TransportError>> {
+        Box::pin(async move {
+            copy_local(&self.map(remote), local)
+                .await
+                .map_err(|e| self.io("copy down", e))
+        })
     }
 
     fn reverse_tunnel<'a>(
@@ -165,7 +191,12 @@ impl Transport for LocalTransport {
         local: SocketAddr,
     ) -> BoxFuture<'a, Result<TunnelEndpoint, TransportError>> {
         // The "instance" is this machine: it reaches the address directly.
-        Box::pin(async move { Ok(TunnelEndpoint { host: local.ip().to_string(), port: local.port() }) })
+        Box::pin(async move {
+            Ok(TunnelEndpoint {
+                host: local.ip().to_string(),
+                port: local.port(),
+            })
+        })
     }
 
     fn remote_path(&self, path: &str) -> String {
@@ -183,7 +214,10 @@ mod tests {
         let t = LocalTransport::new(d.path());
         let out = t.run("pwd; echo err >&2; exit 3").await.unwrap();
         assert_eq!(out.status, Some(3));
-        assert_eq!(out.stdout_str().trim(), d.path().canonicalize().unwrap().display().to_string());
+        assert_eq!(
+            out.stdout_str().trim(),
+            d.path().canonicalize().unwrap().display().to_string()
+        );
         assert_eq!(out.stderr_str().trim(), "err");
         // The group is gone, so its pid file was removed again.
         assert_eq!(std::fs::read_dir(t.pid_dir()).unwrap().count(), 0);
@@ -209,13 +243,27 @@ mod tests {
         std::fs::create_dir(src.path().join("sub")).unwrap();
         std::fs::write(src.path().join("sub/b.txt"), "B").unwrap();
         let t = LocalTransport::new(d.path());
-        assert_eq!(t.remote_path("/workspace/x"), d.path().join("workspace/x").display().to_string());
+        assert_eq!(
+            t.remote_path("/workspace/x"),
+            d.path().join("workspace/x").display().to_string()
+        );
         t.copy_up(src.path(), "/workspace/code").await.unwrap();
-        let out = t.run("cat workspace/code/a.txt workspace/code/sub/b.txt").await.unwrap();
+        let out = t
+            .run("cat workspace/code/a.txt workspace/code/sub/b.txt")
+            .await
+            .unwrap();
         assert_eq!(out.stdout_str(), "AB");
-        assert!(!d.path().join("workspace/code/ignored.bin").exists(), ".gitignore honoured");
+        assert!(
+            !d.path().join("workspace/code/ignored.bin").exists(),
+            ".gitignore honoured"
+        );
         let back = tempfile::tempdir().unwrap();
-        t.copy_down("/workspace/code/sub", back.path()).await.unwrap();
-        assert_eq!(std::fs::read_to_string(back.path().join("b.txt")).unwrap(), "B");
+        t.copy_down("/workspace/code/sub", back.path())
+            .await
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(back.path().join("b.txt")).unwrap(),
+            "B"
+        );
     }
 }

@@ -66,7 +66,11 @@ pub enum TransportError {
     #[error("cannot connect to {target}: {why}")]
     Connect { target: String, why: String },
     #[error("{op} on {target} failed: {why}")]
-    Failed { target: String, op: String, why: String },
+    Failed {
+        target: String,
+        op: String,
+        why: String,
+    },
     #[error("{op} on {target}: local I/O error: {source}")]
     Io {
         target: String,
@@ -87,11 +91,19 @@ pub trait Transport: Send + Sync + std::fmt::Debug {
     /// Copy a local file or directory to the instance path `remote` (unmapped: the same string
     /// [`Transport::remote_path`] takes). A directory's contents land in `remote`
     /// (created if needed), skipping what its `.gitignore` files exclude and `.git` itself.
-    fn copy_up<'a>(&'a self, local: &'a Path, remote: &'a str) -> BoxFuture<'a, Result<(), TransportError>>;
+    fn copy_up<'a>(
+        &'a self,
+        local: &'a Path,
+        remote: &'a str,
+    ) -> BoxFuture<'a, Result<(), TransportError>>;
 
     /// Copy the instance path `remote` (unmapped) to `local` (a directory's contents land in
     /// `local`).
-    fn copy_down<'a>(&'a self, remote: &'a str, local: &'a Path) -> BoxFuture<'a, Result<(), TransportError>>;
+    fn copy_down<'a>(
+        &'a self,
+        remote: &'a str,
+        local: &'a Path,
+    ) -> BoxFuture<'a, Result<(), TransportError>>;
 
     /// Make `remote_port` on the instance's loopback reach `local` on this machine. Returns where
     /// programs on the instance connect.
@@ -108,7 +120,10 @@ pub trait Transport: Send + Sync + std::fmt::Debug {
 
 /// Quote a string for a POSIX shell.
 pub fn shell_quote(s: &str) -> String {
-    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-+=:,@%".contains(&b)) {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+=:,@%".contains(&b))
+    {
         return s.to_string();
     }
     format!("'{}'", s.replace('\'', "'\\''"))

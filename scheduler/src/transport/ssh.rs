@@ -54,7 +54,13 @@ pub struct SshConfig {
 }
 
 impl SshConfig {
-    pub fn new(host: impl Into<String>, port: u16, user: impl Into<String>, key_path: PathBuf, state_dir: PathBuf) -> Self {
+    pub fn new(
+        host: impl Into<String>,
+        port: u16,
+        user: impl Into<String>,
+        key_path: PathBuf,
+        state_dir: PathBuf,
+    ) -> Self {
         Self {
             host: host.into(),
             port,
@@ -88,7 +94,11 @@ pub async fn ensure_keypair(path: &Path) -> Result<(), TransportError> {
     if let Some(parent) = path.parent() {
         tokio::fs::create_dir_all(parent)
             .await
-            .map_err(|source| TransportError::Io { target: target.clone(), op: "create key dir".into(), source })?;
+            .map_err(|source| TransportError::Io {
+                target: target.clone(),
+                op: "create key dir".into(),
+                source,
+            })?;
     }
     let out = tokio::process::Command::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-C", "vasticlaude", "-f"])
@@ -96,7 +106,11 @@ pub async fn ensure_keypair(path: &Path) -> Result<(), TransportError> {
         .stdin(Stdio::null())
         .output()
         .await
-        .map_err(|source| TransportError::Io { target: target.clone(), op: "ssh-keygen".into(), source })?;
+        .map_err(|source| TransportError::Io {
+            target: target.clone(),
+            op: "ssh-keygen".into(),
+            source,
+        })?;
     if !out.status.success() {
         return Err(TransportError::Failed {
             target,
@@ -139,25 +153,39 @@ impl SshTransport {
     }
 
     fn failed(&self, op: &str, why: impl std::fmt::Display) -> TransportError {
-        TransportError::Failed { target: self.target(), op: op.to_string(), why: why.to_string() }
+        TransportError::Failed {
+            target: self.target(),
+            op: op.to_string(),
+            why: why.to_string(),
+        }
     }
 
     fn io(&self, op: &str, source: std::io::Error) -> TransportError {
-        TransportError::Io { target: self.target(), op: op.to_string(), source }
+        TransportError::Io {
+            target: self.target(),
+            op: op.to_string(),
+            source,
+        }
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
-        self.cfg.backoff_base.saturating_mul(1u32 << attempt.min(10))
+        self.cfg
+            .backoff_base
+            .saturating_mul(1u32 << attempt.min(10))
     }
 
     async fn write_config(&self) -> Result<(), TransportError> {
-        tokio::fs::create_dir_all(&self.cfg.state_dir).await.map_err(|e| self.io("create state dir", e))?;
+        tokio::fs::create_dir_all(&self.cfg.state_dir)
+            .await
+            .map_err(|e| self.io("create state dir", e))?;
         let body = "# written by vasticlaude for this instance only\n\
                     ServerAliveCountMax 3\n\
                     GlobalKnownHostsFile /dev/null\n\
                     UpdateHostKeys no\n\
                     LogLevel ERROR\n";
-        tokio::fs::write(self.cfg.ssh_config_file(), body).await.map_err(|e| self.io("write ssh config", e))
+        tokio::fs::write(self.cfg.ssh_config_file(), body)
+            .await
+            .map_err(|e| self.io("write ssh config", e))
     }
 
     async fn connect_once(&self) -> Result<Session, openssh::Error> {
@@ -206,7 +234,10 @@ impl SshTransport {
                 }
             }
         }
-        Err(TransportError::Connect { target: self.target(), why: last })
+        Err(TransportError::Connect {
+            target: self.target(),
+            why: last,
+        })
     }
 
     /// Drop the master if it is dead; true if it was.
@@ -233,7 +264,11 @@ impl SshTransport {
     }
 
     /// Run a local `sh -c` pipeline that uses the master (rsync, tar | ssh), with retries.
-    async fn run_local_pipeline(&self, op: &str, build: impl Fn(&Session) -> String) -> Result<(), TransportError> {
+    async fn run_local_pipeline(
+        &self,
+        op: &str,
+        build: impl Fn(&Session) -> String,
+    ) -> Result<(), TransportError> {
         let mut attempt = 0;
         loop {
             let s = self.session().await?;
@@ -251,7 +286,11 @@ impl SshTransport {
             if out.status.success() {
                 return Ok(());
             }
-            let why = format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+            let why = format!(
+                "{}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
             if attempt < self.cfg.retries && self.reset_if_dead(&s).await {
                 tokio::time::sleep(self.backoff(attempt)).await;
                 attempt += 1;
@@ -264,7 +303,9 @@ impl SshTransport {
     async fn remote_has_rsync(&self) -> Result<bool, TransportError> {
         self.has_rsync
             .get_or_try_init(|| async {
-                let out = self.run("command -v rsync >/dev/null 2>&1 && echo yes || echo no").await?;
+                let out = self
+                    .run("command -v rsync >/dev/null 2>&1 && echo yes || echo no")
+                    .await?;
                 Ok(out.stdout_str().trim() == "yes")
             })
             .await
@@ -272,7 +313,9 @@ impl SshTransport {
     }
 
     async fn remote_is_dir(&self, remote: &str) -> Result<bool, TransportError> {
-        let out = self.run(&format!("test -d {}", shell_quote(remote))).await?;
+        let out = self
+            .run(&format!("test -d {}", shell_quote(remote)))
+            .await?;
         Ok(out.success())
     }
 
@@ -289,12 +332,17 @@ impl SshTransport {
     }
 
     async fn copy_up_impl(&self, local: &Path, remote: &str) -> Result<(), TransportError> {
-        let meta = tokio::fs::metadata(local).await.map_err(|e| self.io("copy up", e))?;
+        let meta = tokio::fs::metadata(local)
+            .await
+            .map_err(|e| self.io("copy up", e))?;
         let is_dir = meta.is_dir();
         let remote_dir = if is_dir {
             remote.to_string()
         } else {
-            Path::new(remote).parent().map(|p| p.display().to_string()).unwrap_or_else(|| ".".into())
+            Path::new(remote)
+                .parent()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| ".".into())
         };
         if !remote_dir.is_empty() {
             self.mkdir(&remote_dir).await?;
@@ -302,7 +350,10 @@ impl SshTransport {
         let local_s = local.display().to_string();
         if self.remote_has_rsync().await? {
             let (src, dst) = if is_dir {
-                (format!("{local_s}/"), format!("{}/", remote.trim_end_matches('/')))
+                (
+                    format!("{local_s}/"),
+                    format!("{}/", remote.trim_end_matches('/')),
+                )
             } else {
                 (local_s.clone(), remote.to_string())
             };
@@ -325,9 +376,13 @@ impl SshTransport {
             let stage = std::env::temp_dir().join(format!(
                 "vc-stage-{}-{}",
                 std::process::id(),
-                crate::collector::mint_token().map(|(t, _)| t[4..16].to_string()).unwrap_or_default()
+                crate::collector::mint_token()
+                    .map(|(t, _)| t[4..16].to_string())
+                    .unwrap_or_default()
             ));
-            let staged = super::local::copy_local(local, &stage).await.map_err(|e| self.io("stage for tar", e));
+            let staged = super::local::copy_local(local, &stage)
+                .await
+                .map_err(|e| self.io("stage for tar", e));
             let stage_s = stage.display().to_string();
             let res = match staged {
                 Ok(()) => {
@@ -364,12 +419,17 @@ impl SshTransport {
         let is_dir = self.remote_is_dir(remote).await?;
         let local_dir = if is_dir { Some(local) } else { local.parent() };
         if let Some(d) = local_dir.filter(|d| !d.as_os_str().is_empty()) {
-            tokio::fs::create_dir_all(d).await.map_err(|e| self.io("copy down", e))?;
+            tokio::fs::create_dir_all(d)
+                .await
+                .map_err(|e| self.io("copy down", e))?;
         }
         let local_s = local.display().to_string();
         if self.remote_has_rsync().await? {
             let (src, dst) = if is_dir {
-                (format!("{}/", remote.trim_end_matches('/')), format!("{local_s}/"))
+                (
+                    format!("{}/", remote.trim_end_matches('/')),
+                    format!("{local_s}/"),
+                )
             } else {
                 (remote.to_string(), local_s.clone())
             };
@@ -411,10 +471,10 @@ impl SshTransport {
 
     /// Close the master (tunnels close with it).
     pub async fn close(&self) {
-        if let Some(s) = self.session.lock().await.take() {
-            if let Ok(s) = Arc::try_unwrap(s) {
-                let _ = s.close().await;
-            }
+        if let Some(s) = self.session.lock().await.take()
+            && let Ok(s) = Arc::try_unwrap(s)
+        {
+            let _ = s.close().await;
         }
     }
 
@@ -424,8 +484,17 @@ impl SshTransport {
     }
 }
 
-async fn request_forward(s: &Session, remote_port: u16, local: SocketAddr) -> Result<(), openssh::Error> {
-    s.request_port_forward(ForwardType::Remote, Socket::new("127.0.0.1", remote_port), local).await
+async fn request_forward(
+    s: &Session,
+    remote_port: u16,
+    local: SocketAddr,
+) -> Result<(), openssh::Error> {
+    s.request_port_forward(
+        ForwardType::Remote,
+        Socket::new("127.0.0.1", remote_port),
+        local,
+    )
+    .await
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -450,8 +519,17 @@ impl Transport for SshTransport {
             loop {
                 let s = self.session().await?;
                 let res = {
-                    let _permit = self.sem.acquire().await.map_err(|e| self.failed("run", e))?;
-                    s.command("sh").arg("-c").arg(command).stdin(openssh::Stdio::null()).output().await
+                    let _permit = self
+                        .sem
+                        .acquire()
+                        .await
+                        .map_err(|e| self.failed("run", e))?;
+                    s.command("sh")
+                        .arg("-c")
+                        .arg(command)
+                        .stdin(openssh::Stdio::null())
+                        .output()
+                        .await
                 };
                 let retryable = match &res {
                     Ok(out) => out.status.code() == Some(255),
@@ -469,18 +547,30 @@ impl Transport for SshTransport {
                     continue;
                 }
                 return match res {
-                    Ok(out) => Ok(CommandOutput { status: out.status.code(), stdout: out.stdout, stderr: out.stderr }),
+                    Ok(out) => Ok(CommandOutput {
+                        status: out.status.code(),
+                        stdout: out.stdout,
+                        stderr: out.stderr,
+                    }),
                     Err(e) => Err(self.failed("run", error_chain(&e))),
                 };
             }
         })
     }
 
-    fn copy_up<'a>(&'a self, local: &'a Path, remote: &'a str) -> BoxFuture<'a, Result<(), TransportError>> {
+    fn copy_up<'a>(
+        &'a self,
+        local: &'a Path,
+        remote: &'a str,
+    ) -> BoxFuture<'a, Result<(), TransportError>> {
         Box::pin(self.copy_up_impl(local, remote))
     }
 
-    fn copy_down<'a>(&'a self, remote: &'a str, local: &'a Path) -> BoxFuture<'a, Result<(), TransportError>> {
+    fn copy_down<'a>(
+        &'a self,
+        remote: &'a str,
+        local: &'a Path,
+    ) -> BoxFuture<'a, Result<(), TransportError>> {
         Box::pin(self.copy_down_impl(remote, local))
     }
 
@@ -491,11 +581,20 @@ impl Transport for SshTransport {
     ) -> BoxFuture<'a, Result<TunnelEndpoint, TransportError>> {
         Box::pin(async move {
             let s = self.session().await?;
-            request_forward(&s, remote_port, local)
-                .await
-                .map_err(|e| self.failed(&format!("reverse tunnel 127.0.0.1:{remote_port} -> {local}"), error_chain(&e)))?;
-            self.tunnels.lock().expect("tunnels lock").push((remote_port, local));
-            Ok(TunnelEndpoint { host: "127.0.0.1".into(), port: remote_port })
+            request_forward(&s, remote_port, local).await.map_err(|e| {
+                self.failed(
+                    &format!("reverse tunnel 127.0.0.1:{remote_port} -> {local}"),
+                    error_chain(&e),
+                )
+            })?;
+            self.tunnels
+                .lock()
+                .expect("tunnels lock")
+                .push((remote_port, local));
+            Ok(TunnelEndpoint {
+                host: "127.0.0.1".into(),
+                port: remote_port,
+            })
         })
     }
 

@@ -16,17 +16,26 @@ use scheduler::collector::{
     AttemptAuth, Collector, CollectorConfig, MemoryHeartbeatStore, hash_token, mint_token,
 };
 use scheduler::transport::{DeployOptions, LocalTransport, Transport, deploy};
-use worker_agent::protocol::{AgentStatus, EndReason, JobSpec, JobState, PROTOCOL_VERSION, Token, files};
+use worker_agent::protocol::{
+    AgentStatus, EndReason, JobSpec, JobState, PROTOCOL_VERSION, Token, files,
+};
 
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 /// The agent binary to test, or why there is none.
 pub fn agent_binary() -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("VASTICLAUDE_AGENT").filter(|p| !p.is_empty()) {
         let p = PathBuf::from(p);
-        return if p.is_file() { Ok(p) } else { Err(format!("VASTICLAUDE_AGENT={} is not a file", p.display())) };
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(format!("VASTICLAUDE_AGENT={} is not a file", p.display()))
+        };
     }
     let root = workspace_root();
     let candidates = [
@@ -60,16 +69,28 @@ pub struct TestCollector {
     pub addr: SocketAddr,
     pub store: Arc<MemoryHeartbeatStore>,
     pub collector: Collector,
-    server: Option<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
+    server: Option<(
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    )>,
 }
 
 impl TestCollector {
     pub async fn start() -> Self {
         let store = Arc::new(MemoryHeartbeatStore::new());
-        let collector = Collector::new(store.clone(), Arc::new(SystemClock), CollectorConfig::default());
+        let collector = Collector::new(
+            store.clone(),
+            Arc::new(SystemClock),
+            CollectorConfig::default(),
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut c = Self { addr, store, collector, server: None };
+        let mut c = Self {
+            addr,
+            store,
+            collector,
+            server: None,
+        };
         c.serve(listener);
         c
     }
@@ -111,7 +132,12 @@ impl TestCollector {
         assert_eq!(hash_token(&token), hash);
         self.store.put_attempt(
             attempt,
-            AttemptAuth { token_hash: Some(hash), fence, current_fence: fence, active: true },
+            AttemptAuth {
+                token_hash: Some(hash),
+                fence,
+                current_fence: fence,
+                active: true,
+            },
         );
         token
     }
@@ -168,7 +194,10 @@ pub async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> boo
 }
 
 async fn wait_exit(child: &mut tokio::process::Child) -> std::process::ExitStatus {
-    tokio::time::timeout(Duration::from_secs(60), child.wait()).await.expect("agent did not exit").unwrap()
+    tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .expect("agent did not exit")
+        .unwrap()
 }
 
 fn read_status(spec: &JobSpec) -> AgentStatus {
@@ -200,7 +229,10 @@ echo done"#;
     let s = spec(d.path(), 11, cmd, &c.url(), &token);
     let mut child = run_agent(&agent, &write_spec(d.path(), &s));
 
-    wait_for("two heartbeats", Duration::from_secs(20), || c.store.heartbeats(11).len() >= 2).await;
+    wait_for("two heartbeats", Duration::from_secs(20), || {
+        c.store.heartbeats(11).len() >= 2
+    })
+    .await;
     c.stop().await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
     c.restart().await;
@@ -210,10 +242,16 @@ echo done"#;
     let beats = c.store.heartbeats(11);
     let n = beats.len() as u64;
     assert!(n >= 10, "only {n} heartbeats");
-    assert_eq!(c.store.arrival_order(11), (1..=n).collect::<Vec<_>>(), "each once, in order");
+    assert_eq!(
+        c.store.arrival_order(11),
+        (1..=n).collect::<Vec<_>>(),
+        "each once, in order"
+    );
     // Some were produced during the outage and delivered after it.
     assert!(
-        beats.iter().any(|b| b.received_at - b.heartbeat.time_ms >= 500),
+        beats
+            .iter()
+            .any(|b| b.received_at - b.heartbeat.time_ms >= 500),
         "no heartbeat was spooled across the outage"
     );
     let last = &beats.last().unwrap().heartbeat;
@@ -223,7 +261,11 @@ echo done"#;
     assert_eq!(last.progress.step, Some(30));
     assert_eq!(last.progress.total, Some(30));
     assert!(last.progress.metrics.contains_key("loss"));
-    assert!(beats.iter().all(|b| b.heartbeat.gpu_error.is_some() || !b.heartbeat.gpus.is_empty()));
+    assert!(
+        beats
+            .iter()
+            .all(|b| b.heartbeat.gpu_error.is_some() || !b.heartbeat.gpus.is_empty())
+    );
 
     let out = std::fs::read_to_string(s.state_dir.join(files::STDOUT)).unwrap();
     assert!(out.contains("env 5 11 0,1 yes"), "{out}");
@@ -232,7 +274,10 @@ echo done"#;
     let st = read_status(&s);
     assert_eq!(st.spooled, 0);
     assert_eq!(st.acked_seq, n);
-    assert_eq!(std::fs::read_to_string(s.state_dir.join(files::SPOOL)).unwrap(), "");
+    assert_eq!(
+        std::fs::read_to_string(s.state_dir.join(files::SPOOL)).unwrap(),
+        ""
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -246,7 +291,10 @@ async fn output_only_progress_is_read_from_tqdm_lines() {
     let mut child = run_agent(&agent, &write_spec(d.path(), &s));
     assert!(wait_exit(&mut child).await.success());
     let last = c.store.latest_heartbeat(12).unwrap();
-    assert_eq!((last.progress.step, last.progress.total), (Some(7), Some(7)));
+    assert_eq!(
+        (last.progress.step, last.progress.total),
+        (Some(7), Some(7))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -258,7 +306,10 @@ async fn sigterm_gives_the_job_its_grace_period() {
     let cmd = r#"trap 'echo saved > "$VASTICLAUDE_CHECKPOINT_DIR/final.ckpt"; exit 0' TERM; while true; do sleep 0.05; done"#;
     let s = spec(d.path(), 21, cmd, &c.url(), &token);
     let mut child = run_agent(&agent, &write_spec(d.path(), &s));
-    wait_for("first heartbeat", Duration::from_secs(20), || !c.store.heartbeats(21).is_empty()).await;
+    wait_for("first heartbeat", Duration::from_secs(20), || {
+        !c.store.heartbeats(21).is_empty()
+    })
+    .await;
     signal(child.id().unwrap(), libc::SIGTERM);
     let status = wait_exit(&mut child).await;
     assert!(!status.success(), "a stopped job is not a success");
@@ -267,7 +318,10 @@ async fn sigterm_gives_the_job_its_grace_period() {
     assert_eq!(exit.reason, EndReason::StoppedBySignal);
     assert_eq!(exit.code, Some(0), "the trap ran: {exit:?}");
     assert!(!exit.killed_after_grace);
-    assert_eq!(std::fs::read_to_string(s.checkpoint_dir.join("final.ckpt")).unwrap(), "saved\n");
+    assert_eq!(
+        std::fs::read_to_string(s.checkpoint_dir.join("final.ckpt")).unwrap(),
+        "saved\n"
+    );
     assert_eq!(last.last_checkpoint.unwrap().path, "final.ckpt");
 }
 
@@ -277,10 +331,19 @@ async fn a_job_ignoring_sigterm_is_killed_after_the_grace_period() {
     let d = tempfile::tempdir().unwrap();
     let c = TestCollector::start().await;
     let token = c.add_attempt(22, 1);
-    let mut s = spec(d.path(), 22, "trap '' TERM; while true; do sleep 0.05; done", &c.url(), &token);
+    let mut s = spec(
+        d.path(),
+        22,
+        "trap '' TERM; while true; do sleep 0.05; done",
+        &c.url(),
+        &token,
+    );
     s.grace_period_ms = 300;
     let mut child = run_agent(&agent, &write_spec(d.path(), &s));
-    wait_for("first heartbeat", Duration::from_secs(20), || !c.store.heartbeats(22).is_empty()).await;
+    wait_for("first heartbeat", Duration::from_secs(20), || {
+        !c.store.heartbeats(22).is_empty()
+    })
+    .await;
     signal(child.id().unwrap(), libc::SIGTERM);
     wait_exit(&mut child).await;
     let exit = c.store.latest_heartbeat(22).unwrap().exit.unwrap();
@@ -297,7 +360,10 @@ async fn a_stale_fence_makes_the_collector_stop_the_job() {
     let token = c.add_attempt(31, 1);
     let s = spec(d.path(), 31, "sleep 60", &c.url(), &token);
     let mut child = run_agent(&agent, &write_spec(d.path(), &s));
-    wait_for("first heartbeat", Duration::from_secs(20), || !c.store.heartbeats(31).is_empty()).await;
+    wait_for("first heartbeat", Duration::from_secs(20), || {
+        !c.store.heartbeats(31).is_empty()
+    })
+    .await;
     c.store.set_current_fence(31, 2);
     wait_exit(&mut child).await;
     let last = c.store.latest_heartbeat(31).unwrap();
@@ -315,13 +381,22 @@ async fn dead_man_switch_stops_the_job_when_nobody_answers() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let mut s = spec(d.path(), 41, "sleep 60", &format!("http://127.0.0.1:{port}"), "tok");
+    let mut s = spec(
+        d.path(),
+        41,
+        "sleep 60",
+        &format!("http://127.0.0.1:{port}"),
+        "tok",
+    );
     s.dead_man_timeout_ms = 1_000;
     s.heartbeat_interval_ms = 200;
     let mut child = run_agent(&agent, &write_spec(d.path(), &s));
     let started = Instant::now();
     wait_exit(&mut child).await;
-    assert!(started.elapsed() < Duration::from_secs(55), "the job's sleep 60 was not cut short");
+    assert!(
+        started.elapsed() < Duration::from_secs(55),
+        "the job's sleep 60 was not cut short"
+    );
     let st = read_status(&s);
     let exit = st.last.exit.clone().unwrap();
     assert_eq!(exit.reason, EndReason::DeadMan);
@@ -344,7 +419,10 @@ async fn a_failing_job_reports_its_exit_code() {
     let last = c.store.latest_heartbeat(51).unwrap();
     let exit = last.exit.unwrap();
     assert_eq!((exit.code, exit.reason), (Some(3), EndReason::Completed));
-    assert_eq!(std::fs::read_to_string(s.state_dir.join(files::STDERR)).unwrap(), "oops\n");
+    assert_eq!(
+        std::fs::read_to_string(s.state_dir.join(files::STDERR)).unwrap(),
+        "oops\n"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -354,10 +432,18 @@ async fn a_bad_spec_is_refused_with_the_value() {
     let mut s = spec(d.path(), 52, "true", "ftp://nowhere", "tok");
     s.protocol_version = PROTOCOL_VERSION;
     let p = write_spec(d.path(), &s);
-    let out = std::process::Command::new(&agent).arg("start").arg("--spec").arg(&p).output().unwrap();
+    let out = std::process::Command::new(&agent)
+        .arg("start")
+        .arg("--spec")
+        .arg(&p)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("ftp://nowhere") && err.lines().count() == 1, "{err}");
+    assert!(
+        err.contains("ftp://nowhere") && err.lines().count() == 1,
+        "{err}"
+    );
     assert!(!s.state_dir.exists(), "nothing half-written");
 }
 
@@ -373,7 +459,11 @@ async fn deploy_through_the_local_transport_starts_a_detached_registered_agent()
     let Some(agent) = agent_or_skip() else { return };
     let inst = tempfile::tempdir().unwrap();
     let code = tempfile::tempdir().unwrap();
-    std::fs::write(code.path().join("train.sh"), "echo training; sleep 2; echo trained\n").unwrap();
+    std::fs::write(
+        code.path().join("train.sh"),
+        "echo training; sleep 2; echo trained\n",
+    )
+    .unwrap();
     std::fs::write(code.path().join(".gitignore"), "data/\n").unwrap();
     std::fs::create_dir(code.path().join("data")).unwrap();
     std::fs::write(code.path().join("data/big.bin"), "x").unwrap();
@@ -382,7 +472,13 @@ async fn deploy_through_the_local_transport_starts_a_detached_registered_agent()
     let token = c.add_attempt(61, 1);
     let t = LocalTransport::new(inst.path());
     let tunnel = t.reverse_tunnel(47001, c.addr).await.unwrap();
-    let mut s = spec(Path::new("/workspace/job61"), 61, "sh train.sh", &tunnel.http_url(), &token);
+    let mut s = spec(
+        Path::new("/workspace/job61"),
+        61,
+        "sh train.sh",
+        &tunnel.http_url(),
+        &token,
+    );
     s.working_dir = "/workspace/code".into();
     let store = c.store.clone();
     let wait = move |_d| async move {
@@ -395,21 +491,39 @@ async fn deploy_through_the_local_transport_starts_a_detached_registered_agent()
         }
         Ok(())
     };
-    let dep = deploy(&t, &agent, &s, Some(code.path()), &DeployOptions::default(), wait).await.unwrap();
+    let dep = deploy(
+        &t,
+        &agent,
+        &s,
+        Some(code.path()),
+        &DeployOptions::default(),
+        wait,
+    )
+    .await
+    .unwrap();
     assert!(dep.agent_copied && !dep.already_running);
     assert!(inst.path().join("workspace/code/train.sh").exists());
-    assert!(!inst.path().join("workspace/code/data").exists(), ".gitignore honoured");
+    assert!(
+        !inst.path().join("workspace/code/data").exists(),
+        ".gitignore honoured"
+    );
     // Detached: its own session, and registered for the simulator's kill.
     assert_eq!(session_of(dep.agent_pid), Some(dep.agent_pid));
     assert!(t.pid_dir().join(dep.agent_pid.to_string()).exists());
 
     // Deploying the same attempt again neither copies the agent nor starts a second one.
-    let again = deploy(&t, &agent, &s, None, &DeployOptions::default(), |_| async { Ok(()) }).await.unwrap();
+    let again = deploy(&t, &agent, &s, None, &DeployOptions::default(), |_| async {
+        Ok(())
+    })
+    .await
+    .unwrap();
     assert!(!again.agent_copied && again.already_running, "{again:?}");
     assert_eq!(again.agent_pid, dep.agent_pid);
 
     wait_for("final heartbeat", Duration::from_secs(30), || {
-        c.store.latest_heartbeat(61).is_some_and(|h| h.state == JobState::Exited)
+        c.store
+            .latest_heartbeat(61)
+            .is_some_and(|h| h.state == JobState::Exited)
     })
     .await;
     let last = c.store.latest_heartbeat(61).unwrap();
@@ -419,7 +533,29 @@ async fn deploy_through_the_local_transport_starts_a_detached_registered_agent()
     assert_eq!(st.last.state, JobState::Exited);
     // Every group is gone, and so are their pid files.
     wait_for("pid files removed", Duration::from_secs(10), || {
-        std::fs::read_dir(t.pid_dir()).map(|d| d.count() == 0).unwrap_or(true)
+        std::fs::read_dir(t.pid_dir())
+            .map(|d| d.count() == 0)
+            .unwrap_or(true)
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_continues_the_sequence() {
+    let Some(agent) = agent_or_skip() else { return };
+    let d = tempfile::tempdir().unwrap();
+    let c = TestCollector::start().await;
+    let token = c.add_attempt(81, 1);
+    let s = spec(d.path(), 81, "sleep 0.4", &c.url(), &token);
+    let p = write_spec(d.path(), &s);
+    assert!(wait_exit(&mut run_agent(&agent, &p)).await.success());
+    let first = c.store.heartbeats(81).len() as u64;
+    assert!(wait_exit(&mut run_agent(&agent, &p)).await.success());
+    let all = c.store.heartbeats(81).len() as u64;
+    assert!(
+        all > first,
+        "the second run's heartbeats were dropped as duplicates"
+    );
+    assert_eq!(c.store.arrival_order(81), (1..=all).collect::<Vec<_>>());
+    assert_eq!(c.store.duplicates(), 0);
 }

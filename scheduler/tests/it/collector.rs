@@ -20,7 +20,11 @@ pub fn heartbeat(attempt: i64, fence: i64, seq: u64) -> Heartbeat {
         seq,
         time_ms: 1_000 + seq as i64,
         state: JobState::Running,
-        progress: Progress { step: Some(seq), total: Some(100), metrics: [("loss".to_string(), 0.5)].into() },
+        progress: Progress {
+            step: Some(seq),
+            total: Some(100),
+            metrics: [("loss".to_string(), 0.5)].into(),
+        },
         gpus: vec![],
         gpu_error: Some("nvidia-smi not found".into()),
         last_checkpoint: None,
@@ -30,7 +34,10 @@ pub fn heartbeat(attempt: i64, fence: i64, seq: u64) -> Heartbeat {
 }
 
 fn batch(attempt: i64, fence: i64, seqs: std::ops::RangeInclusive<u64>) -> HeartbeatBatch {
-    HeartbeatBatch { attempt, heartbeats: seqs.map(|s| heartbeat(attempt, fence, s)).collect() }
+    HeartbeatBatch {
+        attempt,
+        heartbeats: seqs.map(|s| heartbeat(attempt, fence, s)).collect(),
+    }
 }
 
 async fn serve(store: Arc<dyn HeartbeatStore>) -> (Collector, String) {
@@ -38,7 +45,9 @@ async fn serve(store: Arc<dyn HeartbeatStore>) -> (Collector, String) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let c = collector.clone();
-    tokio::spawn(async move { scheduler::collector::serve(listener, c, std::future::pending()).await });
+    tokio::spawn(
+        async move { scheduler::collector::serve(listener, c, std::future::pending()).await },
+    );
     (collector, url)
 }
 
@@ -46,7 +55,15 @@ async fn serve(store: Arc<dyn HeartbeatStore>) -> (Collector, String) {
 async fn http_auth_idempotency_and_fencing_in_memory() {
     let store = Arc::new(MemoryHeartbeatStore::new());
     let (token, hash) = mint_token().unwrap();
-    store.put_attempt(7, AttemptAuth { token_hash: Some(hash), fence: 3, current_fence: 3, active: true });
+    store.put_attempt(
+        7,
+        AttemptAuth {
+            token_hash: Some(hash),
+            fence: 3,
+            current_fence: 3,
+            active: true,
+        },
+    );
     let (collector, url) = serve(store.clone()).await;
     let http = reqwest::Client::new();
     let post = |b: &HeartbeatBatch, tok: Option<&str>| {
@@ -62,9 +79,25 @@ async fn http_auth_idempotency_and_fencing_in_memory() {
     assert_eq!(health.text().await.unwrap(), "ok");
 
     assert_eq!(post(&batch(7, 3, 1..=3), None).await.unwrap().status(), 401);
-    assert_eq!(post(&batch(7, 3, 1..=3), Some("vca_wrong")).await.unwrap().status(), 401);
-    assert_eq!(post(&batch(8, 3, 1..=3), Some(&token)).await.unwrap().status(), 401, "unknown attempt");
-    assert!(store.heartbeats(7).is_empty(), "nothing stored from refused requests");
+    assert_eq!(
+        post(&batch(7, 3, 1..=3), Some("vca_wrong"))
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        post(&batch(8, 3, 1..=3), Some(&token))
+            .await
+            .unwrap()
+            .status(),
+        401,
+        "unknown attempt"
+    );
+    assert!(
+        store.heartbeats(7).is_empty(),
+        "nothing stored from refused requests"
+    );
 
     let r = post(&batch(7, 3, 1..=3), Some(&token)).await.unwrap();
     assert_eq!(r.status(), 200);
@@ -72,7 +105,12 @@ async fn http_auth_idempotency_and_fencing_in_memory() {
     assert_eq!((ack.ack_seq, ack.action), (3, Action::Continue));
 
     // A replay overlapping what is stored: stored once, acked up to the newest.
-    let ack: HeartbeatAck = post(&batch(7, 3, 2..=5), Some(&token)).await.unwrap().json().await.unwrap();
+    let ack: HeartbeatAck = post(&batch(7, 3, 2..=5), Some(&token))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(ack.ack_seq, 5);
     assert_eq!(store.arrival_order(7), vec![1, 2, 3, 4, 5]);
     assert_eq!(store.duplicates(), 2);
@@ -88,12 +126,23 @@ async fn http_auth_idempotency_and_fencing_in_memory() {
     let r = post(&old, Some(&token)).await.unwrap();
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("99"));
-    let r = http.post(format!("{url}/v1/heartbeats")).bearer_auth(&token).body("{").send().await.unwrap();
+    let r = http
+        .post(format!("{url}/v1/heartbeats"))
+        .bearer_auth(&token)
+        .body("{")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
 
     // The job moved on: heartbeats are still stored, the answer is stop.
     store.set_current_fence(7, 4);
-    let ack: HeartbeatAck = post(&batch(7, 3, 6..=6), Some(&token)).await.unwrap().json().await.unwrap();
+    let ack: HeartbeatAck = post(&batch(7, 3, 6..=6), Some(&token))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!((ack.ack_seq, ack.action), (6, Action::Stop));
     let latest = collector.latest(7).await.unwrap().unwrap();
     assert_eq!(latest.heartbeat.seq, 6);
@@ -104,14 +153,51 @@ async fn http_auth_idempotency_and_fencing_in_memory() {
 async fn ended_attempts_are_told_to_stop() {
     let store = Arc::new(MemoryHeartbeatStore::new());
     let (token, hash) = mint_token().unwrap();
-    store.put_attempt(1, AttemptAuth { token_hash: Some(hash), fence: 1, current_fence: 1, active: true });
-    let collector = Collector::new(store.clone(), Arc::new(SystemClock), CollectorConfig::default());
-    assert_eq!(collector.submit(&token, batch(1, 1, 1..=1)).await.unwrap().action, Action::Continue);
+    store.put_attempt(
+        1,
+        AttemptAuth {
+            token_hash: Some(hash),
+            fence: 1,
+            current_fence: 1,
+            active: true,
+        },
+    );
+    let collector = Collector::new(
+        store.clone(),
+        Arc::new(SystemClock),
+        CollectorConfig::default(),
+    );
+    assert_eq!(
+        collector
+            .submit(&token, batch(1, 1, 1..=1))
+            .await
+            .unwrap()
+            .action,
+        Action::Continue
+    );
     store.end_attempt(1);
-    assert_eq!(collector.submit(&token, batch(1, 1, 2..=2)).await.unwrap().action, Action::Stop);
+    assert_eq!(
+        collector
+            .submit(&token, batch(1, 1, 2..=2))
+            .await
+            .unwrap()
+            .action,
+        Action::Stop
+    );
     // An attempt without a token hash accepts nobody.
-    store.put_attempt(2, AttemptAuth { token_hash: None, fence: 1, current_fence: 1, active: true });
-    assert!(matches!(collector.submit(&token, batch(2, 1, 1..=1)).await, Err(SubmitError::Unauthorized(_))));
+    store.put_attempt(
+        2,
+        AttemptAuth {
+            token_hash: None,
+            fence: 1,
+            current_fence: 1,
+            active: true,
+        },
+    );
+    assert!(matches!(
+        collector.submit(&token, batch(2, 1, 1..=1)).await,
+        Err(SubmitError::Unauthorized(_))
+    ));
 }
 
 /// A job and a running attempt with a fresh token, through the store's own API.
@@ -121,31 +207,62 @@ async fn job_and_attempt(store: &Store) -> (i64, i64, i64, String) {
     use scheduler::store::entity::job;
     use sea_orm::EntityTrait;
     let clock = SystemClock;
-    let req = AddRequest::new(format!("exp-{}", scheduler::store::testing::unique_suffix()), vec!["true".into()]);
+    let req = AddRequest::new(
+        format!("exp-{}", scheduler::store::testing::unique_suffix()),
+        vec!["true".into()],
+    );
     let out = add_jobs(store, &req, "tester", &clock).await.unwrap();
     let job_id = out.added[0];
-    let job = job::Entity::find_by_id(job_id).one(store.db()).await.unwrap().unwrap();
+    let job = job::Entity::find_by_id(job_id)
+        .one(store.db())
+        .await
+        .unwrap()
+        .unwrap();
     let (token, _) = mint_token().unwrap();
-    let new = NewAttempt { job_id, instance_id: None, fence: job.fence, token: Some(token.clone()), checkpoint_path: None };
-    let attempt = start_attempt(store.db(), new, "tester", clock.now_ms()).await.unwrap();
+    let new = NewAttempt {
+        job_id,
+        instance_id: None,
+        fence: job.fence,
+        token: Some(token.clone()),
+        checkpoint_path: None,
+    };
+    let attempt = start_attempt(store.db(), new, "tester", clock.now_ms())
+        .await
+        .unwrap();
     (job_id, attempt.id, job.fence, token)
 }
 
 async fn db_store_contract(store: Store) {
     use scheduler::store::entity::job;
-    use sea_orm::{ActiveModelTrait, ConnectionTrait, EntityTrait, IntoActiveModel, Set, Statement};
+    use sea_orm::{
+        ActiveModelTrait, ConnectionTrait, EntityTrait, IntoActiveModel, Set, Statement,
+    };
 
     let (job_id, attempt, fence, token) = job_and_attempt(&store).await;
     let hs: Arc<dyn HeartbeatStore> = Arc::new(DbHeartbeatStore::new(store.clone()));
     let collector = Collector::new(hs, Arc::new(SystemClock), CollectorConfig::default());
 
-    assert!(matches!(collector.submit("vca_nope", batch(attempt, fence, 1..=1)).await, Err(SubmitError::Unauthorized(_))));
-    let ack = collector.submit(&token, batch(attempt, fence, 1..=3)).await.unwrap();
+    assert!(matches!(
+        collector
+            .submit("vca_nope", batch(attempt, fence, 1..=1))
+            .await,
+        Err(SubmitError::Unauthorized(_))
+    ));
+    let ack = collector
+        .submit(&token, batch(attempt, fence, 1..=3))
+        .await
+        .unwrap();
     assert_eq!((ack.ack_seq, ack.action), (3, Action::Continue));
-    let ack = collector.submit(&token, batch(attempt, fence, 1..=5)).await.unwrap();
+    let ack = collector
+        .submit(&token, batch(attempt, fence, 1..=5))
+        .await
+        .unwrap();
     assert_eq!(ack.ack_seq, 5);
     // An old one arriving late changes neither the ack nor "latest".
-    let ack = collector.submit(&token, batch(attempt, fence, 2..=2)).await.unwrap();
+    let ack = collector
+        .submit(&token, batch(attempt, fence, 2..=2))
+        .await
+        .unwrap();
     assert_eq!(ack.ack_seq, 5);
     let latest = collector.latest(attempt).await.unwrap().unwrap();
     assert_eq!(latest.heartbeat.seq, 5);
@@ -162,8 +279,20 @@ async fn db_store_contract(store: Store) {
             row.try_get_by_index::<i64>(0).unwrap()
         }
     };
-    assert_eq!(count(format!("SELECT COUNT(*) FROM agent_heartbeats WHERE attempt_id = {attempt}")).await, 5);
-    assert_eq!(count(format!("SELECT last_seq FROM attempt_progress WHERE attempt_id = {attempt}")).await, 5);
+    assert_eq!(
+        count(format!(
+            "SELECT COUNT(*) FROM agent_heartbeats WHERE attempt_id = {attempt}"
+        ))
+        .await,
+        5
+    );
+    assert_eq!(
+        count(format!(
+            "SELECT last_seq FROM attempt_progress WHERE attempt_id = {attempt}"
+        ))
+        .await,
+        5
+    );
 
     // Many agents at once: every request gets its own correct ack from the batched writer.
     let mut tasks = Vec::new();
@@ -183,10 +312,18 @@ async fn db_store_contract(store: Store) {
     }
 
     // The job was reclaimed (fence moved on): stop.
-    let mut am = job::Entity::find_by_id(job_id).one(store.db()).await.unwrap().unwrap().into_active_model();
+    let mut am = job::Entity::find_by_id(job_id)
+        .one(store.db())
+        .await
+        .unwrap()
+        .unwrap()
+        .into_active_model();
     am.fence = Set(fence + 1);
     am.update(store.db()).await.unwrap();
-    let ack = collector.submit(&token, batch(attempt, fence, 6..=6)).await.unwrap();
+    let ack = collector
+        .submit(&token, batch(attempt, fence, 6..=6))
+        .await
+        .unwrap();
     assert_eq!((ack.ack_seq, ack.action), (6, Action::Stop));
 }
 

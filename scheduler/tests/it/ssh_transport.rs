@@ -29,13 +29,24 @@ impl Drop for Sshd {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn sh(cmd: &str) -> Result<String, String> {
-    let out = Command::new("sh").arg("-c").arg(cmd).output().map_err(|e| format!("{cmd}: {e}"))?;
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .map_err(|e| format!("{cmd}: {e}"))?;
     if !out.status.success() {
-        return Err(format!("{cmd}: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        return Err(format!(
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -52,10 +63,14 @@ impl Sshd {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let d = dir.path();
         std::fs::create_dir_all("/run/sshd").map_err(|e| format!("/run/sshd: {e}"))?;
-        sh(&format!("ssh-keygen -q -t ed25519 -N '' -f {}/host_key", d.display()))?;
+        sh(&format!(
+            "ssh-keygen -q -t ed25519 -N '' -f {}/host_key",
+            d.display()
+        ))?;
         let key = d.join("client_key");
         ensure_keypair(&key).await.map_err(|e| e.to_string())?;
-        std::fs::copy(d.join("client_key.pub"), d.join("authorized_keys")).map_err(|e| e.to_string())?;
+        std::fs::copy(d.join("client_key.pub"), d.join("authorized_keys"))
+            .map_err(|e| e.to_string())?;
         let port = free_port();
         let config = format!(
             "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
@@ -73,7 +88,12 @@ impl Sshd {
             .stderr(std::fs::File::create(d.join("sshd.log")).map_err(|e| e.to_string())?)
             .spawn()
             .map_err(|e| format!("cannot start sshd: {e}"))?;
-        let s = Sshd { dir, port, key, child };
+        let s = Sshd {
+            dir,
+            port,
+            key,
+            child,
+        };
         let start = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             if start.elapsed() > Duration::from_secs(10) {
@@ -125,7 +145,10 @@ fn make_tree(root: &Path) {
 
 fn check_copied(dst: &Path) {
     assert_eq!(std::fs::read_to_string(dst.join("a.txt")).unwrap(), "alpha");
-    assert_eq!(std::fs::read_to_string(dst.join("sub/b.txt")).unwrap(), "beta");
+    assert_eq!(
+        std::fs::read_to_string(dst.join("sub/b.txt")).unwrap(),
+        "beta"
+    );
     assert!(!dst.join("model.ckpt").exists(), ".gitignore'd file copied");
     assert!(!dst.join("build").exists(), ".gitignore'd dir copied");
     assert!(!dst.join(".git").exists(), ".git copied");
@@ -133,7 +156,9 @@ fn check_copied(dst: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ssh_runs_commands_and_copies_both_ways() {
-    let Some(sshd) = sshd_or_skip().await else { return };
+    let Some(sshd) = sshd_or_skip().await else {
+        return;
+    };
     let t = sshd.transport("a");
 
     let out = t.run("echo hi; echo err >&2; exit 7").await.unwrap();
@@ -151,49 +176,93 @@ async fn ssh_runs_commands_and_copies_both_ways() {
     let src = work.path().join("src");
     make_tree(&src);
     let remote = work.path().join("remote/code");
-    t.copy_up(&src, &remote.display().to_string()).await.unwrap();
-    check_copied(&remote);
-    let back = work.path().join("back");
-    t.copy_down(&remote.display().to_string(), &back).await.unwrap();
-    assert_eq!(std::fs::read_to_string(back.join("sub/b.txt")).unwrap(), "beta");
-    // Single files.
-    t.copy_up(&src.join("a.txt"), &work.path().join("remote/one/a.txt").display().to_string()).await.unwrap();
-    assert_eq!(std::fs::read_to_string(work.path().join("remote/one/a.txt")).unwrap(), "alpha");
-    t.copy_down(&work.path().join("remote/one/a.txt").display().to_string(), &work.path().join("got/a.txt"))
+    t.copy_up(&src, &remote.display().to_string())
         .await
         .unwrap();
-    assert_eq!(std::fs::read_to_string(work.path().join("got/a.txt")).unwrap(), "alpha");
+    check_copied(&remote);
+    let back = work.path().join("back");
+    t.copy_down(&remote.display().to_string(), &back)
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(back.join("sub/b.txt")).unwrap(),
+        "beta"
+    );
+    // Single files.
+    t.copy_up(
+        &src.join("a.txt"),
+        &work.path().join("remote/one/a.txt").display().to_string(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(work.path().join("remote/one/a.txt")).unwrap(),
+        "alpha"
+    );
+    t.copy_down(
+        &work.path().join("remote/one/a.txt").display().to_string(),
+        &work.path().join("got/a.txt"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(work.path().join("got/a.txt")).unwrap(),
+        "alpha"
+    );
 
     // The tar fallback for images without rsync.
     let t2 = sshd.transport("b");
     t2.assume_no_rsync();
     let remote2 = work.path().join("remote2/code");
-    t2.copy_up(&src, &remote2.display().to_string()).await.unwrap();
+    t2.copy_up(&src, &remote2.display().to_string())
+        .await
+        .unwrap();
     check_copied(&remote2);
     let back2 = work.path().join("back2");
-    t2.copy_down(&remote2.display().to_string(), &back2).await.unwrap();
-    assert_eq!(std::fs::read_to_string(back2.join("a.txt")).unwrap(), "alpha");
-    t2.copy_up(&src.join("a.txt"), &work.path().join("remote2/f.txt").display().to_string()).await.unwrap();
-    assert_eq!(std::fs::read_to_string(work.path().join("remote2/f.txt")).unwrap(), "alpha");
+    t2.copy_down(&remote2.display().to_string(), &back2)
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(back2.join("a.txt")).unwrap(),
+        "alpha"
+    );
+    t2.copy_up(
+        &src.join("a.txt"),
+        &work.path().join("remote2/f.txt").display().to_string(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(work.path().join("remote2/f.txt")).unwrap(),
+        "alpha"
+    );
     t.close().await;
     t2.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ssh_survives_more_concurrent_commands_than_max_sessions_and_a_dead_master() {
-    let Some(sshd) = sshd_or_skip().await else { return };
+    let Some(sshd) = sshd_or_skip().await else {
+        return;
+    };
     let t = std::sync::Arc::new(sshd.transport("c"));
     let mut tasks = Vec::new();
     for i in 0..15 {
         let t = t.clone();
-        tasks.push(tokio::spawn(async move { t.run(&format!("sleep 0.3; echo {i}")).await }));
+        tasks.push(tokio::spawn(async move {
+            t.run(&format!("sleep 0.3; echo {i}")).await
+        }));
     }
     for (i, task) in tasks.into_iter().enumerate() {
         let out = task.await.unwrap().unwrap();
         assert_eq!(out.stdout_str().trim(), i.to_string());
     }
     // Kill the master behind the transport's back; the next command reconnects.
-    let ctl = sh(&format!("ls -d {}/.ssh-connection*/master", t.config().control_dir.display())).unwrap();
+    let ctl = sh(&format!(
+        "ls -d {}/.ssh-connection*/master",
+        t.config().control_dir.display()
+    ))
+    .unwrap();
     sh(&format!("ssh -S {} -O exit x", ctl.trim())).unwrap();
     let out = t.run("echo back").await.unwrap();
     assert_eq!(out.stdout_str(), "back\n");
@@ -202,7 +271,9 @@ async fn ssh_survives_more_concurrent_commands_than_max_sessions_and_a_dead_mast
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reverse_tunnel_carries_heartbeats_from_an_agent_started_over_ssh() {
     let Some(agent) = agent_or_skip() else { return };
-    let Some(sshd) = sshd_or_skip().await else { return };
+    let Some(sshd) = sshd_or_skip().await else {
+        return;
+    };
     let t = sshd.transport("d");
     let c = TestCollector::start().await;
     let token = c.add_attempt(71, 1);
@@ -212,8 +283,16 @@ async fn reverse_tunnel_carries_heartbeats_from_an_agent_started_over_ssh() {
 
     let root = tempfile::tempdir().unwrap();
     let job_dir = root.path().join("job71");
-    let s = spec(&job_dir, 71, "for i in 1 2 3 4 5; do echo step $i/5; sleep 0.2; done", &tunnel.http_url(), &token);
-    let opts = DeployOptions { remote_root: root.path().join("vc").display().to_string() };
+    let s = spec(
+        &job_dir,
+        71,
+        "for i in 1 2 3 4 5; do echo step $i/5; sleep 0.2; done",
+        &tunnel.http_url(),
+        &token,
+    );
+    let opts = DeployOptions {
+        remote_root: root.path().join("vc").display().to_string(),
+    };
     let store = c.store.clone();
     let wait = move |_d| async move {
         let start = Instant::now();
@@ -227,17 +306,30 @@ async fn reverse_tunnel_carries_heartbeats_from_an_agent_started_over_ssh() {
     };
     let dep = deploy(&t, &agent, &s, None, &opts, wait).await.unwrap();
     assert!(dep.agent_copied);
-    wait_for("final heartbeat through the tunnel", Duration::from_secs(30), || {
-        c.store.latest_heartbeat(71).is_some_and(|h| h.state == JobState::Exited)
-    })
+    wait_for(
+        "final heartbeat through the tunnel",
+        Duration::from_secs(30),
+        || {
+            c.store
+                .latest_heartbeat(71)
+                .is_some_and(|h| h.state == JobState::Exited)
+        },
+    )
     .await;
     let last = c.store.latest_heartbeat(71).unwrap();
     assert_eq!(last.exit.unwrap().code, Some(0));
-    assert_eq!((last.progress.step, last.progress.total), (Some(5), Some(5)));
+    assert_eq!(
+        (last.progress.step, last.progress.total),
+        (Some(5), Some(5))
+    );
     let n = c.store.heartbeats(71).len() as u64;
     assert_eq!(c.store.arrival_order(71), (1..=n).collect::<Vec<_>>());
     // The agent outlived the SSH command that started it, in its own session.
     let out = t.run(&format!("cat {}", dep.status_path())).await.unwrap();
-    assert!(out.stdout_str().contains("\"exited\""), "{}", out.stdout_str());
+    assert!(
+        out.stdout_str().contains("\"exited\""),
+        "{}",
+        out.stdout_str()
+    );
     t.close().await;
 }

@@ -17,7 +17,8 @@ use std::process::{Command, ExitCode, Stdio};
 use worker_agent::gpu::{self, GpuSample};
 use worker_agent::protocol::{JobSpec, PROTOCOL_VERSION, files};
 
-const USAGE: &str = "usage: vasticlaude-agent start --spec FILE | run --spec FILE | gpu-sample | version";
+const USAGE: &str =
+    "usage: vasticlaude-agent start --spec FILE | run --spec FILE | gpu-sample | version";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -26,7 +27,10 @@ fn main() -> ExitCode {
         Some("run") => spec_arg(&args[1..]).and_then(run),
         Some("gpu-sample") => gpu_sample(),
         Some("version" | "--version") => {
-            println!("vasticlaude-agent {} protocol {PROTOCOL_VERSION}", env!("CARGO_PKG_VERSION"));
+            println!(
+                "vasticlaude-agent {} protocol {PROTOCOL_VERSION}",
+                env!("CARGO_PKG_VERSION")
+            );
             Ok(ExitCode::SUCCESS)
         }
         Some("-h" | "--help" | "help") => {
@@ -53,7 +57,8 @@ fn spec_arg(args: &[String]) -> Result<PathBuf, String> {
 }
 
 fn load_spec(path: &PathBuf) -> Result<JobSpec, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read spec {}: {e}", path.display()))?;
+    let bytes =
+        std::fs::read(path).map_err(|e| format!("cannot read spec {}: {e}", path.display()))?;
     JobSpec::from_json(&bytes).map_err(|e| format!("spec {}: {e}", path.display()))
 }
 
@@ -70,7 +75,9 @@ fn start(spec_path: PathBuf) -> Result<ExitCode, String> {
         .append(true)
         .open(&log_path)
         .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
-    let log2 = log.try_clone().map_err(|e| format!("cannot dup log fd: {e}"))?;
+    let log2 = log
+        .try_clone()
+        .map_err(|e| format!("cannot dup log fd: {e}"))?;
     let exe = std::env::current_exe().map_err(|e| format!("cannot find own executable: {e}"))?;
     let mut cmd = Command::new(exe);
     cmd.arg("run")
@@ -94,7 +101,9 @@ fn start(spec_path: PathBuf) -> Result<ExitCode, String> {
             });
         }
     }
-    let child = cmd.spawn().map_err(|e| format!("cannot start the agent: {e}"))?;
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start the agent: {e}"))?;
     // The child is reparented to init when we exit; nobody needs to wait for it.
     println!("{}", child.id());
     Ok(ExitCode::SUCCESS)
@@ -106,8 +115,14 @@ fn run(spec_path: PathBuf) -> Result<ExitCode, String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    let exit = rt.block_on(worker_agent::runtime::run(spec)).map_err(|e| e.to_string())?;
-    Ok(if exit.success() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    let exit = rt
+        .block_on(worker_agent::runtime::run(spec))
+        .map_err(|e| e.to_string())?;
+    Ok(if exit.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn gpu_sample() -> Result<ExitCode, String> {
@@ -117,9 +132,16 @@ fn gpu_sample() -> Result<ExitCode, String> {
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     let out = match rt.block_on(gpu::sample(std::time::Duration::from_secs(10))) {
         GpuSample::Stats(s) => serde_json::json!({ "available": true, "gpus": s }),
-        GpuSample::Absent(why) => serde_json::json!({ "available": false, "error": why, "gpus": [] }),
-        GpuSample::Failed(why) => serde_json::json!({ "available": false, "error": why, "gpus": [] }),
+        GpuSample::Absent(why) => {
+            serde_json::json!({ "available": false, "error": why, "gpus": [] })
+        }
+        GpuSample::Failed(why) => {
+            serde_json::json!({ "available": false, "error": why, "gpus": [] })
+        }
     };
-    println!("{}", serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?);
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?
+    );
     Ok(ExitCode::SUCCESS)
 }
