@@ -42,6 +42,7 @@ pub const DEFAULT_START_MS: i64 = 1_767_225_600_000;
 /// outbid_hold_mean_h = 0.5
 /// gpu_taken_on_stop = 0.2
 /// gpu_taken_hold_mean_h = 1.0
+/// destroy_ignored = 0.01
 /// http_429 = 0.01           # HTTP server only
 /// http_5xx = 0.005
 ///
@@ -197,6 +198,7 @@ impl SimConfig {
         rate("faults.offline", f.offline)?;
         rate("faults.slow_loading", f.slow_loading)?;
         rate("faults.gpu_taken_on_stop", f.gpu_taken_on_stop)?;
+        rate("faults.destroy_ignored", f.destroy_ignored)?;
         rate("faults.http_429", f.http_429)?;
         rate("faults.http_5xx", f.http_5xx)?;
         if f.outbid_per_hour < 0.0 || !f.outbid_per_hour.is_finite() {
@@ -299,6 +301,9 @@ pub struct SimFaults {
     pub gpu_taken_on_stop: f64,
     /// Mean hours that renter keeps them.
     pub gpu_taken_hold_mean_h: f64,
+    /// Probability that a destroy answers success but the instance stays listed (and billed)
+    /// until destroyed again: Vast instances can "reappear", so clients verify destroys.
+    pub destroy_ignored: f64,
     /// Probability that any authenticated request answers 429 (HTTP server only).
     pub http_429: f64,
     /// Probability that any authenticated request answers 502/503/504 (HTTP server only).
@@ -318,6 +323,7 @@ impl Default for SimFaults {
             outbid_hold_mean_h: 0.5,
             gpu_taken_on_stop: 0.0,
             gpu_taken_hold_mean_h: 1.0,
+            destroy_ignored: 0.0,
             http_429: 0.0,
             http_5xx: 0.0,
         }

@@ -216,6 +216,8 @@ pub struct Market {
     /// so a search only refreshes the fields that depend on time and occupancy.
     offer_cache: RefCell<BTreeMap<(u8, u64), OfferRows>>,
     billing_tick: bool,
+    /// Instances whose first destroy was ignored (the next one always works).
+    ignored_destroys: std::collections::BTreeSet<u64>,
 }
 
 impl std::fmt::Debug for Market {
@@ -370,6 +372,7 @@ impl Market {
             logs: BTreeMap::new(),
             offer_cache: RefCell::new(BTreeMap::new()),
             billing_tick: false,
+            ignored_destroys: std::collections::BTreeSet::new(),
         };
         // Start with some GPUs already rented by others, as on a real market.
         let initial = (n as f64 * 0.15) as usize;
@@ -1486,9 +1489,17 @@ impl Market {
 
     /// Destroys an instance: billing ends, its work is killed and its folder removed; it
     /// disappears from every listing.
+    /// With `faults.destroy_ignored` a destroy may answer success and leave the instance
+    /// listed; a later destroy removes it.
     pub fn destroy(&mut self, id: u64) -> Result<(), SimError> {
         let now = self.now_ms;
-        self.inst(id)?;
+        let m = self.inst(id)?.machine;
+        let p = self.config.faults.destroy_ignored;
+        if !self.ignored_destroys.contains(&id) && self.rng.chance(p) {
+            self.ignored_destroys.insert(id);
+            self.log_event(Some(id), Some(m), "destroy_ignored", String::new());
+            return Ok(());
+        }
         self.release(id);
         self.kill(id);
         let mut inst = self

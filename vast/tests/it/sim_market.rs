@@ -920,3 +920,36 @@ fn running_out_of_credit_stops_everything() {
     assert_eq!(after.gpu, before.gpu);
     assert!(after.disk > before.disk);
 }
+
+#[test]
+fn an_ignored_destroy_leaves_the_instance_listed_until_destroyed_again() {
+    let mut c = config(81);
+    c.faults.destroy_ignored = 1.0;
+    let mut m = Market::new(c);
+    let offer = cheap_offer(&m);
+    let id = create(&mut m, &offer, json!({"image": "img"}));
+    advance(&mut m, HOUR);
+    m.destroy(id).expect("destroy answers success");
+    assert!(
+        m.get(id).is_some(),
+        "still listed: clients must verify destroys"
+    );
+    let before = m.charges(id).expect("c");
+    advance(&mut m, 60_000);
+    assert!(
+        m.charges(id).expect("c").total > before.total,
+        "and still billed"
+    );
+    m.destroy(id).expect("destroy again");
+    assert!(m.get(id).is_none());
+    let kinds: Vec<&str> = m
+        .events()
+        .iter()
+        .filter(|e| e.instance == Some(id))
+        .map(|e| e.kind.as_str())
+        .collect();
+    assert!(
+        kinds.ends_with(&["destroy_ignored", "destroyed"]),
+        "{kinds:?}"
+    );
+}
