@@ -23,6 +23,7 @@ pub const DEFAULT_START_MS: i64 = 1_767_225_600_000;
 /// initial_credit = 500.0    # dollars
 /// ssh_port = 2222           # written into every instance's SSH fields (host 127.0.0.1)
 /// root_dir = "/tmp/vc-sim"  # instance folders: <root_dir>/instances/<id>/
+/// destroy_ignored = 0.01    # a destroy answers success but the instance stays (verify!)
 ///
 /// [boot]                    # seconds
 /// created_s = [2.0, 10.0]
@@ -42,7 +43,6 @@ pub const DEFAULT_START_MS: i64 = 1_767_225_600_000;
 /// outbid_hold_mean_h = 0.5
 /// gpu_taken_on_stop = 0.2
 /// gpu_taken_hold_mean_h = 1.0
-/// destroy_ignored = 0.01
 /// http_429 = 0.01           # HTTP server only
 /// http_5xx = 0.005
 ///
@@ -93,6 +93,10 @@ pub struct SimConfig {
     pub bandwidth: Bandwidth,
     /// Per-endpoint minimum intervals between requests (HTTP server only).
     pub rate_limits: RateLimits,
+    /// Fault: probability that a destroy answers success but the instance stays listed (and
+    /// billed) until destroyed again. Vast instances can "reappear", so clients verify
+    /// destroys. (Outside [`SimFaults`] so struct literals of it stay valid.)
+    pub destroy_ignored: f64,
 }
 
 impl std::fmt::Debug for SimConfig {
@@ -111,6 +115,7 @@ impl std::fmt::Debug for SimConfig {
             .field("churn", &self.churn)
             .field("bandwidth", &self.bandwidth)
             .field("rate_limits", &self.rate_limits)
+            .field("destroy_ignored", &self.destroy_ignored)
             .finish()
     }
 }
@@ -130,6 +135,7 @@ impl Default for SimConfig {
             churn: Churn::default(),
             bandwidth: Bandwidth::default(),
             rate_limits: RateLimits::default(),
+            destroy_ignored: 0.0,
         }
     }
 }
@@ -198,7 +204,7 @@ impl SimConfig {
         rate("faults.offline", f.offline)?;
         rate("faults.slow_loading", f.slow_loading)?;
         rate("faults.gpu_taken_on_stop", f.gpu_taken_on_stop)?;
-        rate("faults.destroy_ignored", f.destroy_ignored)?;
+        rate("destroy_ignored", self.destroy_ignored)?;
         rate("faults.http_429", f.http_429)?;
         rate("faults.http_5xx", f.http_5xx)?;
         if f.outbid_per_hour < 0.0 || !f.outbid_per_hour.is_finite() {
@@ -301,9 +307,6 @@ pub struct SimFaults {
     pub gpu_taken_on_stop: f64,
     /// Mean hours that renter keeps them.
     pub gpu_taken_hold_mean_h: f64,
-    /// Probability that a destroy answers success but the instance stays listed (and billed)
-    /// until destroyed again: Vast instances can "reappear", so clients verify destroys.
-    pub destroy_ignored: f64,
     /// Probability that any authenticated request answers 429 (HTTP server only).
     pub http_429: f64,
     /// Probability that any authenticated request answers 502/503/504 (HTTP server only).
@@ -323,7 +326,6 @@ impl Default for SimFaults {
             outbid_hold_mean_h: 0.5,
             gpu_taken_on_stop: 0.0,
             gpu_taken_hold_mean_h: 1.0,
-            destroy_ignored: 0.0,
             http_429: 0.0,
             http_5xx: 0.0,
         }

@@ -1489,12 +1489,12 @@ impl Market {
 
     /// Destroys an instance: billing ends, its work is killed and its folder removed; it
     /// disappears from every listing.
-    /// With `faults.destroy_ignored` a destroy may answer success and leave the instance
+    /// With `destroy_ignored` a destroy may answer success and leave the instance
     /// listed; a later destroy removes it.
     pub fn destroy(&mut self, id: u64) -> Result<(), SimError> {
         let now = self.now_ms;
         let m = self.inst(id)?.machine;
-        let p = self.config.faults.destroy_ignored;
+        let p = self.config.destroy_ignored;
         if !self.ignored_destroys.contains(&id) && self.rng.chance(p) {
             self.ignored_destroys.insert(id);
             self.log_event(Some(id), Some(m), "destroy_ignored", String::new());

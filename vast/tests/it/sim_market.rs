@@ -924,7 +924,7 @@ fn running_out_of_credit_stops_everything() {
 #[test]
 fn an_ignored_destroy_leaves_the_instance_listed_until_destroyed_again() {
     let mut c = config(81);
-    c.faults.destroy_ignored = 1.0;
+    c.destroy_ignored = 1.0;
     let mut m = Market::new(c);
     let offer = cheap_offer(&m);
     let id = create(&mut m, &offer, json!({"image": "img"}));
