@@ -322,7 +322,13 @@ async fn writer(
     let slots = Arc::new(tokio::sync::Semaphore::new(
         config.max_concurrent_flushes.max(1),
     ));
-    while let Some(first) = rx.recv().await {
+    loop {
+        // Take a flush slot first: while every slot is busy, requests pile up in the queue and
+        // the next batch takes them all, so batches grow with the database's latency.
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = rx.recv().await else { return };
         let mut works = vec![first];
         let mut count = works[0].beats.len();
         let deadline = tokio::time::Instant::now() + config.flush_interval;
@@ -337,9 +343,6 @@ async fn writer(
         }
         stats.flushes.fetch_add(1, Relaxed);
         stats.heartbeats.fetch_add(count as u64, Relaxed);
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
         let (store, clock) = (store.clone(), clock.clone());
         tokio::spawn(async move {
             flush(&*store, &*clock, works).await;
