@@ -559,3 +559,74 @@ async fn a_restarted_agent_continues_the_sequence() {
     assert_eq!(c.store.arrival_order(81), (1..=all).collect::<Vec<_>>());
     assert_eq!(c.store.duplicates(), 0);
 }
+
+fn alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process (group, when negative) exists.
+    #[allow(unsafe_code)]
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0
+}
+
+/// What the simulator does on preemption: SIGKILL every group listed in `<instance>/pids/`.
+/// The agent and its job must both be among them, and both must die.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_registered_groups_takes_down_agent_and_job() {
+    let Some(agent) = agent_or_skip() else { return };
+    let inst = tempfile::tempdir().unwrap();
+    let c = TestCollector::start().await;
+    let token = c.add_attempt(91, 1);
+    let t = LocalTransport::new(inst.path());
+    let s = spec(
+        Path::new("/workspace/job91"),
+        91,
+        "sleep 600",
+        &c.url(),
+        &token,
+    );
+    let store = c.store.clone();
+    let wait = move |_d| async move {
+        let start = Instant::now();
+        while store.heartbeats(91).is_empty() {
+            if start.elapsed() > Duration::from_secs(20) {
+                return Err("no heartbeat within 20 s".to_string());
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        Ok(())
+    };
+    let dep = deploy(&t, &agent, &s, None, &DeployOptions::default(), wait)
+        .await
+        .unwrap();
+    let status = std::fs::read(inst.path().join("workspace/job91/state/status.json")).unwrap();
+    let job_pgid = serde_json::from_slice::<AgentStatus>(&status)
+        .unwrap()
+        .job_pgid
+        .unwrap();
+    let groups: Vec<i32> = std::fs::read_dir(t.pid_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().parse().unwrap())
+        .collect();
+    assert!(
+        groups.contains(&(dep.agent_pid as i32)),
+        "agent group registered: {groups:?}"
+    );
+    assert!(
+        groups.contains(&job_pgid),
+        "job group registered: {groups:?}"
+    );
+    for g in &groups {
+        signal_group(*g);
+    }
+    wait_for("agent and job gone", Duration::from_secs(10), || {
+        !alive(dep.agent_pid as i32) && !alive(-job_pgid)
+    })
+    .await;
+}
+
+fn signal_group(pgid: i32) {
+    // SAFETY: SIGKILL to a process group this test started (through the transport).
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(-pgid, libc::SIGKILL);
+    }
+}
