@@ -216,6 +216,10 @@ pub struct Market {
     /// so a search only refreshes the fields that depend on time and occupancy.
     offer_cache: RefCell<BTreeMap<(u8, u64), OfferRows>>,
     billing_tick: bool,
+    /// No exact balance check is needed before this time (see `check_credit`).
+    next_credit_check_ms: i64,
+    /// Exact total of destroyed instances (their charges no longer change).
+    closed_total: Decimal,
     /// Instances whose first destroy was ignored (the next one always works).
     ignored_destroys: std::collections::BTreeSet<u64>,
 }
@@ -373,6 +377,8 @@ impl Market {
             offer_cache: RefCell::new(BTreeMap::new()),
             billing_tick: false,
             ignored_destroys: std::collections::BTreeSet::new(),
+            next_credit_check_ms: i64::MIN,
+            closed_total: Decimal::ZERO,
         };
         // Start with some GPUs already rented by others, as on a real market.
         let initial = (n as f64 * 0.15) as usize;
@@ -1207,29 +1213,57 @@ impl Market {
         }
     }
 
+    /// The most an instance can cost per hour right now (compute at its rate, storage, and
+    /// its traffic at full speed), as f64: only used to know when credit *could* run out.
+    fn max_burn_per_hour(inst: &Instance) -> f64 {
+        let gpu = f64_of(inst.gpu_rate());
+        let disk = f64_of(inst.storage_per_hour());
+        let bw = (inst.up_bps as f64 * f64_of(inst.inet_up_cost)
+            + inst.down_bps as f64 * f64_of(inst.inet_down_cost))
+            * 3600.0
+            / 1e9;
+        gpu + disk + bw
+    }
+
     fn check_credit(&mut self) {
-        if self.instances.is_empty() {
+        if self.instances.is_empty() || self.now_ms < self.next_credit_check_ms {
             return;
         }
-        if self.credit() <= Decimal::ZERO {
-            let ids: Vec<u64> = self
+        let credit = self.credit();
+        if credit > Decimal::ZERO {
+            // Skip exact checks until the credit could possibly be gone at the highest
+            // possible burn rate (creates and bid changes reset this).
+            let per_ms: f64 = self
                 .instances
                 .values()
-                .filter(|i| i.intended == "running" || i.wants_gpus)
-                .map(|i| i.id)
-                .collect();
-            if ids.is_empty() {
-                return;
-            }
-            self.log_event(
-                None,
-                None,
-                "credit_exhausted",
-                format!("stopping {} instance(s)", ids.len()),
-            );
-            for id in ids {
-                let _ = self.stop(id);
-            }
+                .map(Self::max_burn_per_hour)
+                .sum::<f64>()
+                / 3_600_000.0;
+            let wait = if per_ms > 0.0 {
+                (f64_of(credit) / per_ms * 0.9).min(1e15) as i64
+            } else {
+                i64::MAX / 4
+            };
+            self.next_credit_check_ms = self.now_ms.saturating_add(wait.max(1));
+            return;
+        }
+        let ids: Vec<u64> = self
+            .instances
+            .values()
+            .filter(|i| i.intended == "running" || i.wants_gpus)
+            .map(|i| i.id)
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        self.log_event(
+            None,
+            None,
+            "credit_exhausted",
+            format!("stopping {} instance(s)", ids.len()),
+        );
+        for id in ids {
+            let _ = self.stop(id);
         }
     }
 
@@ -1387,6 +1421,7 @@ impl Market {
         }
         let min_bid = inst.min_bid;
         self.instances.insert(id, inst);
+        self.next_credit_check_ms = i64::MIN;
         self.ensure_billing_tick();
         if low_bid {
             self.log_event(
@@ -1512,6 +1547,7 @@ impl Market {
         inst.epoch += 1;
         let m = inst.machine;
         let _ = std::fs::remove_dir_all(&inst.dir);
+        self.closed_total += inst.charges(now).total;
         self.closed.insert(id, inst);
         self.log_event(Some(id), Some(m), "destroyed", String::new());
         self.reschedule_waiting(m);
@@ -1667,6 +1703,7 @@ impl Market {
                 }
             }
         }
+        self.next_credit_check_ms = i64::MIN;
         self.log_event(Some(id), Some(m), "bid_changed", price.to_string());
         if waiting && self.try_acquire(id) {
             self.log_event(Some(id), Some(m), "resumed", "bid now wins".into());
@@ -1835,11 +1872,12 @@ impl Market {
 
     /// Exact total spend of the account so far.
     pub fn total_charged(&self) -> Decimal {
-        self.instances
-            .values()
-            .chain(self.closed.values())
-            .map(|i| i.charges(self.now_ms).total)
-            .sum()
+        self.closed_total
+            + self
+                .instances
+                .values()
+                .map(|i| i.charges(self.now_ms).total)
+                .sum::<Decimal>()
     }
 
     /// Remaining credit: initial credit minus everything charged.
