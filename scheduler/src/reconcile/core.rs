@@ -234,6 +234,8 @@ struct Pass<'a> {
     now: EpochMs,
     cfg: &'a ReconcileConfig,
     offers: Vec<OfferObs>,
+    /// Some job is held (interrupted) for its instance: only then look for them per instance.
+    held_somewhere: bool,
     out: Vec<Action>,
 }
 
@@ -497,6 +499,9 @@ impl Pass<'_> {
                 self.emit(Action::Setup { key });
             }
             InstState::Up => {
+                if !self.held_somewhere {
+                    return;
+                }
                 // Resume held jobs here, pulling first what the instance wrote while paused.
                 let held: Vec<(JobId, bool)> = self
                     .w
@@ -821,35 +826,14 @@ impl Pass<'_> {
 
     // ---- 5. placement -------------------------------------------------------------------------
 
-    fn reserved(&self, exp: &str) -> Decimal {
-        self.w
-            .jobs
-            .values()
-            .filter(|j| j.experiment == exp && j.instance.is_some() && !j.state.is_terminal())
-            .filter_map(|j| {
-                let inst = self.inst(j.instance?)?;
-                Some(self.worst_case(j, share_price(inst, j.req.gpus), inst.offer.dlperf))
-            })
-            .sum()
-    }
-
     fn worst_case(&self, j: &JobView, share: Decimal, dlperf: f64) -> Decimal {
         share * hours(j.req.est_runtime_s, dlperf) * self.cfg.reservation_factor
     }
 
-    fn budget_allows(
-        &self,
-        j: &JobView,
-        extra: Decimal,
-        spend: &BTreeMap<String, Decimal>,
-    ) -> bool {
-        let Some(b) = self.w.budgets.get(&j.experiment) else {
-            return true;
-        };
-        let spent = spend.get(&j.experiment).copied().unwrap_or_default();
-        spent + self.reserved(&j.experiment) + extra <= b.limit
-    }
-
+    /// Place queued jobs: first on free GPUs of instances we have (warm beats new), then on new
+    /// offers, cheapest expected cost per job first, packing jobs of one requirement class onto
+    /// multi-GPU offers. Budgets are reservations: a job is placed only when its worst-case cost
+    /// fits what is left. Per-pass caches keep this near-linear in jobs and offers.
     fn place(&mut self, offers: &[OfferObs], spend: &BTreeMap<String, Decimal>) {
         let queued: Vec<JobView> = self
             .w
@@ -858,26 +842,65 @@ impl Pass<'_> {
             .filter(|j| j.state == JobState::Queued && j.not_before_ms <= self.now)
             .cloned()
             .collect();
+        if queued.is_empty() {
+            return;
+        }
+        let mut reserved: BTreeMap<String, Decimal> = BTreeMap::new();
+        let mut used: BTreeMap<InstanceKey, u32> = BTreeMap::new();
+        for j in self.w.jobs.values() {
+            let Some(key) = j.instance else { continue };
+            if j.state.is_terminal() {
+                continue;
+            }
+            *used.entry(key).or_default() += j.req.gpus;
+            if let Some(inst) = self.inst(key) {
+                *reserved.entry(j.experiment.clone()).or_default() +=
+                    self.worst_case(j, share_price(inst, j.req.gpus), inst.offer.dlperf);
+            }
+        }
+        let budgets = self.w.budgets.clone();
+        let allows = |reserved: &BTreeMap<String, Decimal>, j: &JobView, extra: Decimal| -> bool {
+            let Some(b) = budgets.get(&j.experiment) else {
+                return true;
+            };
+            let spent = spend.get(&j.experiment).copied().unwrap_or_default();
+            spent + reserved.get(&j.experiment).copied().unwrap_or_default() + extra <= b.limit
+        };
+        let budget_note = |j: &JobView| {
+            format!(
+                "waiting: the budget of {} cannot cover its worst-case cost",
+                j.experiment
+            )
+        };
+        // (a) free slots on instances we have.
         let mut unplaced: Vec<JobView> = Vec::new();
-        // (a) free slots on instances we have (warm beats new).
+        let candidates: Vec<InstanceKey> = self
+            .w
+            .instances
+            .values()
+            .filter(|i| {
+                matches!(
+                    i.state,
+                    InstState::Requested | InstState::Booting | InstState::Ready | InstState::Up
+                )
+            })
+            .map(|i| i.key)
+            .collect();
         for j in queued {
             let mut best: Option<(Decimal, InstanceKey)> = None;
-            for inst in self.w.instances.values() {
-                if !matches!(
-                    inst.state,
-                    InstState::Requested | InstState::Booting | InstState::Ready | InstState::Up
-                ) || !fits_instance(&j, inst)
-                {
+            for key in &candidates {
+                let Some(inst) = self.inst(*key) else {
                     continue;
-                }
-                if inst.offer.gpus < self.w.gpus_used(inst.key) + j.req.gpus {
+                };
+                if !fits_instance(&j, inst)
+                    || inst.offer.gpus < used.get(key).copied().unwrap_or(0) + j.req.gpus
+                {
                     continue;
                 }
                 let share = share_price(inst, j.req.gpus);
                 if j.req.max_dph.is_some_and(|m| share > m) {
                     continue;
                 }
-                // Warm instances first, then the cheapest share.
                 let warm = if inst.state == InstState::Up {
                     Decimal::ZERO
                 } else {
@@ -885,103 +908,131 @@ impl Pass<'_> {
                 };
                 let rank = warm + share;
                 if best.is_none_or(|(r, _)| rank < r) {
-                    best = Some((rank, inst.key));
+                    best = Some((rank, *key));
                 }
             }
-            match best {
-                Some((_, key)) => {
-                    let inst = self.inst(key).cloned();
-                    let ok = inst.as_ref().is_some_and(|i| {
-                        self.budget_allows(
-                            &j,
-                            self.worst_case(&j, share_price(i, j.req.gpus), i.offer.dlperf),
-                            spend,
-                        )
-                    });
-                    if ok {
-                        self.emit(Action::Place { job: j.id, key });
-                    } else {
-                        self.note(
-                            &j,
-                            format!(
-                                "waiting: the budget of {} cannot cover its worst-case cost",
-                                j.experiment
-                            ),
-                        );
-                    }
-                }
-                None => unplaced.push(j),
+            let Some((_, key)) = best else {
+                unplaced.push(j);
+                continue;
+            };
+            let Some(inst) = self.inst(key) else { continue };
+            let wc = self.worst_case(&j, share_price(inst, j.req.gpus), inst.offer.dlperf);
+            if allows(&reserved, &j, wc) {
+                *reserved.entry(j.experiment.clone()).or_default() += wc;
+                *used.entry(key).or_default() += j.req.gpus;
+                self.emit(Action::Place { job: j.id, key });
+            } else {
+                self.note(&j, budget_note(&j));
             }
         }
-        // (b) new offers, cheapest per job, packing jobs of one class onto multi-GPU offers.
+        if unplaced.is_empty() {
+            return;
+        }
+        // (b) new offers.
+        let live: Vec<&InstanceView> = self
+            .w
+            .instances
+            .values()
+            .filter(|i| i.state != InstState::Gone)
+            .collect();
+        let mut live_count = live.len();
+        let mut total_dph: Decimal = live.iter().map(|i| i.offer.price()).sum();
+        let mut claimed_offers: BTreeSet<i64> = live.iter().map(|i| i.offer.offer_id).collect();
+        let mut claimed_machines: BTreeSet<i64> = live.iter().map(|i| i.offer.machine_id).collect();
         let mut provisions = 0usize;
         let mut remaining = unplaced;
         while let Some(first) = remaining.first().cloned() {
-            if provisions >= self.cfg.max_provisions_per_pass || !self.room_for_instance() {
+            if provisions >= self.cfg.max_provisions_per_pass
+                || live_count >= self.cfg.max_instances
+            {
                 break;
             }
             let (class, rest): (Vec<JobView>, Vec<JobView>) =
                 remaining.into_iter().partition(|j| same_class(j, &first));
             remaining = rest;
-            let mut class = class;
+            let mut class: std::collections::VecDeque<JobView> = class.into();
+            let mut blocked: Vec<JobView> = Vec::new();
+            let fitting: Vec<&OfferObs> = offers
+                .iter()
+                .filter(|o| self.offer_fits(&first, o))
+                .collect();
+            if fitting.is_empty() {
+                if !offers.is_empty() {
+                    for j in &class {
+                        self.note(j, "waiting: no offer fits (GPUs, disk, price cap)".into());
+                    }
+                }
+                continue;
+            }
+            let max_slots = fitting
+                .iter()
+                .map(|o| (o.num_gpus / first.req.gpus.max(1)) as usize)
+                .max()
+                .unwrap_or(1);
+            let mut ranked: Vec<(Decimal, i64, usize, OfferChoice)> = Vec::new();
+            let mut ranked_for = usize::MAX;
+            let mut cursor = 0usize;
             while !class.is_empty()
                 && provisions < self.cfg.max_provisions_per_pass
-                && self.room_for_instance()
+                && live_count < self.cfg.max_instances
             {
-                let Some((offer, k)) = self.best_offer(&class, offers) else {
-                    if !offers.is_empty() {
-                        for j in &class {
-                            self.note(j, "waiting: no offer fits (GPUs, disk, price cap)".into());
-                        }
+                // Costs depend on how many jobs share an offer: rank again when that changes.
+                if ranked_for > class.len() && (ranked_for == usize::MAX || class.len() < max_slots)
+                {
+                    ranked = fitting
+                        .iter()
+                        .filter_map(|o| self.rank_offer(&first, o, class.len()))
+                        .collect();
+                    ranked.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+                    ranked_for = class.len();
+                    cursor = 0;
+                }
+                while cursor < ranked.len()
+                    && (claimed_offers.contains(&ranked[cursor].3.offer_id)
+                        || claimed_machines.contains(&ranked[cursor].3.machine_id))
+                {
+                    cursor += 1;
+                }
+                let Some((_, _, k, offer)) = ranked.get(cursor).cloned() else {
+                    for j in &class {
+                        self.note(j, "waiting: no offer fits (GPUs, disk, price cap)".into());
                     }
                     break;
                 };
-                // Take jobs while their worst-case cost fits their budgets.
                 let price = offer.price();
-                let mut take: Vec<JobView> = Vec::new();
-                let mut skipped: Vec<JobView> = Vec::new();
-                for j in class.drain(..) {
-                    if take.len() < k {
-                        let share = price / Decimal::from(k as u64);
-                        let extra_same_exp: Decimal = take
-                            .iter()
-                            .filter(|t| t.experiment == j.experiment)
-                            .map(|t| self.worst_case(t, share, offer.dlperf))
-                            .sum();
-                        if self.budget_allows(
-                            &j,
-                            extra_same_exp + self.worst_case(&j, share, offer.dlperf),
-                            spend,
-                        ) {
-                            take.push(j);
-                            continue;
-                        }
-                    }
-                    skipped.push(j);
-                }
-                if take.is_empty() {
-                    for j in &skipped {
-                        self.note(
-                            j,
-                            format!(
-                                "waiting: the budget of {} cannot cover its worst-case cost",
-                                j.experiment
-                            ),
-                        );
-                    }
-                    break;
-                }
-                class = skipped
-                    .into_iter()
-                    .filter(|j| self.budget_allows(j, Decimal::ZERO, spend))
-                    .collect();
                 if let Some(max) = self.cfg.max_total_dph
-                    && self.total_dph() + price > max
+                    && total_dph + price > max
                 {
                     break;
                 }
+                // Take jobs from the front while their worst-case cost fits their budgets; one
+                // that does not fit now will not fit later in this pass (reservations only grow).
+                let share = price / Decimal::from(k as u64);
+                let mut take: Vec<JobView> = Vec::new();
+                let mut extra: BTreeMap<String, Decimal> = BTreeMap::new();
+                while take.len() < k {
+                    let Some(j) = class.pop_front() else { break };
+                    let wc = self.worst_case(&j, share, offer.dlperf);
+                    let e = extra.get(&j.experiment).copied().unwrap_or_default();
+                    if allows(&reserved, &j, e + wc) {
+                        *extra.entry(j.experiment.clone()).or_default() += wc;
+                        take.push(j);
+                    } else {
+                        blocked.push(j);
+                    }
+                }
+                if take.is_empty() {
+                    break;
+                }
+                for (e, v) in extra {
+                    *reserved.entry(e).or_default() += v;
+                }
                 let key = self.w.next_instance_key();
                 let label = instance_label(&self.w.workspace, key);
+                claimed_offers.insert(offer.offer_id);
+                claimed_machines.insert(offer.machine_id);
+                live_count += 1;
+                total_dph += price;
                 self.emit(Action::Provision {
                     key,
                     label,
@@ -993,7 +1044,66 @@ impl Pass<'_> {
                 }
                 provisions += 1;
             }
+            for j in &blocked {
+                self.note(j, budget_note(j));
+            }
         }
+    }
+
+    /// Whether an offer can host a job of this class at all.
+    fn offer_fits(&self, j: &JobView, o: &OfferObs) -> bool {
+        !(self.w.blacklist.contains(&o.machine_id)
+            || o.reliability < self.cfg.min_reliability
+            || o.num_gpus < j.req.gpus
+            || o.disk_space_gb < j.disk_gb()
+            || j.req
+                .gpu_name
+                .as_deref()
+                .is_some_and(|g| !gpu_matches(g, &o.gpu_name))
+            || j.req.min_gpu_ram_gb.is_some_and(|r| o.gpu_ram_gb < r))
+    }
+
+    /// Expected cost per job of running `n` jobs of this class on `o` (as many as fit), with
+    /// the choice it would make: (cost per job, offer id, jobs it takes, choice).
+    fn rank_offer(
+        &self,
+        j: &JobView,
+        o: &OfferObs,
+        n: usize,
+    ) -> Option<(Decimal, i64, usize, OfferChoice)> {
+        let slots = (o.num_gpus / j.req.gpus.max(1)) as usize;
+        let k = slots.min(n).max(1);
+        let bid = if j.req.interruptible {
+            let b = price_up(o.min_bid * (Decimal::ONE + self.cfg.bid_margin));
+            (b < o.dph_total).then_some(b)
+        } else {
+            None
+        };
+        let price = bid.unwrap_or(o.dph_total);
+        let share = price / Decimal::from(k as u64);
+        if j.req.max_dph.is_some_and(|m| share > m) {
+            return None;
+        }
+        let penalty = if bid.is_some() {
+            Decimal::ONE + self.cfg.interruptible_penalty
+        } else {
+            Decimal::ONE
+        };
+        let per_job = share * hours(j.req.est_runtime_s, o.dlperf) * penalty;
+        let choice = OfferChoice {
+            offer_id: o.offer_id,
+            machine_id: o.machine_id,
+            gpus: o.num_gpus,
+            gpu_name: o.gpu_name.clone(),
+            dph: o.dph_total,
+            dph_base: o.dph_base,
+            storage_cost: o.storage_cost,
+            bid,
+            disk_gb: j.disk_gb(),
+            image: j.req.image.clone(),
+            dlperf: o.dlperf,
+        };
+        Some((per_job, o.offer_id, k, choice))
     }
 
     /// Say why a job waits (once: only when the reason changes).
@@ -1004,102 +1114,38 @@ impl Pass<'_> {
         }
     }
 
-    fn room_for_instance(&self) -> bool {
-        self.w
-            .instances
-            .values()
-            .filter(|i| i.state != InstState::Gone)
-            .count()
-            < self.cfg.max_instances
-    }
-
-    fn total_dph(&self) -> Decimal {
-        self.w
-            .instances
-            .values()
-            .filter(|i| i.state != InstState::Gone)
-            .map(|i| i.offer.price())
-            .sum()
-    }
-
-    /// The offer with the lowest expected cost per job for this class of jobs, and how many of
-    /// them it takes.
+    /// The cheapest unclaimed offer for this class of jobs, and how many of them it takes.
     fn best_offer(&self, class: &[JobView], offers: &[OfferObs]) -> Option<(OfferChoice, usize)> {
         let j = class.first()?;
-        let claimed: BTreeSet<i64> = self
+        let live = self
             .w
             .instances
             .values()
-            .filter(|i| i.state != InstState::Gone)
-            .map(|i| i.offer.offer_id)
-            .collect();
-        let claimed_machines: BTreeSet<i64> = self
-            .w
-            .instances
-            .values()
-            .filter(|i| i.state != InstState::Gone)
-            .map(|i| i.offer.machine_id)
-            .collect();
-        let mut best: Option<(Decimal, OfferChoice, usize)> = None;
-        let mut sorted: Vec<&OfferObs> = offers.iter().collect();
-        sorted.sort_by_key(|o| o.offer_id);
-        for o in sorted {
-            if claimed.contains(&o.offer_id)
-                || claimed_machines.contains(&o.machine_id)
-                || self.w.blacklist.contains(&o.machine_id)
-                || o.reliability < self.cfg.min_reliability
-                || o.num_gpus < j.req.gpus
-                || o.disk_space_gb < j.disk_gb()
-                || j.req
-                    .gpu_name
-                    .as_deref()
-                    .is_some_and(|g| !gpu_matches(g, &o.gpu_name))
-                || j.req.min_gpu_ram_gb.is_some_and(|r| o.gpu_ram_gb < r)
-            {
-                continue;
-            }
-            let slots = (o.num_gpus / j.req.gpus.max(1)) as usize;
-            let k = slots.min(class.len()).max(1);
-            let bid = if j.req.interruptible {
-                let b = price_up(o.min_bid * (Decimal::ONE + self.cfg.bid_margin));
-                (b < o.dph_total).then_some(b)
-            } else {
-                None
-            };
-            let price = bid.unwrap_or(o.dph_total);
-            let share = price / Decimal::from(k as u64);
-            if j.req.max_dph.is_some_and(|m| share > m) {
-                continue;
-            }
-            let penalty = if bid.is_some() {
-                Decimal::ONE + self.cfg.interruptible_penalty
-            } else {
-                Decimal::ONE
-            };
-            let per_job = share * hours(j.req.est_runtime_s, o.dlperf) * penalty;
-            let choice = OfferChoice {
-                offer_id: o.offer_id,
-                machine_id: o.machine_id,
-                gpus: o.num_gpus,
-                gpu_name: o.gpu_name.clone(),
-                dph: o.dph_total,
-                dph_base: o.dph_base,
-                storage_cost: o.storage_cost,
-                bid,
-                disk_gb: j.disk_gb(),
-                image: j.req.image.clone(),
-                dlperf: o.dlperf,
-            };
-            if best.as_ref().is_none_or(|(c, _, _)| per_job < *c) {
-                best = Some((per_job, choice, k));
-            }
-        }
-        best.map(|(_, c, k)| (c, k))
+            .filter(|i| i.state != InstState::Gone);
+        let (claimed, machines): (BTreeSet<i64>, BTreeSet<i64>) =
+            live.map(|i| (i.offer.offer_id, i.offer.machine_id)).unzip();
+        offers
+            .iter()
+            .filter(|o| {
+                !claimed.contains(&o.offer_id)
+                    && !machines.contains(&o.machine_id)
+                    && self.offer_fits(j, o)
+            })
+            .filter_map(|o| self.rank_offer(j, o, class.len()))
+            .min_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)))
+            .map(|(_, _, k, c)| (c, k))
     }
 
     // ---- 6. idle teardown -----------------------------------------------------------------------
 
     fn idle(&mut self) {
+        let busy: BTreeSet<InstanceKey> = self
+            .w
+            .jobs
+            .values()
+            .filter(|j| !j.state.is_terminal())
+            .filter_map(|j| j.instance)
+            .collect();
         let idle: Vec<(InstanceKey, Option<VastId>)> = self
             .w
             .instances
@@ -1110,7 +1156,7 @@ impl Pass<'_> {
                     InstState::Booting | InstState::Ready | InstState::Up
                 ) && i.vast_id.is_some()
             })
-            .filter(|i| self.w.jobs_on(i.key).next().is_none())
+            .filter(|i| !busy.contains(&i.key))
             .filter(|i| {
                 self.now - i.idle_since_ms.unwrap_or(i.state_since_ms) >= self.cfg.idle_timeout_ms
             })
@@ -1196,6 +1242,10 @@ pub fn reconcile(
         now,
         cfg,
         offers: obs.offers.clone(),
+        held_somewhere: world
+            .jobs
+            .values()
+            .any(|j| j.state == JobState::Interrupted),
         out: Vec::new(),
     };
     if let Some(listing) = &obs.market {
