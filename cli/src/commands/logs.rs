@@ -63,7 +63,10 @@ pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
     f.read_to_end(&mut buf)?;
     out.write_all(&buf)?;
     out.flush()?;
-    while args.follow {
+    if !args.follow {
+        return Ok(());
+    }
+    loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let pos = f.stream_position()?;
         let len = f.metadata()?.len();
@@ -75,5 +78,4 @@ pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
         out.write_all(&buf)?;
         out.flush()?;
     }
-    Ok(())
 }

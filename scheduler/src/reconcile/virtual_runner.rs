@@ -196,7 +196,7 @@ impl Runner for VirtualRunner {
                 started_ms: now,
                 start_step,
                 steps: env_num(j, "STEPS", 20.0) as u64,
-                step_ms: (env_num(j, "STEP_SECONDS", 1.0) * 1000.0) as i64,
+                step_ms: ((env_num(j, "STEP_SECONDS", 1.0) * 1000.0) as i64).max(1),
                 ckpt_every: env_num(j, "CKPT_EVERY", 5.0) as u64,
                 stopped_ms: None,
             };
@@ -221,11 +221,9 @@ impl Runner for VirtualRunner {
             let step = (a.start_step + ran).min(a.steps);
             let finished = step >= a.steps
                 && end == a.started_ms + (a.steps.saturating_sub(a.start_step) as i64) * a.step_ms;
-            let ckpt_step = if a.ckpt_every > 0 {
-                (step / a.ckpt_every * a.ckpt_every).max(a.start_step)
-            } else {
-                a.start_step
-            };
+            let ckpt_step = step
+                .checked_div(a.ckpt_every)
+                .map_or(a.start_step, |n| (n * a.ckpt_every).max(a.start_step));
             let ckpt_step = if finished { a.steps } else { ckpt_step };
             let checkpoint_ms = (ckpt_step > a.start_step)
                 .then(|| a.started_ms + (ckpt_step - a.start_step) as i64 * a.step_ms);
