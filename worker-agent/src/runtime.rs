@@ -527,6 +527,10 @@ pub async fn run(spec: JobSpec) -> Result<ExitInfo, AgentError> {
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .map_err(|e| AgentError::Http(format!("cannot install SIGINT handler: {e}")))?;
 
+    // A lost terminal (agent run in the foreground over SSH) must not kill the agent and leave
+    // its job orphaned in another process group: handling SIGHUP replaces the default action.
+    let _sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {

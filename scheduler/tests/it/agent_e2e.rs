@@ -310,6 +310,13 @@ async fn sigterm_gives_the_job_its_grace_period() {
         !c.store.heartbeats(21).is_empty()
     })
     .await;
+    // A lost terminal does not take the agent down.
+    signal(child.id().unwrap(), libc::SIGHUP);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "SIGHUP killed the agent"
+    );
     signal(child.id().unwrap(), libc::SIGTERM);
     let status = wait_exit(&mut child).await;
     assert!(!status.success(), "a stopped job is not a success");
