@@ -28,18 +28,20 @@ use rust_decimal::prelude::ToPrimitive;
 use scheduler::clock::EpochMs;
 use scheduler::market::SharedMarket;
 use scheduler::market::sim::SimMarket;
-use scheduler::reconcile::{Engine, EngineConfig, JobState, ReconcileConfig};
+use futures::future::BoxFuture;
+use scheduler::reconcile::engine::JournalError;
+use scheduler::reconcile::{Engine, EngineConfig, EngineState, JobState, Journal, ReconcileConfig};
 use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::dst::agents::{AgentFaults, AgentWorld, FailMode, JobTruth, SimRunner};
-use crate::dst::effects::{ApiFaults, CrashJournal, FaultyMarket};
+use crate::dst::effects::{ApiFaults, FaultyMarket};
 use crate::dst::gate::CrashGate;
 use crate::dst::rng::Rng;
 use crate::dst::{job_view, scratch_dir};
 
-pub const STEP_MS: i64 = 30_000;
-const HORIZON_MS: i64 = 96 * 3_600_000;
+pub const STEP_MS: i64 = 60_000;
+const HORIZON_MS: i64 = 72 * 3_600_000;
 
 /// One job of the sweep.
 #[derive(Debug, Clone, Serialize)]
@@ -100,6 +102,18 @@ pub fn market_config(seed: u64, root: &std::path::Path) -> vast::sim::SimConfig 
     c
 }
 
+/// A journal that keeps nothing: the benchmark never restarts the engine.
+struct NullJournal;
+
+impl Journal for NullJournal {
+    fn load(&self) -> BoxFuture<'_, Result<Option<EngineState>, JournalError>> {
+        Box::pin(async { Ok(None) })
+    }
+    fn save<'a>(&'a self, _state: &'a EngineState) -> BoxFuture<'a, Result<(), JournalError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
 /// Figures of one strategy on one market.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Figures {
@@ -113,6 +127,7 @@ pub struct Figures {
 #[derive(Debug, Clone, Serialize)]
 pub struct MarketResult {
     pub seed: u64,
+    pub wall_s: f64,
     pub ours: Figures,
     pub naive: Figures,
     pub lower_bound: f64,
@@ -183,7 +198,7 @@ pub async fn run_ours(seed: u64, jobs: &[BenchJob]) -> (Figures, f64) {
     let sim = SimMarket::new(vast::sim::Market::new(market_config(seed, &dir.path().join("sim"))));
     let lb = lower_bound(jobs, &sim.lock());
     let gate = Arc::new(CrashGate::new());
-    let mut world = AgentWorld::new(sim.clone(), gate.clone(), seed, AgentFaults::none(), 30_000);
+    let mut world = AgentWorld::new(sim.clone(), gate.clone(), seed, AgentFaults::none(), 60_000);
     for j in jobs {
         world.truth.insert(
             j.id,
@@ -196,10 +211,11 @@ pub async fn run_ours(seed: u64, jobs: &[BenchJob]) -> (Figures, f64) {
     }
     let agents = Arc::new(Mutex::new(world));
     let market: SharedMarket = Arc::new(FaultyMarket::new(sim.clone(), agents.clone(), gate.clone(), seed, ApiFaults::none()));
-    let journal = Arc::new(CrashJournal::new(gate.clone()));
+    // Nothing crashes here: keep no copy of the state (a copy per effect is most of the cost).
+    let journal = Arc::new(NullJournal);
     let mut cfg = EngineConfig::new("bench", dir.path().join("home"));
     cfg.reconcile = ReconcileConfig {
-        heartbeat_interval_ms: 30_000,
+        heartbeat_interval_ms: 60_000,
         max_instances: 200,
         ..ReconcileConfig::default()
     };
@@ -237,6 +253,26 @@ pub async fn run_ours(seed: u64, jobs: &[BenchJob]) -> (Figures, f64) {
     }
     let w = engine.world();
     let costs = engine.costs(now);
+    // VASTICLAUDE_BENCH_DEBUG=1: what was rented, for how long, and how busy its GPUs were.
+    if std::env::var_os("VASTICLAUDE_BENCH_DEBUG").is_some() {
+        for i in w.instances.values() {
+            let b = engine.book().instances.get(&i.key);
+            let busy: i64 = b.map(|b| b.spans.iter().map(|s| (s.end_ms - s.start_ms) * i64::from(s.gpus)).sum()).unwrap_or(0);
+            let life: i64 = b.map(|b| b.intervals.iter().map(|iv| iv.end_ms - iv.start_ms).sum()).unwrap_or(0);
+            eprintln!(
+                "{} {}x {} ${}/h bid {:?} dlperf {} cost {} life {:.2} h, GPU use {:.0}%",
+                i.label,
+                i.offer.gpus,
+                i.offer.gpu_name,
+                i.offer.dph,
+                i.offer.bid,
+                i.offer.dlperf,
+                costs.per_instance.get(&i.label).map(|d| d.round_dp(2)).unwrap_or_default(),
+                life as f64 / 3.6e6,
+                100.0 * busy as f64 / (life.max(1) * i64::from(i.offer.gpus)) as f64,
+            );
+        }
+    }
     let lost: Decimal = costs.lost.values().copied().sum();
     let done = w.jobs.values().filter(|j| j.state == JobState::Succeeded).count();
     if last_done == start {
@@ -274,11 +310,18 @@ pub fn run_naive(seed: u64, jobs: &[BenchJob]) -> Figures {
         m.get(id)
             .and_then(|v| v.get("actual_status").and_then(Value::as_str).map(str::to_string))
     };
+    // Like a tool's offer cache: searched again every ten minutes (a search is expensive).
+    let mut ondemand: Option<Vec<Value>> = None;
+    let mut bids: Option<Vec<Value>> = None;
+    let mut searched = start;
     loop {
         now += STEP_MS;
         m.advance_to(now);
-        let mut ondemand: Option<Vec<Value>> = None;
-        let mut bids: Option<Vec<Value>> = None;
+        if now - searched >= 10 * 60_000 {
+            ondemand = None;
+            bids = None;
+            searched = now;
+        }
         for j in jobs {
             let st = state.get(&j.id).cloned().unwrap_or(NaiveState::Done);
             let next = match st {
@@ -376,6 +419,7 @@ pub fn run_naive(seed: u64, jobs: &[BenchJob]) -> Figures {
 
 /// One market: ours, naive, lower bound.
 pub fn run_market(seed: u64, n_jobs: usize) -> MarketResult {
+    let started = std::time::Instant::now();
     let jobs = sweep(seed, n_jobs);
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -384,6 +428,7 @@ pub fn run_market(seed: u64, n_jobs: usize) -> MarketResult {
     let naive = run_naive(seed, &jobs);
     MarketResult {
         seed,
+        wall_s: started.elapsed().as_secs_f64(),
         ours_over_lower_bound: ours.cost / lb,
         ours_over_naive: ours.cost / naive.cost,
         makespan_ours_over_naive: ours.makespan_h / naive.makespan_h,

@@ -208,6 +208,19 @@ impl Market for FaultyMarket {
         Box::pin(async move { r })
     }
 
+    fn attach_ssh_key<'a>(&'a self, id: VastId, public_key: &'a str) -> BoxFuture<'a, Result<(), MarketError>> {
+        let r = (|| {
+            if !self.gate.tick() {
+                return Err(Self::dead("attach ssh key"));
+            }
+            if let Some(e) = self.roll("attach ssh key") {
+                return Err(e);
+            }
+            ready(self.inner.attach_ssh_key(id, public_key))
+        })();
+        Box::pin(async move { r })
+    }
+
     fn endpoint(&self, id: VastId) -> BoxFuture<'_, Result<Option<Endpoint>, MarketError>> {
         let r = if self.gate.crashed() {
             Err(Self::dead("get"))

@@ -528,15 +528,15 @@ async fn run_seed_async(seed: u64, opts: &DstOptions) -> SeedOutcome {
         if w.is_drained() || engine.is_stuck() {
             break;
         }
-        // Nothing rented and nothing moved for two virtual hours: what is still queued waits
+        // Nothing rented and nothing moved for 30 virtual minutes: what is still queued waits
         // for something outside the run (a budget raise); stop here and judge it below.
         let fingerprint: Vec<(i64, JobState, u32, u32)> =
             w.jobs.values().map(|j| (j.id, j.state, j.failures, j.interruptions)).collect();
         let nothing_live = w.instances.values().all(|i| i.state == InstState::Gone);
         if !nothing_live || fingerprint != quiet.1 {
             quiet = (now, fingerprint);
-        } else if now - quiet.0 >= 2 * 3_600_000 {
-            push(&mut trace, format!("{now} idle: nothing rented and nothing changed for two hours"), keep);
+        } else if now - quiet.0 >= 1_800_000 {
+            push(&mut trace, format!("{now} idle: nothing rented and nothing changed for 30 minutes"), keep);
             break;
         }
         if now >= deadline {
