@@ -1,10 +1,12 @@
-//! `vasticlaude logs JOB [--follow]`: a job's output as pulled to
+//! `vasticlaude logs JOB [--follow]`: a job's output — live from the instance folder while it
+//! runs on the built-in simulator, else as pulled to
 //! `$VASTICLAUDE_HOME/experiments/<experiment>/jobs/<job>/logs/` (the newest attempt).
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::time::Duration;
 
 use scheduler::reconcile::engine::job_dir;
+use scheduler::reconcile::runner::paths;
 
 use crate::context::Context;
 use crate::output::UsageError;
@@ -28,6 +30,16 @@ pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
         .jobs
         .get(&args.job)
         .ok_or_else(|| UsageError(format!("no job {} in {}", args.job, ctx.home.display())))?;
+    // A running attempt on the built-in simulator: its live log is in the instance folder.
+    let live = job.attempt.as_ref().and_then(|a| {
+        let vast_id = state.world.instances.get(&a.instance)?.vast_id?;
+        let p = ctx
+            .home
+            .join("sim/instances")
+            .join(vast_id.to_string())
+            .join(paths::attempt(job.id, a.id).trim_start_matches('/'));
+        p.is_dir().then_some(p)
+    });
     let logs = job_dir(&ctx.home, &job.experiment, job.id).join("logs");
     let newest = std::fs::read_dir(&logs)
         .ok()
@@ -44,6 +56,7 @@ pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
             Some((n, e.path()))
         })
         .max_by_key(|(n, _)| *n);
+    let newest = live.map(|p| (i64::MAX, p)).or(newest);
     let Some((_, dir)) = newest else {
         anyhow::bail!(
             "no logs pulled yet for job {} ({}); they arrive when an attempt ends",
