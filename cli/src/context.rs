@@ -18,7 +18,9 @@ impl Context {
         let home = match std::env::var_os("VASTICLAUDE_HOME") {
             Some(h) if !h.is_empty() => PathBuf::from(h),
             _ => std::env::home_dir()
-                .ok_or_else(|| anyhow::anyhow!("cannot find a home directory; set VASTICLAUDE_HOME"))?
+                .ok_or_else(|| {
+                    anyhow::anyhow!("cannot find a home directory; set VASTICLAUDE_HOME")
+                })?
                 .join(".vasticlaude"),
         };
         let database_url = std::env::var("VASTICLAUDE_DATABASE_URL")
@@ -44,4 +46,21 @@ impl Context {
             None => format!("sqlite://{}?mode=rwc", self.home.join("state.db").display()),
         }
     }
+}
+
+/// The agent binary to deploy onto instances: the separately built static agent where one is
+/// found (`$VASTICLAUDE_AGENT`, beside this binary, `target/agent/`), else, where `allow_self`
+/// (local simulator instances, which run on this very machine), this binary itself, which acts
+/// as the agent when it runs under the agent's name.
+pub fn agent_binary(allow_self: bool) -> anyhow::Result<PathBuf> {
+    if let Some(p) = worker_agent::locate_agent_binary() {
+        return Ok(p);
+    }
+    if allow_self {
+        return std::env::current_exe()
+            .map_err(|e| anyhow::anyhow!("cannot find this program's own path: {e}"));
+    }
+    anyhow::bail!(
+        "cannot find the vasticlaude-agent binary (set VASTICLAUDE_AGENT, or build it with scripts/build-agent)"
+    )
 }

@@ -63,6 +63,16 @@ enum Command {
 
 fn main() {
     output::reset_sigpipe();
+    // Copied onto an instance under the agent's name, this binary is the agent: `demo` and
+    // `run --provider sim` fall back to it when no separately built agent is at hand.
+    if invoked_as_agent() {
+        std::process::exit(
+            match worker_agent::cli::main_with(std::env::args().skip(1).collect()) {
+                code if code == std::process::ExitCode::SUCCESS => 0,
+                _ => 1,
+            },
+        );
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -80,6 +90,14 @@ fn main() {
         eprintln!("error: {}", output::one_line(&err));
         std::process::exit(output::exit_code(&err));
     }
+}
+
+fn invoked_as_agent() -> bool {
+    std::env::args_os()
+        .next()
+        .map(std::path::PathBuf::from)
+        .and_then(|p| p.file_name().map(|n| n == worker_agent::AGENT_BINARY_NAME))
+        .unwrap_or(false)
 }
 
 async fn dispatch(command: Command) -> anyhow::Result<()> {

@@ -5,6 +5,7 @@
 //! (`vasticlaude-agent`) runs on every rented instance: it starts detached, runs one job attempt
 //! in its own process group, and pushes heartbeats to the collector ([`runtime`]).
 
+pub mod cli;
 pub mod files;
 pub mod gpu;
 pub mod progress;

@@ -36,11 +36,7 @@ pub async fn run(args: Args, _ctx: &Context) -> anyhow::Result<()> {
         ))
         .into());
     }
-    let agent = worker_agent::locate_agent_binary().ok_or_else(|| {
-        anyhow::anyhow!(
-            "cannot find the vasticlaude-agent binary (set VASTICLAUDE_AGENT, or build it: cargo build -p worker-agent)"
-        )
-    })?;
+    let agent = crate::context::agent_binary(true)?;
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis())
