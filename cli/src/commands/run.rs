@@ -1,7 +1,8 @@
 //! `vasticlaude run`: the scheduler loop.
 //!
 //! Claims queued jobs from the store (with the queue's fencing), hands them to the engine,
-//! and reports their ends back to the store. The engine's journal is a row in the same
+//! and mirrors every state change back to the store (jobs through `placed → starting →
+//! running → succeeded|failed`, instances, attempts, events). The engine's journal is a row in the same
 //! database (SQLite or PostgreSQL); a restart resumes from it, adopting what is ours on
 //! the account and destroying orphans. Ctrl-C saves a consistent journal and, with
 //! `--teardown`, destroys what it rented.
@@ -19,6 +20,7 @@ use scheduler::market::SharedMarket;
 use scheduler::market::VastMarket;
 use scheduler::market::sim::SimMarket;
 use scheduler::reconcile::engine::{Engine, EngineConfig, write_atomic};
+use scheduler::reconcile::mirror::StoreMirror;
 use scheduler::reconcile::runner::SshKeys;
 use scheduler::reconcile::{
     AgentRunner, AgentRunnerOptions, DbJournal, JobReq, JobState, JobView, Journal,
@@ -167,14 +169,21 @@ pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
     }
     let journal: Arc<dyn Journal> =
         Arc::new(DbJournal::open(store.clone(), &workspace(ctx)).await?);
-    let mut engine = Engine::new(cfg, market, runner, journal)
-        .await?
-        .with_ledger(ledger::Ledger::new(store.db().clone()));
     let fences_path = ctx.home.join("engine").join("store_fences.json");
     let mut fences: BTreeMap<i64, i64> = std::fs::read(&fences_path)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
+    // Every state change of the engine shows in the store (jobs, instances, attempts,
+    // events); the journal stays the source of truth and the mirror catches up from it.
+    let mut mirror = StoreMirror::new(store.clone());
+    for (job, fence) in &fences {
+        mirror.set_fence(*job, *fence);
+    }
+    let mut engine = Engine::new(cfg, market, runner, journal)
+        .await?
+        .with_ledger(ledger::Ledger::new(store.db().clone()))
+        .with_mirror(mirror);
     let owner = format!("vasticlaude-run-{}", std::process::id());
     let interactive = std::io::stderr().is_terminal();
     let bar = interactive.then(|| {
@@ -182,7 +191,6 @@ pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
         pb.enable_steady_tick(Duration::from_millis(150));
         pb
     });
-    let mut reported: std::collections::BTreeSet<i64> = std::collections::BTreeSet::new();
     loop {
         // New work from the queue, claimed under a long lease (the engine owns it now).
         let claimed =
@@ -197,6 +205,9 @@ pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
                     .cloned()
                     .unwrap_or_else(|| c.job.experiment_id.to_string());
                 fences.insert(c.job.id, c.fence);
+                if let Some(m) = engine.mirror_mut() {
+                    m.set_fence(c.job.id, c.fence);
+                }
                 jobs.push(convert(&c.job, &exp));
             }
             write_atomic(&fences_path, &serde_json::to_vec(&fences)?)?;
@@ -228,42 +239,6 @@ pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
                 Some(pb) => pb.println(line),
                 None => println!("{line}"),
             }
-        }
-        // Ends go back to the store under the claim's fence.
-        for j in engine.world().jobs.values() {
-            if !j.state.is_terminal() || reported.contains(&j.id) {
-                continue;
-            }
-            if let Some(fence) = fences.get(&j.id) {
-                let res = match j.state {
-                    JobState::Succeeded => scheduler::queue::claim::complete(
-                        &store,
-                        j.id,
-                        *fence,
-                        scheduler::queue::claim::Completion {
-                            exit_code: Some(0),
-                            note: None,
-                        },
-                        &*clock,
-                    )
-                    .await
-                    .map(drop),
-                    _ => scheduler::queue::claim::fail(
-                        &store,
-                        j.id,
-                        *fence,
-                        j.reason.as_deref().unwrap_or("failed"),
-                        false,
-                        &*clock,
-                    )
-                    .await
-                    .map(drop),
-                };
-                if let Err(e) = res {
-                    tracing::warn!(job = j.id, error = %e, "cannot record the job's end in the queue");
-                }
-            }
-            reported.insert(j.id);
         }
         if let Some(pb) = &bar {
             let w = engine.world();

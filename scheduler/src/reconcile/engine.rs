@@ -22,6 +22,7 @@ use crate::market::{CreateSpec, Endpoint, MarketError, OfferSearch, SharedMarket
 
 use super::book::{CostBook, CostSummary, billing_state};
 use super::core::{ReconcileConfig, reconcile};
+use super::mirror::StoreMirror;
 use super::model::*;
 use super::runner::{ActiveAttempt, Runner, StartRequest};
 use super::transition::{Outcome, apply};
@@ -243,6 +244,7 @@ pub struct Engine {
     pub stats: EngineStats,
     last_snapshot: String,
     ledger: Option<ledger::Ledger>,
+    mirror: Option<StoreMirror>,
 }
 
 fn exp_dir(home: &Path, exp: &str) -> PathBuf {
@@ -303,6 +305,7 @@ impl Engine {
             stats: EngineStats::default(),
             last_snapshot: String::new(),
             ledger: None,
+            mirror: None,
         })
     }
 
@@ -311,6 +314,30 @@ impl Engine {
     pub fn with_ledger(mut self, ledger: ledger::Ledger) -> Self {
         self.ledger = Some(ledger);
         self
+    }
+
+    /// Also mirror jobs' states, instances and attempts into the store (after each journal
+    /// save; the journal stays the source of truth).
+    pub fn with_mirror(mut self, mirror: StoreMirror) -> Self {
+        self.mirror = Some(mirror);
+        self
+    }
+
+    /// The store mirror, to hand it the fence of each claimed job.
+    pub fn mirror_mut(&mut self) -> Option<&mut StoreMirror> {
+        self.mirror.as_mut()
+    }
+
+    /// Bring the store mirror (if any) up to the journaled world; failures become warnings
+    /// and are retried on the next pass.
+    pub async fn sync_mirror(&mut self, now: EpochMs) {
+        let Some(m) = self.mirror.as_mut() else {
+            return;
+        };
+        let errors = m.sync(&self.state.world, &self.cfg.home, now).await;
+        for e in errors {
+            self.event(now, "warn", e);
+        }
     }
 
     /// Give the ledger every interval piece not yet stored, up to `now`. Replays are harmless
@@ -614,6 +641,7 @@ impl Engine {
             }
         }
         self.save().await?;
+        self.sync_mirror(now).await;
         self.snapshot(now);
         report.drained = self.state.world.is_drained();
         Ok(report)
@@ -1329,6 +1357,7 @@ impl Engine {
             }
         }
         self.save().await.map_err(|e| e.to_string())?;
+        self.sync_mirror(now).await;
         self.snapshot(now);
         Ok(n)
     }

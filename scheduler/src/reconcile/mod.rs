@@ -13,6 +13,7 @@ pub mod book;
 mod core;
 pub mod engine;
 pub mod journal_db;
+pub mod mirror;
 mod model;
 pub mod runner;
 pub mod simrun;

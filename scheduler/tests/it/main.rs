@@ -2,6 +2,7 @@
 
 mod agent_e2e;
 mod collector;
+mod e2e_mirror;
 mod e2e_sim;
 mod leader;
 mod queue_claim;
