@@ -23,12 +23,12 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use futures::future::BoxFuture;
 use rust_decimal::Decimal;
 use rust_decimal::prelude::ToPrimitive;
 use scheduler::clock::EpochMs;
 use scheduler::market::SharedMarket;
 use scheduler::market::sim::SimMarket;
-use futures::future::BoxFuture;
 use scheduler::reconcile::engine::JournalError;
 use scheduler::reconcile::{Engine, EngineConfig, EngineState, JobState, Journal, ReconcileConfig};
 use serde::Serialize;
@@ -195,7 +195,10 @@ pub fn lower_bound(jobs: &[BenchJob], m: &vast::sim::Market) -> f64 {
 /// Our scheduler: the real engine on the virtual clock.
 pub async fn run_ours(seed: u64, jobs: &[BenchJob]) -> (Figures, f64) {
     let dir = scratch_dir();
-    let sim = SimMarket::new(vast::sim::Market::new(market_config(seed, &dir.path().join("sim"))));
+    let sim = SimMarket::new(vast::sim::Market::new(market_config(
+        seed,
+        &dir.path().join("sim"),
+    )));
     let lb = lower_bound(jobs, &sim.lock());
     let gate = Arc::new(CrashGate::new());
     let mut world = AgentWorld::new(sim.clone(), gate.clone(), seed, AgentFaults::none(), 60_000);
@@ -210,7 +213,13 @@ pub async fn run_ours(seed: u64, jobs: &[BenchJob]) -> (Figures, f64) {
         );
     }
     let agents = Arc::new(Mutex::new(world));
-    let market: SharedMarket = Arc::new(FaultyMarket::new(sim.clone(), agents.clone(), gate.clone(), seed, ApiFaults::none()));
+    let market: SharedMarket = Arc::new(FaultyMarket::new(
+        sim.clone(),
+        agents.clone(),
+        gate.clone(),
+        seed,
+        ApiFaults::none(),
+    ));
     // Nothing crashes here: keep no copy of the state (a copy per effect is most of the cost).
     let journal = Arc::new(NullJournal);
     let mut cfg = EngineConfig::new("bench", dir.path().join("home"));
@@ -222,7 +231,9 @@ pub async fn run_ours(seed: u64, jobs: &[BenchJob]) -> (Figures, f64) {
     cfg.offer_limit = 400;
     cfg.offer_ttl_ms = 60_000;
     let runner = Arc::new(SimRunner::new(agents.clone(), gate.clone()));
-    let mut engine = Engine::new(cfg, market, runner, journal).await.expect("the in-memory journal loads");
+    let mut engine = Engine::new(cfg, market, runner, journal)
+        .await
+        .expect("the in-memory journal loads");
     engine
         .add_jobs(
             jobs.iter()
@@ -257,8 +268,17 @@ pub async fn run_ours(seed: u64, jobs: &[BenchJob]) -> (Figures, f64) {
     if std::env::var_os("VASTICLAUDE_BENCH_DEBUG").is_some() {
         for i in w.instances.values() {
             let b = engine.book().instances.get(&i.key);
-            let busy: i64 = b.map(|b| b.spans.iter().map(|s| (s.end_ms - s.start_ms) * i64::from(s.gpus)).sum()).unwrap_or(0);
-            let life: i64 = b.map(|b| b.intervals.iter().map(|iv| iv.end_ms - iv.start_ms).sum()).unwrap_or(0);
+            let busy: i64 = b
+                .map(|b| {
+                    b.spans
+                        .iter()
+                        .map(|s| (s.end_ms - s.start_ms) * i64::from(s.gpus))
+                        .sum()
+                })
+                .unwrap_or(0);
+            let life: i64 = b
+                .map(|b| b.intervals.iter().map(|iv| iv.end_ms - iv.start_ms).sum())
+                .unwrap_or(0);
             eprintln!(
                 "{} {}x {} ${}/h bid {:?} dlperf {} cost {} life {:.2} h, GPU use {:.0}%",
                 i.label,
@@ -267,14 +287,22 @@ pub async fn run_ours(seed: u64, jobs: &[BenchJob]) -> (Figures, f64) {
                 i.offer.dph,
                 i.offer.bid,
                 i.offer.dlperf,
-                costs.per_instance.get(&i.label).map(|d| d.round_dp(2)).unwrap_or_default(),
+                costs
+                    .per_instance
+                    .get(&i.label)
+                    .map(|d| d.round_dp(2))
+                    .unwrap_or_default(),
                 life as f64 / 3.6e6,
                 100.0 * busy as f64 / (life.max(1) * i64::from(i.offer.gpus)) as f64,
             );
         }
     }
     let lost: Decimal = costs.lost.values().copied().sum();
-    let done = w.jobs.values().filter(|j| j.state == JobState::Succeeded).count();
+    let done = w
+        .jobs
+        .values()
+        .filter(|j| j.state == JobState::Succeeded)
+        .count();
     if last_done == start {
         last_done = now;
     }
@@ -291,8 +319,15 @@ pub async fn run_ours(seed: u64, jobs: &[BenchJob]) -> (Figures, f64) {
 #[derive(Debug, Clone)]
 enum NaiveState {
     Waiting,
-    Booting { id: u64, since: EpochMs },
-    Running { id: u64, since: EpochMs, runtime_ms: i64 },
+    Booting {
+        id: u64,
+        since: EpochMs,
+    },
+    Running {
+        id: u64,
+        since: EpochMs,
+        runtime_ms: i64,
+    },
     Done,
 }
 
@@ -302,13 +337,17 @@ pub fn run_naive(seed: u64, jobs: &[BenchJob]) -> Figures {
     let mut m = vast::sim::Market::new(market_config(seed, &dir.path().join("sim")));
     let start = vast::sim::DEFAULT_START_MS;
     let mut now = start;
-    let mut state: BTreeMap<i64, NaiveState> = jobs.iter().map(|j| (j.id, NaiveState::Waiting)).collect();
+    let mut state: BTreeMap<i64, NaiveState> =
+        jobs.iter().map(|j| (j.id, NaiveState::Waiting)).collect();
     let mut lost = Decimal::ZERO;
     let mut rented = 0u64;
     let mut last_done = start;
     let status = |m: &vast::sim::Market, id: u64| -> Option<String> {
-        m.get(id)
-            .and_then(|v| v.get("actual_status").and_then(Value::as_str).map(str::to_string))
+        m.get(id).and_then(|v| {
+            v.get("actual_status")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
     };
     // Like a tool's offer cache: searched again every ten minutes (a search is expensive).
     let mut ondemand: Option<Vec<Value>> = None;
@@ -332,7 +371,9 @@ pub fn run_naive(seed: u64, jobs: &[BenchJob]) -> Figures {
                         ondemand.get_or_insert_with(|| offers(&m, false))
                     };
                     // Cheapest hourly price that fits (the list is sorted by dph_total).
-                    let pick = list.iter().position(|o| num(o, "num_gpus") >= f64::from(j.gpus));
+                    let pick = list
+                        .iter()
+                        .position(|o| num(o, "num_gpus") >= f64::from(j.gpus));
                     match pick {
                         Some(i) => {
                             let o = list.remove(i);
@@ -363,7 +404,11 @@ pub fn run_naive(seed: u64, jobs: &[BenchJob]) -> Figures {
                     Some("running") => {
                         let gpu = m
                             .get(id)
-                            .and_then(|v| v.get("gpu_name").and_then(Value::as_str).map(str::to_string))
+                            .and_then(|v| {
+                                v.get("gpu_name")
+                                    .and_then(Value::as_str)
+                                    .map(str::to_string)
+                            })
                             .unwrap_or_default();
                         let runtime_ms = (j.work_s as f64 * 1000.0 / speed_of(&gpu)).ceil() as i64;
                         NaiveState::Running {
@@ -384,7 +429,11 @@ pub fn run_naive(seed: u64, jobs: &[BenchJob]) -> Figures {
                     }
                     _ => NaiveState::Booting { id, since },
                 },
-                NaiveState::Running { id, since, runtime_ms } => {
+                NaiveState::Running {
+                    id,
+                    since,
+                    runtime_ms,
+                } => {
                     if status(&m, id).as_deref() != Some("running") {
                         // Outbid or dead: the run is lost, start over from scratch.
                         lost += m.charges(id).map(|c| c.total).unwrap_or_default();
@@ -395,19 +444,29 @@ pub fn run_naive(seed: u64, jobs: &[BenchJob]) -> Figures {
                         last_done = now;
                         NaiveState::Done
                     } else {
-                        NaiveState::Running { id, since, runtime_ms }
+                        NaiveState::Running {
+                            id,
+                            since,
+                            runtime_ms,
+                        }
                     }
                 }
                 NaiveState::Done => NaiveState::Done,
             };
             state.insert(j.id, next);
         }
-        let done = state.values().filter(|s| matches!(s, NaiveState::Done)).count();
+        let done = state
+            .values()
+            .filter(|s| matches!(s, NaiveState::Done))
+            .count();
         if done == jobs.len() || now - start > HORIZON_MS {
             break;
         }
     }
-    let done = state.values().filter(|s| matches!(s, NaiveState::Done)).count();
+    let done = state
+        .values()
+        .filter(|s| matches!(s, NaiveState::Done))
+        .count();
     Figures {
         cost: f(m.total_charged()),
         makespan_h: (last_done - start) as f64 / 3_600_000.0,
@@ -445,5 +504,9 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     }
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }

@@ -15,5 +15,5 @@ pub fn require(part: &str, available: bool, why: &str) -> bool {
     false
 }
 
-pub mod dst;
 pub mod bench;
+pub mod dst;

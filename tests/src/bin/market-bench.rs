@@ -24,11 +24,15 @@ fn parse() -> anyhow::Result<Args> {
             "--json" => a.json = true,
             "--markets" => {
                 let v = it.next().context("--markets needs a number")?;
-                a.markets = v.parse().with_context(|| format!("--markets must be a positive integer, got {v:?}"))?;
+                a.markets = v
+                    .parse()
+                    .with_context(|| format!("--markets must be a positive integer, got {v:?}"))?;
             }
             "--jobs" => {
                 let v = it.next().context("--jobs needs a number")?;
-                a.jobs = v.parse().with_context(|| format!("--jobs must be a positive integer, got {v:?}"))?;
+                a.jobs = v
+                    .parse()
+                    .with_context(|| format!("--jobs must be a positive integer, got {v:?}"))?;
             }
             "-h" | "--help" => {
                 println!("usage: market-bench [--json] [--markets N] [--jobs N]");
@@ -49,7 +53,10 @@ fn main() -> anyhow::Result<()> {
     let seeds: Vec<u64> = (1..=args.markets).collect();
     let next = std::sync::atomic::AtomicUsize::new(0);
     let results = std::sync::Mutex::new(Vec::new());
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(seeds.len());
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .min(seeds.len());
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| {
@@ -99,9 +106,33 @@ fn main() -> anyhow::Result<()> {
     }
     println!(
         "{:>6} {:>10} {:>10} {:>10} {:>7} {:>7} {:>9} {:>9} {:>9} {:>9} {:>6} {:>6} {:>9}",
-        "market", "ours $", "naive $", "bound $", "o/LB", "o/naive", "ours h", "naive h", "lost o $", "lost n $", "inst o", "inst n", "done o/n"
+        "market",
+        "ours $",
+        "naive $",
+        "bound $",
+        "o/LB",
+        "o/naive",
+        "ours h",
+        "naive h",
+        "lost o $",
+        "lost n $",
+        "inst o",
+        "inst n",
+        "done o/n"
     );
-    let row = |name: String, oc: f64, nc: f64, lb: f64, olb: f64, on: f64, oh: f64, nh: f64, lo: f64, ln: f64, io: f64, inn: f64, done: String| {
+    let row = |name: String,
+               oc: f64,
+               nc: f64,
+               lb: f64,
+               olb: f64,
+               on: f64,
+               oh: f64,
+               nh: f64,
+               lo: f64,
+               ln: f64,
+               io: f64,
+               inn: f64,
+               done: String| {
         println!(
             "{name:>6} {oc:>10.2} {nc:>10.2} {lb:>10.2} {olb:>7.3} {on:>7.3} {oh:>9.2} {nh:>9.2} {lo:>9.2} {ln:>9.2} {io:>6.0} {inn:>6.0} {done:>9}"
         );

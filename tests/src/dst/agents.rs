@@ -29,7 +29,9 @@ use scheduler::clock::EpochMs;
 use scheduler::market::Endpoint;
 use scheduler::market::sim::SimMarket;
 use scheduler::reconcile::runner::{ActiveAttempt, RunnerError, StartRequest};
-use scheduler::reconcile::{AgentPhase, HeartbeatObs, InstanceKey, JobId, PullKind, Runner, VastId};
+use scheduler::reconcile::{
+    AgentPhase, HeartbeatObs, InstanceKey, JobId, PullKind, Runner, VastId,
+};
 
 use super::gate::CrashGate;
 use super::rng::Rng;
@@ -95,9 +97,14 @@ impl AgentFaults {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProcState {
     Running,
-    Exited { code: i32, at: EpochMs },
+    Exited {
+        code: i32,
+        at: EpochMs,
+    },
     /// The process (and its agent) died: instance lost, stopped by us, or told to stop.
-    Killed { at: EpochMs },
+    Killed {
+        at: EpochMs,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -196,11 +203,20 @@ pub fn vast_of(ep: &Endpoint) -> Result<VastId, RunnerError> {
 }
 
 fn err(op: &'static str, msg: impl Into<String>) -> RunnerError {
-    RunnerError { op, msg: msg.into() }
+    RunnerError {
+        op,
+        msg: msg.into(),
+    }
 }
 
 impl AgentWorld {
-    pub fn new(sim: SimMarket, gate: Arc<CrashGate>, seed: u64, faults: AgentFaults, heartbeat_interval_ms: i64) -> Self {
+    pub fn new(
+        sim: SimMarket,
+        gate: Arc<CrashGate>,
+        seed: u64,
+        faults: AgentFaults,
+        heartbeat_interval_ms: i64,
+    ) -> Self {
         Self {
             sim,
             gate,
@@ -225,7 +241,9 @@ impl AgentWorld {
     }
 
     fn running_on_market(&self, vast: VastId) -> bool {
-        let Ok(id) = u64::try_from(vast) else { return false };
+        let Ok(id) = u64::try_from(vast) else {
+            return false;
+        };
         self.sim
             .lock()
             .get(id)
@@ -233,11 +251,17 @@ impl AgentWorld {
     }
 
     fn gpu_of(&self, vast: VastId) -> String {
-        let Ok(id) = u64::try_from(vast) else { return String::new() };
+        let Ok(id) = u64::try_from(vast) else {
+            return String::new();
+        };
         self.sim
             .lock()
             .get(id)
-            .and_then(|v| v.get("gpu_name").and_then(|s| s.as_str()).map(str::to_string))
+            .and_then(|v| {
+                v.get("gpu_name")
+                    .and_then(|s| s.as_str())
+                    .map(str::to_string)
+            })
             .unwrap_or_default()
     }
 
@@ -247,13 +271,16 @@ impl AgentWorld {
         let (now, events) = {
             let m = self.sim.lock();
             let ev = m.events();
-            let new: Vec<vast::sim::SimEvent> = ev.get(self.events_seen..).unwrap_or_default().to_vec();
+            let new: Vec<vast::sim::SimEvent> =
+                ev.get(self.events_seen..).unwrap_or_default().to_vec();
             self.events_seen = ev.len();
             (m.now_ms(), new)
         };
         for e in events {
             self.advance(e.at_ms);
-            let Some(id) = e.instance.and_then(|i| VastId::try_from(i).ok()) else { continue };
+            let Some(id) = e.instance.and_then(|i| VastId::try_from(i).ok()) else {
+                continue;
+            };
             let kills = matches!(
                 e.kind.as_str(),
                 "outbid" | "offline" | "exited" | "destroyed" | "stopped" | "rebooting"
@@ -286,18 +313,29 @@ impl AgentWorld {
                 .map(|p| p.attempt)
                 .collect();
             for a in zombies {
-                let Some(p) = self.procs.get(&a) else { continue };
+                let Some(p) = self.procs.get(&a) else {
+                    continue;
+                };
                 // Time it ran beside an accepted attempt of the same job.
                 let overlap_from = self
                     .procs
                     .values()
-                    .filter(|o| o.job == p.job && o.attempt != a && o.alive() && self.accepted.contains(&o.attempt))
+                    .filter(|o| {
+                        o.job == p.job
+                            && o.attempt != a
+                            && o.alive()
+                            && self.accepted.contains(&o.attempt)
+                    })
                     .map(|o| o.started_ms.max(p.started_ms))
                     .min();
                 if let Some(from) = overlap_from {
                     self.zombie_overlap_ms += (now - from).max(0);
                 }
-                self.kill(a, now, "told to stop: attempt not accepted by the collector");
+                self.kill(
+                    a,
+                    now,
+                    "told to stop: attempt not accepted by the collector",
+                );
             }
         }
     }
@@ -306,7 +344,10 @@ impl AgentWorld {
         if let Some(p) = self.procs.get_mut(&attempt) {
             if p.alive() {
                 p.state = ProcState::Killed { at };
-                self.trace.push(format!("{at} agent: attempt {attempt} of job {} killed: {why}", p.job));
+                self.trace.push(format!(
+                    "{at} agent: attempt {attempt} of job {} killed: {why}",
+                    p.job
+                ));
             }
         }
     }
@@ -315,7 +356,9 @@ impl AgentWorld {
         let hb = self.heartbeat_interval_ms.max(1);
         let attempts: Vec<i64> = self.procs.keys().copied().collect();
         for a in attempts {
-            let Some(p) = self.procs.get_mut(&a) else { continue };
+            let Some(p) = self.procs.get_mut(&a) else {
+                continue;
+            };
             if t <= p.last_ms || !p.alive() {
                 continue;
             }
@@ -346,12 +389,18 @@ impl AgentWorld {
                         0 => {
                             p.state = ProcState::Exited { code: 0, at: t_x };
                             self.disk_out.insert((p.vast_id, p.job), p.attempt);
-                            self.trace.push(format!("{t_x} agent: attempt {a} of job {} finished", p.job));
+                            self.trace.push(format!(
+                                "{t_x} agent: attempt {a} of job {} finished",
+                                p.job
+                            ));
                             break;
                         }
                         1 => {
                             p.state = ProcState::Exited { code: 1, at: t_x };
-                            self.trace.push(format!("{t_x} agent: attempt {a} of job {} exited 1", p.job));
+                            self.trace.push(format!(
+                                "{t_x} agent: attempt {a} of job {} exited 1",
+                                p.job
+                            ));
                             break;
                         }
                         _ => {
@@ -378,10 +427,16 @@ impl AgentWorld {
                     _ => tick,
                 };
                 let phase = match p.state {
-                    ProcState::Exited { code, .. } => AgentPhase::Exited { code, disk_full: false },
+                    ProcState::Exited { code, .. } => AgentPhase::Exited {
+                        code,
+                        disk_full: false,
+                    },
                     _ => AgentPhase::Running,
                 };
-                let changed = p.report.as_ref().is_none_or(|r| r.at_ms != at || r.phase != phase);
+                let changed = p
+                    .report
+                    .as_ref()
+                    .is_none_or(|r| r.at_ms != at || r.phase != phase);
                 if changed {
                     p.seq += 1;
                     p.report = Some(HeartbeatObs {
@@ -456,10 +511,16 @@ impl SimRunner {
             return Err(err("start the agent", "the scheduler process is dead"));
         }
         if !w.running_on_market(vast) {
-            return Err(err("start the agent", format!("instance {vast} does not answer")));
+            return Err(err(
+                "start the agent",
+                format!("instance {vast} does not answer"),
+            ));
         }
         if !w.setup_done.contains(&vast) {
-            return Err(err("start the agent", format!("no agent on instance {vast}")));
+            return Err(err(
+                "start the agent",
+                format!("no agent on instance {vast}"),
+            ));
         }
         let p = w.faults.start_fail;
         if w.rng.chance(p) {
@@ -527,7 +588,11 @@ impl SimRunner {
             "{now} agent: attempt {} of job {job} starts on {vast} at {start_work}/{} ms{}",
             req.attempt_id,
             truth.work_ms,
-            if silent_after.is_some() { " (its agent will go silent)" } else { "" }
+            if silent_after.is_some() {
+                " (its agent will go silent)"
+            } else {
+                ""
+            }
         ));
         w.procs.insert(
             req.attempt_id,
@@ -545,7 +610,9 @@ impl SimRunner {
                 state: ProcState::Running,
                 silent_after,
                 ckpt_every_ms: truth.ckpt_every_ms,
-                fail_at_ms: fails.then_some(truth.work_ms / 2).filter(|f| *f > start_work),
+                fail_at_ms: fails
+                    .then_some(truth.work_ms / 2)
+                    .filter(|f| *f > start_work),
                 last_ckpt_ms: None,
                 seq: 0,
                 report: None,
@@ -579,10 +646,18 @@ impl SimRunner {
             }
             let (lost, dup, reorder) = {
                 let f = w.faults.clone();
-                (w.rng.chance(f.hb_lost), w.rng.chance(f.hb_dup), w.rng.chance(f.hb_reorder))
+                (
+                    w.rng.chance(f.hb_lost),
+                    w.rng.chance(f.hb_dup),
+                    w.rng.chance(f.hb_reorder),
+                )
             };
-            let Some(p) = w.procs.get_mut(&a.attempt_id) else { continue };
-            let Some(newest) = p.report.clone() else { continue };
+            let Some(p) = w.procs.get_mut(&a.attempt_id) else {
+                continue;
+            };
+            let Some(newest) = p.report.clone() else {
+                continue;
+            };
             let hb = if lost {
                 p.delivered.last().cloned()
             } else {
@@ -616,11 +691,17 @@ impl SimRunner {
             return Err(err("pull the checkpoints", "the scheduler process is dead"));
         }
         if !w.running_on_market(vast) {
-            return Err(err("pull the checkpoints", format!("instance {vast} does not answer")));
+            return Err(err(
+                "pull the checkpoints",
+                format!("instance {vast} does not answer"),
+            ));
         }
         let p = w.faults.pull_fail;
         if w.rng.chance(p) {
-            return Err(err("pull the checkpoints", "rsync: connection unexpectedly closed"));
+            return Err(err(
+                "pull the checkpoints",
+                "rsync: connection unexpectedly closed",
+            ));
         }
         // A swap of the whole folder, as AgentRunner::pull does.
         match w.disk.get(&(vast, job)).copied() {
@@ -651,7 +732,10 @@ impl SimRunner {
             return Err(err("stop the attempt", "the scheduler process is dead"));
         }
         if !w.running_on_market(vast) {
-            return Err(err("stop the attempt", format!("instance {vast} does not answer")));
+            return Err(err(
+                "stop the attempt",
+                format!("instance {vast} does not answer"),
+            ));
         }
         let now = self.sim_now(&w);
         w.kill(attempt, now, "stopped by the scheduler");
@@ -660,7 +744,11 @@ impl SimRunner {
 }
 
 impl Runner for SimRunner {
-    fn setup<'a>(&'a self, _key: InstanceKey, ep: &'a Endpoint) -> BoxFuture<'a, Result<(), RunnerError>> {
+    fn setup<'a>(
+        &'a self,
+        _key: InstanceKey,
+        ep: &'a Endpoint,
+    ) -> BoxFuture<'a, Result<(), RunnerError>> {
         let r = self.do_setup(ep);
         Box::pin(async move { r })
     }
@@ -693,7 +781,12 @@ impl Runner for SimRunner {
         Box::pin(async move { r })
     }
 
-    fn stop<'a>(&'a self, ep: &'a Endpoint, _job: JobId, attempt_id: i64) -> BoxFuture<'a, Result<(), RunnerError>> {
+    fn stop<'a>(
+        &'a self,
+        ep: &'a Endpoint,
+        _job: JobId,
+        attempt_id: i64,
+    ) -> BoxFuture<'a, Result<(), RunnerError>> {
         let r = self.do_stop(ep, attempt_id);
         Box::pin(async move { r })
     }

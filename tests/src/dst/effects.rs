@@ -65,11 +65,20 @@ fn ready<T>(mut f: BoxFuture<'_, T>) -> T {
 }
 
 fn fault(op: &'static str, msg: &str) -> MarketError {
-    MarketError::Other { op, msg: msg.to_string() }
+    MarketError::Other {
+        op,
+        msg: msg.to_string(),
+    }
 }
 
 impl FaultyMarket {
-    pub fn new(inner: SimMarket, agents: Arc<Mutex<AgentWorld>>, gate: Arc<CrashGate>, seed: u64, faults: ApiFaults) -> Self {
+    pub fn new(
+        inner: SimMarket,
+        agents: Arc<Mutex<AgentWorld>>,
+        gate: Arc<CrashGate>,
+        seed: u64,
+        faults: ApiFaults,
+    ) -> Self {
         Self {
             inner,
             agents,
@@ -95,7 +104,10 @@ impl FaultyMarket {
         if r.chance(self.faults.rate_limited) {
             drop(r);
             self.note(format!("api fault: {op} answered 429"));
-            return Some(fault(op, "HTTP 429: API requests too frequent endpoint threshold=2.0"));
+            return Some(fault(
+                op,
+                "HTTP 429: API requests too frequent endpoint threshold=2.0",
+            ));
         }
         if r.chance(self.faults.server_error) {
             drop(r);
@@ -107,7 +119,10 @@ impl FaultyMarket {
 
     fn note(&self, s: String) {
         let now = self.inner.lock().now_ms();
-        self.log.lock().unwrap_or_else(|p| p.into_inner()).push(format!("{now} {s}"));
+        self.log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(format!("{now} {s}"));
     }
 
     /// Fault notes since the last call.
@@ -156,7 +171,10 @@ impl Market for FaultyMarket {
                 return Err(Self::dead("create"));
             }
             if lost && res.is_ok() {
-                self.note(format!("api fault: the answer to buying offer {} was lost", spec.offer.offer_id));
+                self.note(format!(
+                    "api fault: the answer to buying offer {} was lost",
+                    spec.offer.offer_id
+                ));
                 return Err(fault("create", "connection reset by peer"));
             }
             res
@@ -208,7 +226,11 @@ impl Market for FaultyMarket {
         Box::pin(async move { r })
     }
 
-    fn attach_ssh_key<'a>(&'a self, id: VastId, public_key: &'a str) -> BoxFuture<'a, Result<(), MarketError>> {
+    fn attach_ssh_key<'a>(
+        &'a self,
+        id: VastId,
+        public_key: &'a str,
+    ) -> BoxFuture<'a, Result<(), MarketError>> {
         let r = (|| {
             if !self.gate.tick() {
                 return Err(Self::dead("attach ssh key"));
@@ -273,7 +295,8 @@ impl Journal for CrashJournal {
 
     fn save<'a>(&'a self, state: &'a EngineState) -> BoxFuture<'a, Result<(), JournalError>> {
         let r = if self.gate.tick() {
-            self.saves.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.saves
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             ready(self.inner.save(state))
         } else {
             Err(JournalError::Write {

@@ -97,7 +97,13 @@ pub fn reconcile_config() -> ReconcileConfig {
 }
 
 /// A job as the queue would hold it.
-pub fn job_view(id: i64, experiment: &str, gpus: u32, est_runtime_s: u64, interruptible: bool) -> JobView {
+pub fn job_view(
+    id: i64,
+    experiment: &str,
+    gpus: u32,
+    est_runtime_s: u64,
+    interruptible: bool,
+) -> JobView {
     JobView {
         id,
         experiment: experiment.to_string(),
@@ -133,13 +139,21 @@ impl Scenario {
     pub fn from_seed(seed: u64) -> Self {
         let mut r = Rng::stream(seed, 0x5CE);
         let sim_faults = vast::sim::SimFaults {
-            stuck_created: if r.chance(0.5) { r.range(0.0, 0.15) } else { 0.0 },
+            stuck_created: if r.chance(0.5) {
+                r.range(0.0, 0.15)
+            } else {
+                0.0
+            },
             exited: r.range(0.0, 0.1),
             offline: r.range(0.0, 0.1),
             slow_loading: r.range(0.0, 0.2),
             slow_loading_factor: 5.0,
             fault_after_mean_h: 0.3,
-            outbid_per_hour: if r.chance(0.7) { r.range(0.0, 3.0) } else { 0.0 },
+            outbid_per_hour: if r.chance(0.7) {
+                r.range(0.0, 3.0)
+            } else {
+                0.0
+            },
             outbid_hold_mean_h: 0.05,
             gpu_taken_on_stop: 0.0,
             gpu_taken_hold_mean_h: 0.2,
@@ -160,13 +174,17 @@ impl Scenario {
             hb_dup: r.range(0.0, 0.1),
             hb_reorder: r.range(0.0, 0.1),
         };
-        let n = r.int(3, 7);
+        let n = r.int(2, 6);
         let two_exps = r.chance(0.4);
         let mut jobs = Vec::new();
         for i in 0..n {
-            let exp = if two_exps && i % 2 == 1 { "exp-b" } else { "exp-a" };
+            let exp = if two_exps && i % 2 == 1 {
+                "exp-b"
+            } else {
+                "exp-a"
+            };
             let gpus = if r.chance(0.2) { 2 } else { 1 };
-            let est = r.int(60, 600) as u64;
+            let est = r.int(60, 400) as u64;
             let ckpt = r.chance(0.5);
             let interruptible = ckpt || r.chance(0.1);
             let work_ms = (est as f64 * 1000.0 * r.range(0.7, 1.5)) as i64;
@@ -199,7 +217,11 @@ impl Scenario {
             agent,
             jobs,
             budgets,
-            crash_per_step: if r.chance(0.8) { r.range(0.0, 0.02) } else { 0.0 },
+            crash_per_step: if r.chance(0.8) {
+                r.range(0.0, 0.02)
+            } else {
+                0.0
+            },
             forced_fault_per_step: r.range(0.0, 0.01),
             gap_ms: (2_000, 30_000),
         }
@@ -315,13 +337,25 @@ async fn run_seed_async(seed: u64, opts: &DstOptions) -> SeedOutcome {
     let sim = SimMarket::new(vast::sim::Market::new(simcfg));
     let gate = Arc::new(CrashGate::new());
     let rcfg = reconcile_config();
-    let mut world = AgentWorld::new(sim.clone(), gate.clone(), seed, sc.agent.clone(), rcfg.heartbeat_interval_ms);
+    let mut world = AgentWorld::new(
+        sim.clone(),
+        gate.clone(),
+        seed,
+        sc.agent.clone(),
+        rcfg.heartbeat_interval_ms,
+    );
     world.ignore_resume = opts.sabotage.ignore_resume;
     for (j, t) in &sc.jobs {
         world.truth.insert(j.id, t.clone());
     }
     let agents = Arc::new(Mutex::new(world));
-    let mut market = FaultyMarket::new(sim.clone(), agents.clone(), gate.clone(), seed, sc.api.clone());
+    let mut market = FaultyMarket::new(
+        sim.clone(),
+        agents.clone(),
+        gate.clone(),
+        seed,
+        sc.api.clone(),
+    );
     market.sabotage = MarketSabotage {
         swallow_destroys: opts.sabotage.swallow_destroys,
     };
@@ -373,12 +407,25 @@ async fn run_seed_async(seed: u64, opts: &DstOptions) -> SeedOutcome {
     let mut budget_peak: BTreeMap<String, (Decimal, Decimal)> = BTreeMap::new();
     let mut forced_restart_done = false;
     let mut quiet: (EpochMs, Vec<(i64, JobState, u32, u32)>) = (now, Vec::new());
+    let mut queue_drained_at: Option<EpochMs> = None;
     push(
         &mut trace,
         format!(
             "scenario: {} machines, jobs {:?}, budgets {:?}, crash/step {:.4}, sim faults {:?}, api {:?}, agents {:?}",
             sc.machines,
-            sc.jobs.iter().map(|(j, t)| (j.id, j.experiment.clone(), j.req.gpus, j.req.est_runtime_s, j.req.interruptible, t.work_ms, t.ckpt_every_ms, t.fail)).collect::<Vec<_>>(),
+            sc.jobs
+                .iter()
+                .map(|(j, t)| (
+                    j.id,
+                    j.experiment.clone(),
+                    j.req.gpus,
+                    j.req.est_runtime_s,
+                    j.req.interruptible,
+                    t.work_ms,
+                    t.ckpt_every_ms,
+                    t.fail
+                ))
+                .collect::<Vec<_>>(),
             sc.budgets,
             sc.crash_per_step,
             sc.sim_faults,
@@ -407,7 +454,11 @@ async fn run_seed_async(seed: u64, opts: &DstOptions) -> SeedOutcome {
                 };
                 if let Ok(what) = res {
                     stats.forced_faults += 1;
-                    push(&mut trace, format!("{now} fault: forced {what} of Vast {id}"), keep);
+                    push(
+                        &mut trace,
+                        format!("{now} fault: forced {what} of Vast {id}"),
+                        keep,
+                    );
                 }
                 rig.agents().sync();
             }
@@ -415,7 +466,8 @@ async fn run_seed_async(seed: u64, opts: &DstOptions) -> SeedOutcome {
         let gap = r.int(sc.gap_ms.0, sc.gap_ms.1);
         max_gap = max_gap.max(gap);
         now += gap;
-        let crash_here = r.chance(sc.crash_per_step) || (opts.sabotage.force_restart && !forced_restart_done && stats.steps == 40);
+        let crash_here = r.chance(sc.crash_per_step)
+            || (opts.sabotage.force_restart && !forced_restart_done && stats.steps == 40);
         if crash_here {
             let at = r.int(1, 12);
             gate.arm(at);
@@ -427,12 +479,21 @@ async fn run_seed_async(seed: u64, opts: &DstOptions) -> SeedOutcome {
         resumed += engine.stats.resumed_from_checkpoint;
         engine.stats = Default::default();
         let line = match &report {
-            Ok(rep) => format!("{now} step {}: {} actions, {} errors", stats.steps, rep.actions, rep.errors.len()),
+            Ok(rep) => format!(
+                "{now} step {}: {} actions, {} errors",
+                stats.steps,
+                rep.actions,
+                rep.errors.len()
+            ),
             Err(e) => format!("{now} step {}: journal: {e}", stats.steps),
         };
         push(&mut trace, line, keep);
         for e in engine.drain_events() {
-            push(&mut trace, format!("{} {}: {}", e.at_ms, e.kind, e.detail), keep);
+            push(
+                &mut trace,
+                format!("{} {}: {}", e.at_ms, e.kind, e.detail),
+                keep,
+            );
         }
         for l in rig.market.drain_log() {
             stats.api_faults += 1;
@@ -458,7 +519,10 @@ async fn run_seed_async(seed: u64, opts: &DstOptions) -> SeedOutcome {
             engine = rig.engine().await;
             push(
                 &mut trace,
-                format!("{now} crash: the scheduler was killed after {} effects and restarted from its journal", gate.ticks()),
+                format!(
+                    "{now} crash: the scheduler was killed after {} effects and restarted from its journal",
+                    gate.ticks()
+                ),
                 keep,
             );
         } else {
@@ -492,7 +556,9 @@ async fn run_seed_async(seed: u64, opts: &DstOptions) -> SeedOutcome {
                     violations.push(format!("job {job} runs twice at once: attempts {atts:?}"));
                 }
                 if w.jobs.get(&job).is_some_and(|j| j.state.is_terminal()) {
-                    violations.push(format!("job {job} is terminal but attempts {atts:?} still run"));
+                    violations.push(format!(
+                        "job {job} is terminal but attempts {atts:?} still run"
+                    ));
                 }
             }
         }
@@ -512,7 +578,9 @@ async fn run_seed_async(seed: u64, opts: &DstOptions) -> SeedOutcome {
                 .filter(|i| i.state != InstState::Gone && i.experiment == *exp)
                 .map(|i| i.offer.dph)
                 .sum();
-            let e = budget_peak.entry(exp.clone()).or_insert((Decimal::ZERO, Decimal::ZERO));
+            let e = budget_peak
+                .entry(exp.clone())
+                .or_insert((Decimal::ZERO, Decimal::ZERO));
             if spent <= *limit {
                 e.1 = e.1.max(rate);
             }
@@ -530,14 +598,39 @@ async fn run_seed_async(seed: u64, opts: &DstOptions) -> SeedOutcome {
         }
         // Nothing rented and nothing moved for 30 virtual minutes: what is still queued waits
         // for something outside the run (a budget raise); stop here and judge it below.
-        let fingerprint: Vec<(i64, JobState, u32, u32)> =
-            w.jobs.values().map(|j| (j.id, j.state, j.failures, j.interruptions)).collect();
+        let fingerprint: Vec<(i64, JobState, u32, u32)> = w
+            .jobs
+            .values()
+            .map(|j| (j.id, j.state, j.failures, j.interruptions))
+            .collect();
         let nothing_live = w.instances.values().all(|i| i.state == InstState::Gone);
         if !nothing_live || fingerprint != quiet.1 {
             quiet = (now, fingerprint);
         } else if now - quiet.0 >= 1_800_000 {
-            push(&mut trace, format!("{now} idle: nothing rented and nothing changed for 30 minutes"), keep);
+            push(
+                &mut trace,
+                format!("{now} idle: nothing rented and nothing changed for 30 minutes"),
+                keep,
+            );
             break;
+        }
+        // The queue drained (every job terminal or held): an hour later nothing may be left.
+        let drained_queue = w
+            .jobs
+            .values()
+            .all(|j| j.state.is_terminal() || j.budget_held);
+        match (drained_queue, queue_drained_at) {
+            (true, None) => queue_drained_at = Some(now),
+            (false, _) => queue_drained_at = None,
+            (true, Some(t)) if now - t >= 3_600_000 => {
+                push(
+                    &mut trace,
+                    format!("{now} the queue drained an hour ago; judging what is left"),
+                    keep,
+                );
+                break;
+            }
+            _ => {}
         }
         if now >= deadline {
             violations.push(format!(
@@ -563,17 +656,25 @@ async fn run_seed_async(seed: u64, opts: &DstOptions) -> SeedOutcome {
             let Some(v) = w.jobs.get(&j.id) else { continue };
             match v.state {
                 JobState::Succeeded => match a.outputs.get(&j.id) {
-                    None => violations.push(format!("job {} succeeded but no output was pulled", j.id)),
+                    None => {
+                        violations.push(format!("job {} succeeded but no output was pulled", j.id))
+                    }
                     Some(att) => {
-                        let done = a
-                            .procs
-                            .get(att)
-                            .is_some_and(|p| p.work_ms >= p.total_ms && matches!(p.state, ProcState::Exited { code: 0, .. } | ProcState::Killed { .. }));
+                        let done = a.procs.get(att).is_some_and(|p| {
+                            p.work_ms >= p.total_ms
+                                && matches!(
+                                    p.state,
+                                    ProcState::Exited { code: 0, .. } | ProcState::Killed { .. }
+                                )
+                        });
                         if !done {
                             violations.push(format!("job {} succeeded with the output of attempt {att}, which never finished", j.id));
                         }
                         if truth.fail == FailMode::Always {
-                            violations.push(format!("job {} always fails but was marked succeeded", j.id));
+                            violations.push(format!(
+                                "job {} always fails but was marked succeeded",
+                                j.id
+                            ));
                         }
                     }
                 },
@@ -599,7 +700,11 @@ async fn run_seed_async(seed: u64, opts: &DstOptions) -> SeedOutcome {
                 _ if v.budget_held => {}
                 // Queued work that the budget's reservation does not admit waits for a raise.
                 JobState::Queued if w.budgets.contains_key(&v.experiment) => {}
-                s => violations.push(format!("job {} ended the run {} (not terminal, not held by a budget)", j.id, s.as_str())),
+                s => violations.push(format!(
+                    "job {} ended the run {} (not terminal, not held by a budget)",
+                    j.id,
+                    s.as_str()
+                )),
             }
         }
         stats.attempts = a.procs.len();
@@ -607,14 +712,19 @@ async fn run_seed_async(seed: u64, opts: &DstOptions) -> SeedOutcome {
     }
     let leaked = sim.live_with_prefix(&label_prefix(WORKSPACE));
     if !leaked.is_empty() {
-        violations.push(format!("instances leaked on the account after the run: {leaked:?}"));
+        violations.push(format!(
+            "instances leaked on the account after the run: {leaked:?}"
+        ));
     }
     // Ledger against the market's own charges, per instance. Every instance on the simulated
     // account is ours; one the journal never learned of (an orphan) is booked at zero.
     let (charges, events) = {
         let m = sim.lock();
-        let out: Vec<(u64, Option<vast::sim::Charges>)> =
-            m.all_instance_ids().into_iter().map(|id| (id, m.charges(id))).collect();
+        let out: Vec<(u64, Option<vast::sim::Charges>)> = m
+            .all_instance_ids()
+            .into_iter()
+            .map(|id| (id, m.charges(id)))
+            .collect();
         (out, m.events().to_vec())
     };
     let mut market_total = Decimal::ZERO;
@@ -622,7 +732,9 @@ async fn run_seed_async(seed: u64, opts: &DstOptions) -> SeedOutcome {
         let Some(ch) = ch else { continue };
         market_total += ch.total;
         let inst = w.instances.values().find(|i| i.vast_id == Some(*id as i64));
-        let label = inst.map(|i| i.label.clone()).unwrap_or_else(|| format!("(orphan {id})"));
+        let label = inst
+            .map(|i| i.label.clone())
+            .unwrap_or_else(|| format!("(orphan {id})"));
         let booked = inst
             .and_then(|i| costs.per_instance.get(&i.label))
             .copied()
@@ -631,9 +743,11 @@ async fn run_seed_async(seed: u64, opts: &DstOptions) -> SeedOutcome {
         stats.max_instance_drift = stats.max_instance_drift.max(drift);
         // The book sees state changes when it polls: each change may be up to a step late.
         let changes = events.iter().filter(|e| e.instance == Some(*id)).count() as i64;
-        let rate = inst.map(|i| i.offer.dph.max(i.offer.price())).unwrap_or(Decimal::ONE);
-        let allowed =
-            Decimal::new(5, 4) + rate * Decimal::from((changes * 2 + 2) * max_gap) / Decimal::from(3_600_000);
+        let rate = inst
+            .map(|i| i.offer.dph.max(i.offer.price()))
+            .unwrap_or(Decimal::ONE);
+        let allowed = Decimal::new(5, 4)
+            + rate * Decimal::from((changes * 2 + 2) * max_gap) / Decimal::from(3_600_000);
         if drift > allowed {
             violations.push(format!(
                 "ledger {booked} != market {} for {label} (Vast {id}): drift {drift} exceeds {allowed}",
@@ -647,16 +761,30 @@ async fn run_seed_async(seed: u64, opts: &DstOptions) -> SeedOutcome {
         let tick = Decimal::from(cfg.accrual_interval_ms + 2 * max_gap) / Decimal::from(3_600_000);
         let allowed = *limit + rate * tick + Decimal::new(5, 4);
         if peak > allowed {
-            violations.push(format!("budget of {exp} overrun: spent {peak} against {limit} (allowed up to {allowed})"));
+            violations.push(format!(
+                "budget of {exp} overrun: spent {peak} against {limit} (allowed up to {allowed})"
+            ));
         }
     }
     stats.virtual_s = (now - start) / 1000;
     stats.purchases = engine_purchases;
     stats.interrupted_attempts = interrupted;
     stats.resumed_from_checkpoint = resumed;
-    stats.succeeded = w.jobs.values().filter(|j| j.state == JobState::Succeeded).count();
-    stats.failed = w.jobs.values().filter(|j| j.state == JobState::Failed).count();
-    stats.budget_held = w.jobs.values().filter(|j| j.budget_held && !j.state.is_terminal()).count();
+    stats.succeeded = w
+        .jobs
+        .values()
+        .filter(|j| j.state == JobState::Succeeded)
+        .count();
+    stats.failed = w
+        .jobs
+        .values()
+        .filter(|j| j.state == JobState::Failed)
+        .count();
+    stats.budget_held = w
+        .jobs
+        .values()
+        .filter(|j| j.budget_held && !j.state.is_terminal())
+        .count();
     stats.cost = costs.instances_total;
     stats.market_charged = market_total;
     let summary = serde_json::to_string(&w).unwrap_or_default();

@@ -18,7 +18,10 @@ fn env_u64(name: &str) -> Option<u64> {
 
 /// Run `seeds` on every core; return the outcomes in seed order.
 fn run_many(seeds: Vec<u64>, opts: &DstOptions) -> Vec<SeedOutcome> {
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(seeds.len().max(1));
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .min(seeds.len().max(1));
     let next = AtomicU64::new(0);
     let out = Mutex::new(Vec::with_capacity(seeds.len()));
     std::thread::scope(|s| {
@@ -61,7 +64,10 @@ fn seeds_keep_every_invariant() {
         for l in &outs[0].trace {
             println!("{l}");
         }
-        println!("stats: {}", serde_json::to_string(&outs[0].stats).unwrap_or_default());
+        println!(
+            "stats: {}",
+            serde_json::to_string(&outs[0].stats).unwrap_or_default()
+        );
     }
     let failed: Vec<&SeedOutcome> = outs.iter().filter(|o| !o.ok()).collect();
     println!(
@@ -82,7 +88,11 @@ fn seeds_keep_every_invariant() {
         sum(&outs, |s| s.failed as u64),
         sum(&outs, |s| s.budget_held as u64),
     );
-    let drift = outs.iter().map(|o| o.stats.max_instance_drift).max().unwrap_or_default();
+    let drift = outs
+        .iter()
+        .map(|o| o.stats.max_instance_drift)
+        .max()
+        .unwrap_or_default();
     println!("dst: largest per-instance ledger drift from the market's charges: ${drift}");
     for o in &failed {
         eprintln!("seed {} broke {} invariant(s):", o.seed, o.violations.len());
@@ -91,7 +101,12 @@ fn seeds_keep_every_invariant() {
         }
         eprintln!("  replay: {}", replay_command(o.seed));
     }
-    assert!(failed.is_empty(), "{} of {} seeds broke invariants (replay commands above)", failed.len(), outs.len());
+    assert!(
+        failed.is_empty(),
+        "{} of {} seeds broke invariants (replay commands above)",
+        failed.len(),
+        outs.len()
+    );
 }
 
 #[test]
@@ -103,12 +118,23 @@ fn one_seed_replays_exactly() {
     for seed in [7, 1234] {
         let a = run_seed(seed, &opts);
         let b = run_seed(seed, &opts);
-        assert!(a.trace.len() > 20, "seed {seed}: a trace this short proves nothing: {:?}", a.trace);
-        assert_eq!(a.trace_hash, b.trace_hash, "seed {seed} gave two different traces");
+        assert!(
+            a.trace.len() > 20,
+            "seed {seed}: a trace this short proves nothing: {:?}",
+            a.trace
+        );
+        assert_eq!(
+            a.trace_hash, b.trace_hash,
+            "seed {seed} gave two different traces"
+        );
         assert_eq!(a.trace, b.trace);
     }
     let c = run_seed(8, &opts);
-    assert_ne!(run_seed(7, &opts).trace_hash, c.trace_hash, "seeds 7 and 8 gave the same trace");
+    assert_ne!(
+        run_seed(7, &opts).trace_hash,
+        c.trace_hash,
+        "seeds 7 and 8 gave the same trace"
+    );
 }
 
 /// The checker must be able to fail: each sabotage is caught on some of the first seeds, and
@@ -132,7 +158,12 @@ fn caught(sabotage: Sabotage, expect: &str) {
     let Some(w) = witness else {
         panic!("every seed that caught {sabotage:?} shows the same violation without it");
     };
-    println!("{sabotage:?}: caught on {} of 30 seeds, e.g. seed {}: {}", hit.len(), w.seed, w.violations[0]);
+    println!(
+        "{sabotage:?}: caught on {} of 30 seeds, e.g. seed {}: {}",
+        hit.len(),
+        w.seed,
+        w.violations[0]
+    );
 }
 
 #[test]
