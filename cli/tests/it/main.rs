@@ -2,6 +2,7 @@
 
 mod ledger_cli;
 mod queue_cli;
+mod run_mirror;
 
 /// Skip a test whose external part is missing, or fail it under `CI=true`.
 pub fn require(part: &str, available: bool, why: &str) -> bool {
