@@ -341,14 +341,14 @@ impl AgentWorld {
     }
 
     fn kill(&mut self, attempt: i64, at: EpochMs, why: &str) {
-        if let Some(p) = self.procs.get_mut(&attempt) {
-            if p.alive() {
-                p.state = ProcState::Killed { at };
-                self.trace.push(format!(
-                    "{at} agent: attempt {attempt} of job {} killed: {why}",
-                    p.job
-                ));
-            }
+        if let Some(p) = self.procs.get_mut(&attempt)
+            && p.alive()
+        {
+            p.state = ProcState::Killed { at };
+            self.trace.push(format!(
+                "{at} agent: attempt {attempt} of job {} killed: {why}",
+                p.job
+            ));
         }
     }
 
@@ -528,26 +528,27 @@ impl SimRunner {
         }
         let job = req.job.id;
         let now = self.sim_now(&w);
-        if req.resume_from.is_some() && !w.ignore_resume {
-            if let Some(c) = w.home.get(&job).copied() {
-                w.disk.insert((vast, job), c);
-            }
+        if req.resume_from.is_some()
+            && !w.ignore_resume
+            && let Some(c) = w.home.get(&job).copied()
+        {
+            w.disk.insert((vast, job), c);
         }
         if w.ignore_resume {
             w.disk.remove(&(vast, job));
         }
         let start_work = w.disk.get(&(vast, job)).map(|c| c.work_ms).unwrap_or(0);
-        if let Some(h) = w.home.get(&job) {
-            if start_work < h.work_ms {
-                let msg = format!(
-                    "job {job} attempt {} started from {} ms of work but a checkpoint with {} ms was pulled (resume={})",
-                    req.attempt_id,
-                    start_work,
-                    h.work_ms,
-                    req.resume_from.is_some()
-                );
-                w.violations.push(msg);
-            }
+        if let Some(h) = w.home.get(&job)
+            && start_work < h.work_ms
+        {
+            let msg = format!(
+                "job {job} attempt {} started from {} ms of work but a checkpoint with {} ms was pulled (resume={})",
+                req.attempt_id,
+                start_work,
+                h.work_ms,
+                req.resume_from.is_some()
+            );
+            w.violations.push(msg);
         }
         let others: Vec<i64> = w
             .procs
@@ -664,10 +665,8 @@ impl SimRunner {
                 Some(newest)
             };
             let Some(hb) = hb else { continue };
-            if reorder {
-                if let Some(old) = p.delivered.first().cloned() {
-                    out.push(old);
-                }
+            if reorder && let Some(old) = p.delivered.first().cloned() {
+                out.push(old);
             }
             out.push(hb.clone());
             if dup {
@@ -712,10 +711,10 @@ impl SimRunner {
                 w.home.remove(&job);
             }
         }
-        if kind == PullKind::Final {
-            if let Some(a) = w.disk_out.get(&(vast, job)).copied() {
-                w.outputs.insert(job, a);
-            }
+        if kind == PullKind::Final
+            && let Some(a) = w.disk_out.get(&(vast, job)).copied()
+        {
+            w.outputs.insert(job, a);
         }
         Ok(())
     }

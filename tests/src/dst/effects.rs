@@ -283,10 +283,10 @@ impl CrashJournal {
 impl Journal for CrashJournal {
     fn load(&self) -> BoxFuture<'_, Result<Option<EngineState>, JournalError>> {
         let r = ready(self.inner.load()).map(|mut s| {
-            if let Some(f) = self.tamper.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                if let Some(st) = s.as_mut() {
-                    f(st);
-                }
+            if let Some(f) = self.tamper.lock().unwrap_or_else(|p| p.into_inner()).take()
+                && let Some(st) = s.as_mut()
+            {
+                f(st);
             }
             s
         });

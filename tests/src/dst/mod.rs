@@ -297,10 +297,10 @@ impl Rig {
 /// that costs nothing, so use `/dev/shm` where there is one.
 pub fn scratch_dir() -> tempfile::TempDir {
     let shm = std::path::Path::new("/dev/shm");
-    if shm.is_dir() {
-        if let Ok(d) = tempfile::Builder::new().prefix("vc-dst-").tempdir_in(shm) {
-            return d;
-        }
+    if shm.is_dir()
+        && let Ok(d) = tempfile::Builder::new().prefix("vc-dst-").tempdir_in(shm)
+    {
+        return d;
     }
     tempfile::tempdir().expect("a temporary folder")
 }
@@ -535,15 +535,16 @@ async fn run_seed_async(seed: u64, opts: &DstOptions) -> SeedOutcome {
             match w.jobs.get(&j.id) {
                 None => violations.push(format!("job {} vanished from the journal", j.id)),
                 Some(v) => {
-                    if let Some(prev) = prev_state.get(&j.id) {
-                        if prev.is_terminal() && *prev != v.state {
-                            violations.push(format!(
-                                "job {} went from {} back to {}",
-                                j.id,
-                                prev.as_str(),
-                                v.state.as_str()
-                            ));
-                        }
+                    if let Some(prev) = prev_state.get(&j.id)
+                        && prev.is_terminal()
+                        && *prev != v.state
+                    {
+                        violations.push(format!(
+                            "job {} went from {} back to {}",
+                            j.id,
+                            prev.as_str(),
+                            v.state.as_str()
+                        ));
                     }
                     prev_state.insert(j.id, v.state);
                 }

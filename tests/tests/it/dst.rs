@@ -162,7 +162,11 @@ fn caught(sabotage: Sabotage, expect: &str) {
         "{sabotage:?}: caught on {} of 30 seeds, e.g. seed {}: {}",
         hit.len(),
         w.seed,
-        w.violations[0]
+        w.violations
+            .iter()
+            .find(|v| v.contains(expect))
+            .map(String::as_str)
+            .unwrap_or_default()
     );
 }
 
