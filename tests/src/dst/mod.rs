@@ -268,7 +268,7 @@ impl SeedOutcome {
 
 /// The command that replays one seed exactly.
 pub fn replay_command(seed: u64) -> String {
-    format!("VASTICLAUDE_DST_SEED={seed} cargo test -p tests --test it dst:: -- --nocapture")
+    format!("VASTICLAUDE_DST_SEED={seed} cargo test -p tests --test it dst::seeds -- --nocapture")
 }
 
 struct Rig {
