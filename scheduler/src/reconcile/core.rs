@@ -165,6 +165,9 @@ pub struct OutbidSituation {
     /// Estimated seconds of work left for the jobs held on it (the largest).
     pub remaining_s: i64,
     pub checkpoints: bool,
+    /// Wall seconds of work the held jobs had done on this instance when it was paused (the
+    /// largest): what a job without checkpoints loses either way.
+    pub done_s: i64,
     /// Age of the newest checkpoint on the instance's disk / of the one we pulled, seconds.
     pub local_checkpoint_age_s: i64,
     pub pulled_checkpoint_age_s: Option<i64>,
@@ -204,7 +207,7 @@ pub fn outbid_decision(s: &OutbidSituation, cfg: &ReconcileConfig) -> (BidMove, 
         storage_dph: nano(storage_dph),
         remaining_s: s.remaining_s.max(0),
         checkpoints: s.checkpoints,
-        done_s: 0,
+        done_s: s.done_s.max(0),
         local_checkpoint_age_s: s.local_checkpoint_age_s.max(0),
         pulled_checkpoint_age_s: s.pulled_checkpoint_age_s.map(|a| a.max(0)),
         alternative: s
@@ -533,6 +536,14 @@ impl Pass<'_> {
             self.fail_instance(key, reason, false);
             return;
         }
+        // Work done by the attempts the pause interrupts, measured before they are ended. On
+        // later passes the attempts are gone: bound it by the instance's life until the pause.
+        let done_at_pause = self
+            .w
+            .jobs_on(key)
+            .filter_map(|j| j.attempt.as_ref())
+            .map(|a| (a.last_heartbeat_ms.unwrap_or(a.started_ms) - a.started_ms) / 1000)
+            .max();
         if inst.state != InstState::Paused {
             let reason = format!("instance {} was outbid", m.vast_id);
             self.interrupt_jobs_on(key, &reason, true);
@@ -583,6 +594,9 @@ impl Pass<'_> {
             winning_bid: m.min_bid,
             remaining_s,
             checkpoints,
+            done_s: done_at_pause
+                .unwrap_or((inst.state_since_ms - inst.created_ms) / 1000)
+                .max(0),
             local_checkpoint_age_s: local_age,
             pulled_checkpoint_age_s: pulled_age,
             alternative,
@@ -830,11 +844,14 @@ impl Pass<'_> {
         share * hours(j.req.est_runtime_s, dlperf) * self.cfg.reservation_factor
     }
 
-    /// Place queued jobs: first on free GPUs of instances we have (warm beats new), then on new
-    /// offers, cheapest expected cost per job first, packing jobs of one requirement class onto
-    /// multi-GPU offers. Budgets are reservations: a job is placed only when its worst-case cost
-    /// fits what is left. Per-pass caches keep this near-linear in jobs and offers.
+    /// Place queued jobs with the planner ([`crate::planner::plan`]): warm instances of ours with
+    /// free GPUs first, then new offers chosen by expected cost per job (speed-scaled, packed onto
+    /// multi-GPU offers when their $/GPU-h is lower, interruptible at `min_bid` + margin when the
+    /// job allows it). Budgets are reservations: what running work may still cost is taken off
+    /// what is left before the planner reserves the worst case of new work. Jobs the planner
+    /// defers keep their reason (shown by `status` as why they wait).
     fn place(&mut self, offers: &[OfferObs], spend: &BTreeMap<String, Decimal>) {
+        use crate::planner as pl;
         let queued: Vec<JobView> = self
             .w
             .jobs
@@ -845,208 +862,263 @@ impl Pass<'_> {
         if queued.is_empty() {
             return;
         }
+        // What placed and running work holds: GPUs and disk per instance, worst case per budget.
         let mut reserved: BTreeMap<String, Decimal> = BTreeMap::new();
-        let mut used: BTreeMap<InstanceKey, u32> = BTreeMap::new();
+        let mut used: BTreeMap<InstanceKey, (u32, f64)> = BTreeMap::new();
         for j in self.w.jobs.values() {
             let Some(key) = j.instance else { continue };
             if j.state.is_terminal() {
                 continue;
             }
-            *used.entry(key).or_default() += j.req.gpus;
+            let u = used.entry(key).or_default();
+            u.0 += j.req.gpus;
+            u.1 += j.disk_gb();
             if let Some(inst) = self.inst(key) {
                 *reserved.entry(j.experiment.clone()).or_default() +=
                     self.worst_case(j, share_price(inst, j.req.gpus), inst.offer.dlperf);
             }
         }
-        let budgets = self.w.budgets.clone();
-        let allows = |reserved: &BTreeMap<String, Decimal>, j: &JobView, extra: Decimal| -> bool {
-            let Some(b) = budgets.get(&j.experiment) else {
-                return true;
-            };
-            let spent = spend.get(&j.experiment).copied().unwrap_or_default();
-            spent + reserved.get(&j.experiment).copied().unwrap_or_default() + extra <= b.limit
-        };
-        let budget_note = |j: &JobView| {
-            format!(
-                "waiting: the budget of {} cannot cover its worst-case cost",
-                j.experiment
-            )
-        };
-        // (a) free slots on instances we have.
-        let mut unplaced: Vec<JobView> = Vec::new();
-        let candidates: Vec<InstanceKey> = self
-            .w
-            .instances
-            .values()
-            .filter(|i| {
-                matches!(
-                    i.state,
-                    InstState::Requested | InstState::Booting | InstState::Ready | InstState::Up
-                )
-            })
-            .map(|i| i.key)
-            .collect();
-        for j in queued {
-            let mut best: Option<(Decimal, InstanceKey)> = None;
-            for key in &candidates {
-                let Some(inst) = self.inst(*key) else {
-                    continue;
-                };
-                if !fits_instance(&j, inst)
-                    || inst.offer.gpus < used.get(key).copied().unwrap_or(0) + j.req.gpus
-                {
-                    continue;
-                }
-                let share = share_price(inst, j.req.gpus);
-                if j.req.max_dph.is_some_and(|m| share > m) {
-                    continue;
-                }
-                let warm = if inst.state == InstState::Up {
-                    Decimal::ZERO
+        // 1. jobs, one requirement class per distinct search.
+        let mut classes: BTreeMap<pl::ClassKey, JobView> = BTreeMap::new();
+        let mut jobs: Vec<pl::PlanJob> = Vec::with_capacity(queued.len());
+        for j in &queued {
+            let class = class_key(j);
+            classes.entry(class.clone()).or_insert_with(|| j.clone());
+            jobs.push(pl::PlanJob {
+                id: j.id,
+                experiment: j.experiment.clone(),
+                class,
+                image: j.req.image.clone(),
+                gpus: j.req.gpus,
+                disk_gb: disk_u32(j.disk_gb()),
+                max_dph: j.req.max_dph.map(nano),
+                interruptible: if j.req.interruptible {
+                    pl::InterruptiblePolicy::Always
                 } else {
-                    Decimal::ONE_THOUSAND
-                };
-                let rank = warm + share;
-                if best.is_none_or(|(r, _)| rank < r) {
-                    best = Some((rank, *key));
-                }
-            }
-            let Some((_, key)) = best else {
-                unplaced.push(j);
-                continue;
-            };
-            let Some(inst) = self.inst(key) else { continue };
-            let wc = self.worst_case(&j, share_price(inst, j.req.gpus), inst.offer.dlperf);
-            if allows(&reserved, &j, wc) {
-                *reserved.entry(j.experiment.clone()).or_default() += wc;
-                *used.entry(key).or_default() += j.req.gpus;
-                self.emit(Action::Place { job: j.id, key });
-            } else {
-                self.note(&j, budget_note(&j));
-            }
+                    pl::InterruptiblePolicy::Never
+                },
+                checkpoints: j.checkpoint_reported_ms.is_some() || j.checkpoint_pulled_ms.is_some(),
+                checkpoint_interval_s: 0,
+                est_runtime_s: j.req.est_runtime_s,
+                max_runtime_s: None,
+                priority: 0,
+                attempts_so_far: j.failures.saturating_add(j.interruptions),
+            });
         }
-        if unplaced.is_empty() {
-            return;
-        }
-        // (b) new offers.
+        // 2. offers per class; an offer or machine we already hold is not offered again.
         let live: Vec<&InstanceView> = self
             .w
             .instances
             .values()
             .filter(|i| i.state != InstState::Gone)
             .collect();
-        let mut live_count = live.len();
-        let mut total_dph: Decimal = live.iter().map(|i| i.offer.price()).sum();
-        let mut claimed_offers: BTreeSet<i64> = live.iter().map(|i| i.offer.offer_id).collect();
-        let mut claimed_machines: BTreeSet<i64> = live.iter().map(|i| i.offer.machine_id).collect();
-        let mut provisions = 0usize;
-        let mut remaining = unplaced;
-        while let Some(first) = remaining.first().cloned() {
-            if provisions >= self.cfg.max_provisions_per_pass
-                || live_count >= self.cfg.max_instances
-            {
-                break;
-            }
-            let (class, rest): (Vec<JobView>, Vec<JobView>) =
-                remaining.into_iter().partition(|j| same_class(j, &first));
-            remaining = rest;
-            let mut class: std::collections::VecDeque<JobView> = class.into();
-            let mut blocked: Vec<JobView> = Vec::new();
-            let fitting: Vec<&OfferObs> = offers
-                .iter()
-                .filter(|o| self.offer_fits(&first, o))
-                .collect();
-            if fitting.is_empty() {
-                if !offers.is_empty() {
-                    for j in &class {
-                        self.note(j, "waiting: no offer fits (GPUs, disk, price cap)".into());
-                    }
+        let live_count = live.len();
+        let total_dph: Decimal = live.iter().map(|i| i.offer.price()).sum();
+        let claimed_offers: BTreeSet<i64> = live.iter().map(|i| i.offer.offer_id).collect();
+        let claimed_machines: BTreeSet<i64> = live.iter().map(|i| i.offer.machine_id).collect();
+        let mut plan_offers: Vec<pl::PlanOffer> = Vec::new();
+        let mut offer_obs: Vec<&OfferObs> = Vec::new();
+        let mut index: BTreeMap<i64, usize> = BTreeMap::new();
+        let mut offers_by_class: BTreeMap<pl::ClassKey, Vec<usize>> = BTreeMap::new();
+        for (class, rep) in &classes {
+            let mut idx = Vec::new();
+            for o in offers {
+                if claimed_offers.contains(&o.offer_id)
+                    || claimed_machines.contains(&o.machine_id)
+                    || !offer_matches(rep, o)
+                {
+                    continue;
                 }
+                let i = match index.get(&o.offer_id) {
+                    Some(i) => *i,
+                    None => {
+                        plan_offers.push(plan_offer(o));
+                        offer_obs.push(o);
+                        index.insert(o.offer_id, plan_offers.len() - 1);
+                        plan_offers.len() - 1
+                    }
+                };
+                idx.push(i);
+            }
+            offers_by_class.insert(class.clone(), idx);
+        }
+        // 3. instances of ours with free GPUs (booting ones too: their boot is already paid).
+        let idle: Vec<pl::IdleInstance> = live
+            .iter()
+            .filter(|i| {
+                matches!(
+                    i.state,
+                    InstState::Requested | InstState::Booting | InstState::Ready | InstState::Up
+                )
+            })
+            .filter_map(|i| {
+                let (g, d) = used.get(&i.key).copied().unwrap_or_default();
+                let free_gpus = i.offer.gpus.saturating_sub(g);
+                let inst_classes: Vec<pl::ClassKey> = classes
+                    .iter()
+                    .filter(|(_, rep)| fits_instance(rep, i))
+                    .map(|(c, _)| c.clone())
+                    .collect();
+                (free_gpus > 0 && !inst_classes.is_empty()).then(|| pl::IdleInstance {
+                    id: i.key,
+                    machine_id: i.offer.machine_id,
+                    host_id: 0,
+                    image: i.offer.image.clone(),
+                    gpu_name: i.offer.gpu_name.clone(),
+                    num_gpus: i.offer.gpus,
+                    free_gpus,
+                    disk_free_gb: disk_u32((i.offer.disk_gb - d).max(0.0)),
+                    dph: nano(i.offer.price()),
+                    dlperf: i.offer.dlperf,
+                    interruptible: i.offer.bid.is_some(),
+                    preempt_per_h: f64::NAN,
+                    classes: inst_classes,
+                })
+            })
+            .collect();
+        // 4. budgets left, blacklist, headroom.
+        let budgets: BTreeMap<String, pl::Nano> = self
+            .w
+            .budgets
+            .iter()
+            .map(|(exp, b)| {
+                let left = b.limit
+                    - spend.get(exp).copied().unwrap_or_default()
+                    - reserved.get(exp).copied().unwrap_or_default();
+                (exp.clone(), nano(left.max(Decimal::ZERO)))
+            })
+            .collect();
+        let mut blacklist = pl::Blacklist::default();
+        for m in &self.w.blacklist {
+            blacklist.machines.insert(
+                *m,
+                pl::Ban {
+                    until_ms: EpochMs::MAX,
+                    reason: "failed us before".into(),
+                },
+            );
+        }
+        let headroom = self
+            .cfg
+            .max_instances
+            .saturating_sub(live_count)
+            .min(self.cfg.max_provisions_per_pass);
+        // Boot and setup estimates cannot exceed the timeouts that would fail the instance; a
+        // restart after a preemption is a boot and a setup again.
+        let defaults = pl::PlanConfig::default();
+        let secs = |ms: i64| u32::try_from((ms / 1000).max(1)).unwrap_or(u32::MAX);
+        let boot_s = defaults.default_boot_s.min(secs(self.cfg.boot_timeout_ms));
+        let setup_s = defaults
+            .boot_overhead_s
+            .min(secs(self.cfg.setup_timeout_ms));
+        let config = pl::PlanConfig {
+            default_boot_s: boot_s,
+            boot_overhead_s: setup_s,
+            restart_overhead_s: defaults
+                .restart_overhead_s
+                .min(boot_s.saturating_add(setup_s)),
+            bid_margin_pct: pct(self.cfg.bid_margin).unwrap_or(10),
+            max_instances: u32::try_from(headroom).unwrap_or(u32::MAX),
+            max_total_dph: self
+                .cfg
+                .max_total_dph
+                .map(|m| nano((m - total_dph).max(Decimal::ZERO))),
+            min_reliability: self.cfg.min_reliability,
+            ref_dlperf_per_gpu: REF_DLPERF_PER_GPU,
+            runtime_safety_pct: pct(self.cfg.reservation_factor).unwrap_or(150),
+            outbid_max_wait_s: u32::try_from(self.cfg.outbid_max_wait_ms / 1000)
+                .unwrap_or(u32::MAX),
+            ..defaults
+        };
+        let input = pl::PlanInput {
+            now_ms: self.now,
+            jobs,
+            offers: plan_offers,
+            offers_by_class,
+            idle,
+            throughput: pl::Throughput::default(),
+            budgets,
+            blacklist,
+            config,
+        };
+        let plan = pl::plan(&input);
+        // Carry it out: reuse, then rentals (journaled with their label, then their jobs).
+        for r in &plan.reuse {
+            self.emit(Action::Place {
+                job: r.job.job_id,
+                key: r.instance_id,
+            });
+        }
+        for r in &plan.rent {
+            let Some(o) = index.get(&r.offer_id).map(|&i| offer_obs[i]) else {
+                continue;
+            };
+            let Some(first) = r.jobs.first() else {
+                continue;
+            };
+            let experiment = self
+                .w
+                .jobs
+                .get(&first.job_id)
+                .map(|j| j.experiment.clone())
+                .unwrap_or_default();
+            let disk_gb = f64::from(r.disk_gb);
+            let storage_dph = o.storage_cost * Decimal::from(r.disk_gb) / Decimal::from(720);
+            let offer = OfferChoice {
+                offer_id: o.offer_id,
+                machine_id: o.machine_id,
+                gpus: o.num_gpus,
+                gpu_name: o.gpu_name.clone(),
+                dph: if o.dph_base > Decimal::ZERO {
+                    o.dph_base + storage_dph
+                } else {
+                    o.dph_total
+                },
+                dph_base: o.dph_base,
+                storage_cost: o.storage_cost,
+                bid: match r.kind {
+                    pl::RentalKind::OnDemand => None,
+                    pl::RentalKind::Interruptible { bid } => Some(price_up(from_nano(bid))),
+                },
+                disk_gb,
+                image: r.image.clone(),
+                dlperf: o.dlperf,
+            };
+            let key = self.w.next_instance_key();
+            let label = instance_label(&self.w.workspace, key);
+            self.emit(Action::Provision {
+                key,
+                label,
+                offer,
+                experiment,
+            });
+            for j in &r.jobs {
+                self.emit(Action::Place { job: j.job_id, key });
+            }
+        }
+        // Say why the rest waits. With no offers observed at all (the search failed or was not
+        // made this pass) there is nothing to say about offers.
+        for d in &plan.deferred {
+            if offers.is_empty()
+                && matches!(
+                    d.reason,
+                    pl::DeferReason::NoOfferFits { .. } | pl::DeferReason::OffersExhausted { .. }
+                )
+            {
                 continue;
             }
-            let max_slots = fitting
-                .iter()
-                .map(|o| (o.num_gpus / first.req.gpus.max(1)) as usize)
-                .max()
-                .unwrap_or(1);
-            let mut ranked: Vec<(Decimal, i64, usize, OfferChoice)> = Vec::new();
-            let mut ranked_for = usize::MAX;
-            let mut cursor = 0usize;
-            while !class.is_empty()
-                && provisions < self.cfg.max_provisions_per_pass
-                && live_count < self.cfg.max_instances
-            {
-                // Costs depend on how many jobs share an offer: rank again when that changes.
-                if ranked_for > class.len() && (ranked_for == usize::MAX || class.len() < max_slots)
-                {
-                    ranked = fitting
-                        .iter()
-                        .filter_map(|o| self.rank_offer(&first, o, class.len()))
-                        .collect();
-                    ranked.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
-                    ranked_for = class.len();
-                    cursor = 0;
-                }
-                while cursor < ranked.len()
-                    && (claimed_offers.contains(&ranked[cursor].3.offer_id)
-                        || claimed_machines.contains(&ranked[cursor].3.machine_id))
-                {
-                    cursor += 1;
-                }
-                let Some((_, _, k, offer)) = ranked.get(cursor).cloned() else {
-                    for j in &class {
-                        self.note(j, "waiting: no offer fits (GPUs, disk, price cap)".into());
-                    }
-                    break;
-                };
-                let price = offer.price();
-                if let Some(max) = self.cfg.max_total_dph
-                    && total_dph + price > max
-                {
-                    break;
-                }
-                // Take jobs from the front while their worst-case cost fits their budgets; one
-                // that does not fit now will not fit later in this pass (reservations only grow).
-                let share = price / Decimal::from(k as u64);
-                let mut take: Vec<JobView> = Vec::new();
-                let mut extra: BTreeMap<String, Decimal> = BTreeMap::new();
-                while take.len() < k {
-                    let Some(j) = class.pop_front() else { break };
-                    let wc = self.worst_case(&j, share, offer.dlperf);
-                    let e = extra.get(&j.experiment).copied().unwrap_or_default();
-                    if allows(&reserved, &j, e + wc) {
-                        *extra.entry(j.experiment.clone()).or_default() += wc;
-                        take.push(j);
-                    } else {
-                        blocked.push(j);
-                    }
-                }
-                if take.is_empty() {
-                    break;
-                }
-                for (e, v) in extra {
-                    *reserved.entry(e).or_default() += v;
-                }
-                let key = self.w.next_instance_key();
-                let label = instance_label(&self.w.workspace, key);
-                claimed_offers.insert(offer.offer_id);
-                claimed_machines.insert(offer.machine_id);
-                live_count += 1;
-                total_dph += price;
-                self.emit(Action::Provision {
-                    key,
-                    label,
-                    offer,
-                    experiment: take[0].experiment.clone(),
-                });
-                for j in take {
-                    self.emit(Action::Place { job: j.id, key });
-                }
-                provisions += 1;
-            }
-            for j in &blocked {
-                self.note(j, budget_note(j));
-            }
+            let Some(j) = self.w.jobs.get(&d.job_id).cloned() else {
+                continue;
+            };
+            let reason = match &d.reason {
+                pl::DeferReason::OverBudget { .. }
+                | pl::DeferReason::NoOfferFits { .. }
+                | pl::DeferReason::BlacklistedOnly { .. }
+                | pl::DeferReason::OverMaxDph { .. }
+                | pl::DeferReason::Invalid { .. } => format!("waiting: {}", d.reason),
+                _ => d.reason.to_string(),
+            };
+            self.note(&j, reason);
         }
     }
 
@@ -1203,7 +1275,6 @@ fn gpu_matches(wanted: &str, have: &str) -> bool {
 fn fits_instance(j: &JobView, inst: &InstanceView) -> bool {
     inst.offer.image == j.req.image
         && inst.offer.disk_gb >= j.disk_gb()
-        && (j.req.interruptible || inst.offer.bid.is_none())
         && j.req
             .gpu_name
             .as_deref()
@@ -1221,13 +1292,73 @@ fn hours(est_runtime_s: u64, dlperf: f64) -> Decimal {
     Decimal::from_f64_retain(h).unwrap_or_default().round_dp(6)
 }
 
-fn same_class(a: &JobView, b: &JobView) -> bool {
-    a.req.gpus == b.req.gpus
-        && a.req.gpu_name == b.req.gpu_name
-        && a.req.image == b.req.image
-        && a.req.interruptible == b.req.interruptible
-        && a.req.max_dph == b.req.max_dph
-        && a.disk_gb() == b.disk_gb()
+/// `dlperf` of the reference GPU that [`JobReq::est_runtime_s`] is measured against. The
+/// planner's default reference is 40 (one RTX 4090); the reconciler's convention is 100.
+pub const REF_DLPERF_PER_GPU: f64 = 100.0;
+
+/// The planner's requirement class of a job: the fields of its offer search.
+fn class_key(j: &JobView) -> String {
+    format!(
+        "gpus={} gpu={} ram={} disk={} image={}",
+        j.req.gpus,
+        j.req.gpu_name.as_deref().unwrap_or("*"),
+        j.req.min_gpu_ram_gb.map_or("*".into(), |r| r.to_string()),
+        j.disk_gb(),
+        j.req.image
+    )
+}
+
+/// Whether an offer answers a job's search (GPUs, model, memory, disk). Blacklist and
+/// reliability are left to the planner so that its deferral says why.
+fn offer_matches(j: &JobView, o: &OfferObs) -> bool {
+    o.num_gpus >= j.req.gpus
+        && o.disk_space_gb >= j.disk_gb()
+        && j.req
+            .gpu_name
+            .as_deref()
+            .is_none_or(|g| gpu_matches(g, &o.gpu_name))
+        && j.req.min_gpu_ram_gb.is_none_or(|r| o.gpu_ram_gb >= r)
+}
+
+/// An observed offer as the planner takes it.
+fn plan_offer(o: &OfferObs) -> crate::planner::PlanOffer {
+    crate::planner::PlanOffer {
+        id: o.offer_id,
+        machine_id: o.machine_id,
+        host_id: 0,
+        gpu_name: o.gpu_name.clone(),
+        num_gpus: o.num_gpus,
+        dph_base: nano(if o.dph_base > Decimal::ZERO {
+            o.dph_base
+        } else {
+            o.dph_total
+        }),
+        storage_gb_h: nano(o.storage_cost / Decimal::from(720)),
+        disk_space_gb: if o.disk_space_gb.is_finite() && o.disk_space_gb > 0.0 {
+            o.disk_space_gb.floor().min(f64::from(u32::MAX)) as u32
+        } else {
+            0
+        },
+        min_bid: (o.min_bid > Decimal::ZERO).then(|| nano(o.min_bid)),
+        dlperf: o.dlperf,
+        reliability: o.reliability,
+        boot_estimate_s: 0,
+        preempt_per_h: f64::NAN,
+    }
+}
+
+/// A need in GB as a whole number for the planner, rounded up.
+fn disk_u32(gb: f64) -> u32 {
+    if gb.is_finite() && gb > 0.0 {
+        gb.ceil().min(f64::from(u32::MAX)) as u32
+    } else {
+        0
+    }
+}
+
+/// A fraction as whole percent (0.1 -> 10, 1.5 -> 150).
+fn pct(d: Decimal) -> Option<u32> {
+    (d * Decimal::from(100)).round().to_u32()
 }
 
 /// One reconcile pass: the actions to take now, in order.

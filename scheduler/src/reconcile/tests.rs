@@ -57,7 +57,8 @@ fn offer(id: i64, gpus: u32, dph: Decimal) -> OfferObs {
         storage_cost: dec!(0.1),
         min_bid: dph / dec!(2),
         disk_space_gb: 100.0,
-        dlperf: 100.0,
+        // Vast's dlperf is for the whole offer: `gpus` reference GPUs (dlperf 100 each).
+        dlperf: 100.0 * f64::from(gpus),
         reliability: 0.99,
     }
 }
@@ -929,6 +930,7 @@ fn outbid_decision_uses_the_planner() {
         winning_bid: Some(dec!(0.25)),
         remaining_s: 3_600,
         checkpoints: true,
+        done_s: 600,
         local_checkpoint_age_s: 10,
         pulled_checkpoint_age_s: Some(10),
         alternative: None,
