@@ -1131,3 +1131,141 @@ fn reconcile_is_deterministic() {
     assert_eq!(a, b);
     assert!(!a.is_empty());
 }
+
+// ---- placement is the planner's --------------------------------------------------------------
+
+#[test]
+fn planner_packs_by_price_per_gpu_with_dlperf_per_whole_offer() {
+    // Two jobs: a 2-GPU offer at $0.5/h (dlperf 200 = two reference GPUs) is $0.25 per job-hour,
+    // a 1-GPU offer at $0.3/h is $0.30: one rental carries both, with disk for both slots.
+    let mut w = world();
+    w.jobs.insert(1, job(1, "e"));
+    w.jobs.insert(2, job(2, "e"));
+    let obs = Observations {
+        market: Some(vec![]),
+        offers: vec![
+            offer(1, 1, dec!(0.3)),
+            offer(2, 1, dec!(0.3)),
+            offer(3, 2, dec!(0.5)),
+        ],
+        ..Default::default()
+    };
+    let acts = reconcile(&w, &obs, 0, &cfg());
+    let prov: Vec<&OfferChoice> = acts
+        .iter()
+        .filter_map(|a| match a {
+            Action::Provision { offer, .. } => Some(offer),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(prov.len(), 1, "{acts:?}");
+    assert_eq!(prov[0].offer_id, 3);
+    assert_eq!(prov[0].disk_gb, 20.0);
+    assert_eq!(count(&acts, |a| matches!(a, Action::Place { .. })), 2);
+    // The same offer with dlperf 100 for both GPUs is half as fast per job: two 1-GPU rentals.
+    let mut slow = obs.clone();
+    slow.offers[2].dlperf = 100.0;
+    let acts = reconcile(&w, &slow, 0, &cfg());
+    assert_eq!(count(&acts, |a| matches!(a, Action::Provision { .. })), 2);
+    assert!(
+        !acts
+            .iter()
+            .any(|a| matches!(a, Action::Provision { offer, .. } if offer.offer_id == 3))
+    );
+}
+
+#[test]
+fn a_reference_gpu_is_dlperf_100() {
+    // One reference hour on a dlperf-100 GPU at $0.3/h: the worst case (1.5 h plus 240 s of
+    // boot and setup, ≈ $0.47) fits a $0.50 budget, not a $0.40 one. With the planner's own
+    // reference (dlperf 40) the GPU would count 2.5× faster (≈ $0.20) and both would fit.
+    for (limit, placed) in [(dec!(0.5), true), (dec!(0.4), false)] {
+        let mut w = world();
+        w.jobs.insert(1, job(1, "e"));
+        w.budgets.insert(
+            "e".into(),
+            BudgetView {
+                limit,
+                warn_fraction: dec!(0.8),
+                warned: false,
+                hard_stopped: false,
+            },
+        );
+        let obs = Observations {
+            market: Some(vec![]),
+            offers: vec![offer(1, 1, dec!(0.3))],
+            ..Default::default()
+        };
+        let acts = reconcile(&w, &obs, 0, &cfg());
+        assert_eq!(
+            count(&acts, |a| matches!(a, Action::Provision { .. })) == 1,
+            placed,
+            "limit {limit}: {acts:?}"
+        );
+    }
+}
+
+#[test]
+fn deferred_jobs_say_why_they_wait() {
+    let mut w = world();
+    let mut j = job(1, "e");
+    j.req.max_dph = Some(dec!(0.1));
+    w.jobs.insert(1, j);
+    w.jobs.insert(2, job(2, "e"));
+    w.blacklist.insert(10); // the machine of offer 1
+    let obs = Observations {
+        market: Some(vec![]),
+        offers: vec![offer(1, 1, dec!(0.3))],
+        ..Default::default()
+    };
+    let acts = reconcile(&w, &obs, 0, &cfg());
+    assert_eq!(count(&acts, |a| matches!(a, Action::Provision { .. })), 0);
+    let note = |id: JobId| {
+        acts.iter()
+            .find_map(|a| match a {
+                Action::Note { job, reason } if *job == id => Some(reason.clone()),
+                _ => None,
+            })
+            .unwrap_or_default()
+    };
+    assert!(note(2).contains("blacklisted"), "{acts:?}");
+    assert!(note(1).starts_with("waiting: "), "{acts:?}");
+    // The reason lands on the job (what `status` shows), and is not repeated next pass.
+    run(&mut w, &acts, 0);
+    assert!(
+        w.jobs[&2]
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("blacklisted")
+    );
+    let again = reconcile(&w, &obs, 1_000, &cfg());
+    assert_eq!(count(&again, |a| matches!(a, Action::Note { .. })), 0);
+}
+
+#[test]
+fn an_interruptible_idle_instance_is_not_reused_for_an_on_demand_job() {
+    let mut w = world();
+    let mut i = instance(1, Some(100), InstState::Up);
+    i.offer.bid = Some(dec!(0.2));
+    i.idle_since_ms = Some(0);
+    w.instances.insert(1, i);
+    w.jobs.insert(1, job(1, "e"));
+    let obs = Observations {
+        market: Some(vec![listed(100, 1, "running")]),
+        offers: vec![offer(9, 1, dec!(0.5))],
+        ..Default::default()
+    };
+    let acts = reconcile(&w, &obs, 1_000, &cfg());
+    assert!(
+        !acts.contains(&Action::Place { job: 1, key: 1 }),
+        "{acts:?}"
+    );
+    assert!(acts.iter().any(
+        |a| matches!(a, Action::Provision { offer, .. } if offer.offer_id == 9 && offer.bid.is_none())
+    ));
+    // An interruptible job takes it.
+    w.jobs.get_mut(&1).unwrap().req.interruptible = true;
+    let acts = reconcile(&w, &obs, 1_000, &cfg());
+    assert!(acts.contains(&Action::Place { job: 1, key: 1 }), "{acts:?}");
+}
