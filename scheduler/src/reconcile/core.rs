@@ -2,9 +2,10 @@
 //!
 //! One pass looks at the market listing (adopt, orphans, boot timeouts, failures, outbid
 //! pauses), then the agents' heartbeats (progress, checkpoints to pull, ends, silence), then
-//! budgets, then places queued work on free slots or new offers, then tears down idle
-//! instances. Each emitted action is applied to a working copy with [`Outcome::Planned`], so
-//! later decisions in the pass see earlier ones. Nothing here reads a clock or a random source.
+//! budgets, then places queued work on free slots or new offers (with `crate::planner::plan`),
+//! then tears down idle instances. Each emitted action is applied to a working copy with
+//! [`Outcome::Planned`], so later decisions in the pass see earlier ones. Nothing here reads a
+//! clock or a random source.
 
 use std::collections::{BTreeMap, BTreeSet};
 
