@@ -7,7 +7,7 @@
 //! by label prefix adopts purchases whose answer was lost, destroys what we do not know, and
 //! confirms destroys. A `kill -9` anywhere, then a restart with the same journal, converges.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -245,6 +245,46 @@ pub struct Engine {
     last_snapshot: String,
     ledger: Option<ledger::Ledger>,
     mirror: Option<StoreMirror>,
+    /// Consecutive failed pulls per job (not journaled: a restart just grants a few more tries).
+    pull_failures: BTreeMap<JobId, u32>,
+}
+
+/// After this many failed pulls in a row the engine stops holding back a job's dependent
+/// actions, so an instance that never answers cannot keep an attempt (and its bill) open
+/// forever; the output is then lost, and the event log says so.
+const MAX_DEFERRED_PULLS: u32 = 10;
+
+/// What a failed pull in this pass holds back until the next pass retries it.
+#[derive(Default)]
+struct Deferred {
+    /// Jobs whose pull failed: their attempt must not end (or move) in this pass.
+    jobs: BTreeSet<JobId>,
+    /// Instances that hold the only copy of what a failed pull wanted: not destroyed, and
+    /// not given new work (the core's working copy believed their slot freed).
+    keys: BTreeSet<InstanceKey>,
+}
+
+fn deferred_what(a: &Action) -> String {
+    match a {
+        Action::EndAttempt { job, .. } => format!("ending the attempt of job {job}"),
+        Action::Place { job, key } => format!("placing job {job} on instance {key}"),
+        Action::StartAttempt { job, key, .. } => format!("starting job {job} on instance {key}"),
+        Action::Destroy { key, .. } => format!("destroying instance {key}"),
+        other => format!("{other:?}"),
+    }
+}
+
+impl Deferred {
+    fn holds(&self, a: &Action) -> bool {
+        match a {
+            Action::EndAttempt { job, .. } => self.jobs.contains(job),
+            Action::Place { job, key } | Action::StartAttempt { job, key, .. } => {
+                self.jobs.contains(job) || self.keys.contains(key)
+            }
+            Action::Destroy { key, .. } => self.keys.contains(key),
+            _ => false,
+        }
+    }
 }
 
 fn exp_dir(home: &Path, exp: &str) -> PathBuf {
@@ -306,6 +346,7 @@ impl Engine {
             last_snapshot: String::new(),
             ledger: None,
             mirror: None,
+            pull_failures: BTreeMap::new(),
         })
     }
 
@@ -628,23 +669,82 @@ impl Engine {
         self.market.advance_to(now);
         self.load_budgets().await;
         let obs = self.observe(now).await;
+        self.book_open_missing(now);
         self.book_observe(&obs, now);
         let actions = reconcile(&self.state.world, &obs, now, &self.cfg.reconcile);
         let mut report = StepReport {
             actions: actions.len(),
             ..StepReport::default()
         };
+        // The core planned this pass on a working copy where every pull succeeded. When a
+        // real pull fails, what depends on it (ending the attempt, destroying or reusing the
+        // instance with the only copy) waits: the real world still shows the work unpulled,
+        // so the next pass plans the pull again.
+        let mut deferred = Deferred::default();
         for a in actions {
-            if let Err(e) = self.execute(&a, now).await {
+            if deferred.holds(&a) {
+                self.event(
+                    now,
+                    "deferred",
+                    format!(
+                        "{}: held back until a failed pull is retried",
+                        deferred_what(&a)
+                    ),
+                );
+                continue;
+            }
+            let res = self.execute(&a, now).await;
+            if let Action::Pull { job, key, .. } = &a {
+                if res.is_ok() {
+                    self.pull_failures.remove(job);
+                } else {
+                    let n = {
+                        let n = self.pull_failures.entry(*job).or_insert(0);
+                        *n += 1;
+                        *n
+                    };
+                    if n <= MAX_DEFERRED_PULLS {
+                        deferred.jobs.insert(*job);
+                        deferred.keys.insert(*key);
+                    } else {
+                        self.event(
+                            now,
+                            "warn",
+                            format!("job {job}: giving up on pulling after {} failures", n - 1),
+                        );
+                    }
+                }
+            }
+            if let Err(e) = res {
                 report.errors.push(e.clone());
                 self.event(now, "error", e);
             }
         }
+        // Adoptions (and journals written before the book was) leave instances unbilled.
+        self.book_open_missing(now);
         self.save().await?;
         self.sync_mirror(now).await;
         self.snapshot(now);
         report.drained = self.state.world.is_drained();
         Ok(report)
+    }
+
+    /// Every rented instance we know of is in the book: one with a Vast id but no entry (an
+    /// adopted purchase, a crash between the journal and the book) is opened now.
+    fn book_open_missing(&mut self, now: EpochMs) {
+        let missing: Vec<(InstanceView, VastId)> = self
+            .state
+            .world
+            .instances
+            .values()
+            .filter(|i| {
+                i.state != InstState::Gone && !self.state.book.instances.contains_key(&i.key)
+            })
+            .filter_map(|i| i.vast_id.map(|v| (i.clone(), v)))
+            .collect();
+        for (inst, v) in missing {
+            self.state.book.open_instance(&inst, v, now);
+        }
     }
 
     fn book_observe(&mut self, obs: &Observations, now: EpochMs) {
@@ -685,12 +785,13 @@ impl Engine {
                 match self.market.create(&spec).await {
                     Ok(vast_id) => {
                         self.stats.purchases += 1;
-                        self.record(a, &Outcome::Provisioned { vast_id }, now)
-                            .await
-                            .map_err(j)?;
+                        // Open the bill before the journal save, so both are persisted together.
                         if let Some(inst) = self.state.world.instances.get(key).cloned() {
                             self.state.book.open_instance(&inst, vast_id, now);
                         }
+                        self.record(a, &Outcome::Provisioned { vast_id }, now)
+                            .await
+                            .map_err(j)?;
                         self.event(
                             now,
                             "provision",
