@@ -14,4 +14,3 @@ pub mod report;
 pub mod run;
 pub mod sim;
 pub mod status;
-

@@ -7,8 +7,8 @@ mod e2e_sim;
 mod leader;
 mod queue_claim;
 mod queue_store;
-mod store_common;
 mod ssh_transport;
+mod store_common;
 
 /// A test that needs a missing external part prints why and returns; with `CI=true` it fails.
 pub fn require(part: &str, available: bool, why: &str) -> bool {
