@@ -151,7 +151,7 @@ async fn reconcile(a: ReconcileArgs, ctx: &Context) -> anyhow::Result<()> {
     let client = vast::client::VastClient::from_env()?;
     let l = open_ledger(ctx).await?;
     let charges = client
-        .charges(since.div_euclid(1000), until.div_euclid(1000))
+        .charges(since.div_euclid(1000), (until + 999).div_euclid(1000))
         .await
         .context("reading Vast's charges feed")?;
     let labels = instance_labels(&l).await;

@@ -2036,7 +2036,9 @@ impl Market {
             );
         }
         let from_ms = (gte * 1000.0) as i64;
-        let to_ms = ((lte * 1000.0) as i64).min(self.now_ms);
+        // Bounds are whole seconds and `lte` includes all of its second: a contract that began
+        // at 12:00:07.5 is inside `lte = 12:00:07`.
+        let to_ms = ((lte * 1000.0) as i64).saturating_add(999).min(self.now_ms);
         let mut results: Vec<(i64, u64, Value)> = Vec::new();
         for inst in self.instances.values().chain(self.closed.values()) {
             let end = inst.destroyed_ms.unwrap_or(self.now_ms);
