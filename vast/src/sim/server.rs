@@ -43,6 +43,16 @@ pub fn wall_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Unwrap a `Result<T, Response>` inside a handler, answering with the error response.
+macro_rules! or_respond {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(r) => return r,
+        }
+    };
+}
+
 fn lock(m: &Shared) -> MutexGuard<'_, Market> {
     // A panic in one handler must not take the whole market down with a poisoned lock.
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -201,14 +211,8 @@ async fn search_offers(
     body: Bytes,
 ) -> Response {
     let pattern = "/api/v0/bundles/";
-    let market = match app.enter("POST", pattern, &headers, &q) {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
-    let body = match parse_body(&body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+    let market = or_respond!(app.enter("POST", pattern, &headers, &q));
+    let body = or_respond!(parse_body(&body));
     match market.search(&body) {
         Ok(offers) => ok(json!({"offers": offers})),
         Err(e) => sim_err(&e),
@@ -221,14 +225,8 @@ async fn search_asks_new(
     Query(q): Q,
     body: Bytes,
 ) -> Response {
-    let market = match app.enter("PUT", "/api/v0/search/asks/", &headers, &q) {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
-    let body = match parse_body(&body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+    let market = or_respond!(app.enter("PUT", "/api/v0/search/asks/", &headers, &q));
+    let body = or_respond!(parse_body(&body));
     match market.search(&body) {
         Ok(offers) => ok(json!({"offers": offers})),
         Err(e) => sim_err(&e),
@@ -236,10 +234,7 @@ async fn search_asks_new(
 }
 
 async fn search_offers_get(State(app): State<App>, headers: HeaderMap, Query(q): Q) -> Response {
-    let market = match app.enter("GET", "/api/v0/bundles/", &headers, &q) {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
+    let market = or_respond!(app.enter("GET", "/api/v0/bundles/", &headers, &q));
     let body = match json_param(&q, "q") {
         Ok(v) => v.unwrap_or_else(|| json!({})),
         Err(r) => return r,
@@ -261,10 +256,7 @@ async fn create_instance(
         Ok(m) => m,
         Err(r) => return r,
     };
-    let body = match parse_body(&body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+    let body = or_respond!(parse_body(&body));
     let Ok(offer) = id.trim().parse::<u64>() else {
         return bad_request(
             "invalid_args",
@@ -296,14 +288,8 @@ async fn bulk_state(
     Query(q): Q,
     body: Bytes,
 ) -> Response {
-    let mut market = match app.enter("PUT", "/api/v0/instances/", &headers, &q) {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
-    let body = match parse_body(&body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+    let mut market = or_respond!(app.enter("PUT", "/api/v0/instances/", &headers, &q));
+    let body = or_respond!(parse_body(&body));
     let ids: Vec<u64> = body
         .get("ids")
         .and_then(Value::as_array)
@@ -339,14 +325,8 @@ async fn bulk_destroy(
     Query(q): Q,
     body: Bytes,
 ) -> Response {
-    let mut market = match app.enter("DELETE", "/api/v0/instances/", &headers, &q) {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
-    let body = match parse_body(&body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+    let mut market = or_respond!(app.enter("DELETE", "/api/v0/instances/", &headers, &q));
+    let body = or_respond!(parse_body(&body));
     let ids: Vec<u64> = body
         .get("instance_ids")
         .and_then(Value::as_array)
@@ -364,10 +344,7 @@ async fn bulk_destroy(
 }
 
 async fn list_v1(State(app): State<App>, headers: HeaderMap, Query(q): Q) -> Response {
-    let market = match app.enter("GET", "/api/v1/instances/", &headers, &q) {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
+    let market = or_respond!(app.enter("GET", "/api/v1/instances/", &headers, &q));
     let filters = match json_param(&q, "select_filters") {
         Ok(Some(Value::Object(o))) => o,
         Ok(None) => Map::new(),
@@ -426,10 +403,7 @@ async fn show_instance(
         Ok(m) => m,
         Err(r) => return r,
     };
-    let id = match parse_id(&id) {
-        Ok(i) => i,
-        Err(r) => return r,
-    };
+    let id = or_respond!(parse_id(&id));
     ok(json!({"instances": market.get(id)}))
 }
 
@@ -444,14 +418,8 @@ async fn manage_instance(
         Ok(m) => m,
         Err(r) => return r,
     };
-    let id = match parse_id(&id) {
-        Ok(i) => i,
-        Err(r) => return r,
-    };
-    let body = match parse_body(&body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+    let id = or_respond!(parse_id(&id));
+    let body = or_respond!(parse_body(&body));
     let mut msgs = Vec::new();
     if let Some(state) = body.get("state") {
         let r = match state.as_str() {
@@ -496,10 +464,7 @@ async fn destroy_instance(
         Ok(m) => m,
         Err(r) => return r,
     };
-    let id = match parse_id(&id) {
-        Ok(i) => i,
-        Err(r) => return r,
-    };
+    let id = or_respond!(parse_id(&id));
     match market.destroy(id) {
         Ok(()) => ok(json!({"success": true})),
         Err(e) => ok(json!({"success": false, "error": e.code(), "msg": e.to_string()})),
@@ -517,14 +482,8 @@ async fn change_bid(
         Ok(m) => m,
         Err(r) => return r,
     };
-    let id = match parse_id(&id) {
-        Ok(i) => i,
-        Err(r) => return r,
-    };
-    let body = match parse_body(&body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+    let id = or_respond!(parse_id(&id));
+    let body = or_respond!(parse_body(&body));
     let price = match body.get("price") {
         None | Some(Value::Null) => None,
         Some(v) => match v.to_string().trim_matches('"').parse::<Decimal>() {
@@ -548,10 +507,7 @@ async fn reboot(
         Ok(m) => m,
         Err(r) => return r,
     };
-    let id = match parse_id(&id) {
-        Ok(i) => i,
-        Err(r) => return r,
-    };
+    let id = or_respond!(parse_id(&id));
     match market.reboot(id) {
         Ok(()) => ok(json!({"success": true})),
         Err(e) => ok(json!({"success": false, "error": e.code(), "msg": e.to_string()})),
@@ -580,10 +536,7 @@ async fn request_logs(
             json!({"error": "invalid_id", "msg": "Invalid instance id."}),
         );
     };
-    let body = match parse_body(&body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+    let body = or_respond!(parse_body(&body));
     let tail = body
         .get("tail")
         .and_then(filter::as_num)
@@ -634,10 +587,7 @@ async fn instance_ssh_list(
         Ok(m) => m,
         Err(r) => return r,
     };
-    let id = match parse_id(&id) {
-        Ok(i) => i,
-        Err(r) => return r,
-    };
+    let id = or_respond!(parse_id(&id));
     match market.instance_ssh_keys(id) {
         Ok(keys) => {
             let rows: Vec<Value> = keys.iter().map(|k| json!({"public_key": k})).collect();
@@ -658,14 +608,8 @@ async fn instance_ssh_attach(
         Ok(m) => m,
         Err(r) => return r,
     };
-    let id = match parse_id(&id) {
-        Ok(i) => i,
-        Err(r) => return r,
-    };
-    let body = match parse_body(&body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+    let id = or_respond!(parse_id(&id));
+    let body = or_respond!(parse_body(&body));
     let key = body.get("ssh_key").and_then(Value::as_str).unwrap_or("");
     match market.attach_ssh_key(id, key) {
         Ok(()) => {
@@ -686,10 +630,7 @@ async fn instance_ssh_detach(
         Ok(m) => m,
         Err(r) => return r,
     };
-    let id = match parse_id(&id) {
-        Ok(i) => i,
-        Err(r) => return r,
-    };
+    let id = or_respond!(parse_id(&id));
     match market.detach_ssh_key(id, &key) {
         Ok(()) => {
             ok(json!({"success": true, "msg": format!("SSH key detached from instance {id}.")}))
@@ -704,10 +645,7 @@ fn key_json(k: &super::market::SshKey) -> Value {
 }
 
 async fn ssh_keys_list(State(app): State<App>, headers: HeaderMap, Query(q): Q) -> Response {
-    let market = match app.enter("GET", "/api/v0/ssh/", &headers, &q) {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
+    let market = or_respond!(app.enter("GET", "/api/v0/ssh/", &headers, &q));
     ok(Value::Array(
         market.account_ssh_keys().iter().map(key_json).collect(),
     ))
@@ -719,14 +657,8 @@ async fn ssh_keys_create(
     Query(q): Q,
     body: Bytes,
 ) -> Response {
-    let mut market = match app.enter("POST", "/api/v0/ssh/", &headers, &q) {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
-    let body = match parse_body(&body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+    let mut market = or_respond!(app.enter("POST", "/api/v0/ssh/", &headers, &q));
+    let body = or_respond!(parse_body(&body));
     let key = body.get("ssh_key").and_then(Value::as_str).unwrap_or("");
     match market.add_account_ssh_key(key) {
         Ok(k) => ok(json!({"success": true, "key": key_json(&k)})),
@@ -745,14 +677,8 @@ async fn ssh_key_update(
         Ok(m) => m,
         Err(r) => return r,
     };
-    let id = match parse_id(&id) {
-        Ok(i) => i,
-        Err(r) => return r,
-    };
-    let body = match parse_body(&body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+    let id = or_respond!(parse_id(&id));
+    let body = or_respond!(parse_body(&body));
     let key = body.get("ssh_key").and_then(Value::as_str).unwrap_or("");
     if !key.trim().starts_with("ssh") {
         return bad_request("no_ssh_key", "a public key starting with 'ssh' is required");
@@ -777,10 +703,7 @@ async fn ssh_key_delete(
         Ok(m) => m,
         Err(r) => return r,
     };
-    let id = match parse_id(&id) {
-        Ok(i) => i,
-        Err(r) => return r,
-    };
+    let id = or_respond!(parse_id(&id));
     if market.delete_account_ssh_key(id) {
         ok(json!({"success": true}))
     } else {
@@ -792,18 +715,12 @@ async fn ssh_key_delete(
 }
 
 async fn current_user(State(app): State<App>, headers: HeaderMap, Query(q): Q) -> Response {
-    let market = match app.enter("GET", "/api/v0/users/current/", &headers, &q) {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
+    let market = or_respond!(app.enter("GET", "/api/v0/users/current/", &headers, &q));
     ok(market.user_json())
 }
 
 async fn charges(State(app): State<App>, headers: HeaderMap, Query(q): Q) -> Response {
-    let market = match app.enter("GET", "/api/v0/charges/", &headers, &q) {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
+    let market = or_respond!(app.enter("GET", "/api/v0/charges/", &headers, &q));
     let filters = match json_param(&q, "select_filters") {
         Ok(Some(Value::Object(o))) => o,
         Ok(_) => Map::new(),
@@ -854,10 +771,7 @@ async fn gpu_names(State(app): State<App>) -> Response {
 }
 
 async fn instance_filters(State(app): State<App>, headers: HeaderMap, Query(q): Q) -> Response {
-    let market = match app.enter("GET", "/api/v0/instances/filters/", &headers, &q) {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
+    let market = or_respond!(app.enter("GET", "/api/v0/instances/filters/", &headers, &q));
     let rows = market.list(None);
     let distinct = |key: &str| {
         let mut v: Vec<String> = rows
