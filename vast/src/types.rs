@@ -266,6 +266,32 @@ pub struct OfferFields {
     pub duration: Option<f64>,
 }
 
+/// `Deref` to the typed fields, `Deserialize` keeping the raw JSON beside them, and `Serialize`
+/// writing the raw JSON back (so `--json` prints Vast's own field names).
+macro_rules! typed_with_raw {
+    ($outer:ident, $fields:ident) => {
+        impl std::ops::Deref for $outer {
+            type Target = $fields;
+            fn deref(&self) -> &$fields {
+                &self.fields
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $outer {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let (fields, raw) = with_raw(d)?;
+                Ok($outer { fields, raw })
+            }
+        }
+
+        impl Serialize for $outer {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                self.raw.serialize(s)
+            }
+        }
+    };
+}
+
 /// One offer from search: typed fields (deref to [`OfferFields`]) and the raw JSON Vast sent.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Offer {
@@ -274,25 +300,7 @@ pub struct Offer {
     pub raw: Value,
 }
 
-impl std::ops::Deref for Offer {
-    type Target = OfferFields;
-    fn deref(&self) -> &OfferFields {
-        &self.fields
-    }
-}
-
-impl<'de> Deserialize<'de> for Offer {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let (fields, raw) = with_raw(d)?;
-        Ok(Offer { fields, raw })
-    }
-}
-
-impl Serialize for Offer {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.raw.serialize(s)
-    }
-}
+typed_with_raw!(Offer, OfferFields);
 
 impl Offer {
     /// Country code: the last two letters of `geolocation` ("Florida, US" → "US").
@@ -441,25 +449,7 @@ pub struct Instance {
     pub raw: Value,
 }
 
-impl std::ops::Deref for Instance {
-    type Target = InstanceFields;
-    fn deref(&self) -> &InstanceFields {
-        &self.fields
-    }
-}
-
-impl<'de> Deserialize<'de> for Instance {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let (fields, raw) = with_raw(d)?;
-        Ok(Instance { fields, raw })
-    }
-}
-
-impl Serialize for Instance {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.raw.serialize(s)
-    }
-}
+typed_with_raw!(Instance, InstanceFields);
 
 /// Vast's `actual_status` values; anything new is kept in [`InstanceStatus::Other`].
 #[derive(Debug, Clone, PartialEq, Eq)]
