@@ -193,7 +193,7 @@ pub fn lower_bound(jobs: &[BenchJob], m: &vast::sim::Market) -> f64 {
 }
 
 /// Our scheduler: the real engine on the virtual clock.
-pub async fn run_ours(seed: u64, jobs: &[BenchJob]) -> (Figures, f64) {
+pub async fn run_ours(seed: u64, jobs: &[BenchJob], deadline_h: Option<f64>) -> (Figures, f64) {
     let dir = scratch_dir();
     let sim = SimMarket::new(vast::sim::Market::new(market_config(
         seed,
@@ -226,6 +226,8 @@ pub async fn run_ours(seed: u64, jobs: &[BenchJob]) -> (Figures, f64) {
     cfg.reconcile = ReconcileConfig {
         heartbeat_interval_ms: 60_000,
         max_instances: 200,
+        deadline_ms: deadline_h
+            .map(|h| vast::sim::DEFAULT_START_MS + (h * 3_600_000.0).round() as i64),
         ..ReconcileConfig::default()
     };
     cfg.offer_limit = 400;
@@ -246,11 +248,18 @@ pub async fn run_ours(seed: u64, jobs: &[BenchJob]) -> (Figures, f64) {
     let mut now = start;
     let mut last_done = start;
     let mut purchases = 0;
+    // VASTICLAUDE_BENCH_DEBUG=1: what went wrong, what was rented, how busy it was.
+    let debug = std::env::var_os("VASTICLAUDE_BENCH_DEBUG").is_some();
     loop {
         now += STEP_MS;
         let _ = engine.step(now).await;
         purchases += engine.stats.purchases;
         engine.stats.purchases = 0;
+        for e in engine.drain_events() {
+            if debug && matches!(e.kind.as_str(), "warn" | "error" | "effect") {
+                eprintln!("event {} {}: {}", e.at_ms, e.kind, e.detail);
+            }
+        }
         let w = engine.world();
         if w.jobs.values().any(|j| j.state == JobState::Succeeded) {
             let done = w.jobs.values().filter(|j| j.state.is_terminal()).count();
@@ -264,8 +273,8 @@ pub async fn run_ours(seed: u64, jobs: &[BenchJob]) -> (Figures, f64) {
     }
     let w = engine.world();
     let costs = engine.costs(now);
-    // VASTICLAUDE_BENCH_DEBUG=1: what was rented, for how long, and how busy its GPUs were.
-    if std::env::var_os("VASTICLAUDE_BENCH_DEBUG").is_some() {
+    if debug {
+        eprintln!("stats: {:?}", engine.stats);
         for i in w.instances.values() {
             let b = engine.book().instances.get(&i.key);
             let busy: i64 = b
@@ -295,6 +304,28 @@ pub async fn run_ours(seed: u64, jobs: &[BenchJob]) -> (Figures, f64) {
                 life as f64 / 3.6e6,
                 100.0 * busy as f64 / (life.max(1) * i64::from(i.offer.gpus)) as f64,
             );
+            if std::env::var_os("VASTICLAUDE_BENCH_SPANS").is_some()
+                && let Some(b) = b
+            {
+                for s in &b.spans {
+                    eprintln!(
+                        "  span {} {}g {:.2}-{:.2} h {:?}",
+                        s.job,
+                        s.gpus,
+                        (s.start_ms - start) as f64 / 3.6e6,
+                        (s.end_ms - start) as f64 / 3.6e6,
+                        s.reason
+                    );
+                }
+                for iv in &b.intervals {
+                    eprintln!(
+                        "  state {:?} {:.2}-{:.2} h",
+                        iv.state,
+                        (iv.start_ms - start) as f64 / 3.6e6,
+                        (iv.end_ms - start) as f64 / 3.6e6
+                    );
+                }
+            }
         }
     }
     let lost: Decimal = costs.lost.values().copied().sum();
@@ -477,13 +508,13 @@ pub fn run_naive(seed: u64, jobs: &[BenchJob]) -> Figures {
 }
 
 /// One market: ours, naive, lower bound.
-pub fn run_market(seed: u64, n_jobs: usize) -> MarketResult {
+pub fn run_market(seed: u64, n_jobs: usize, deadline_h: Option<f64>) -> MarketResult {
     let started = std::time::Instant::now();
     let jobs = sweep(seed, n_jobs);
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("a current-thread runtime builds");
-    let (ours, lb) = rt.block_on(run_ours(seed, &jobs));
+    let (ours, lb) = rt.block_on(run_ours(seed, &jobs, deadline_h));
     let naive = run_naive(seed, &jobs);
     MarketResult {
         seed,

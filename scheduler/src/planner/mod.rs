@@ -42,6 +42,7 @@ mod baseline;
 mod bid;
 pub mod cost;
 mod from_vast;
+mod pace;
 mod pack;
 pub mod reputation;
 pub mod synth;

@@ -21,6 +21,7 @@
 use std::collections::BTreeMap;
 
 use super::cost;
+use super::pace;
 use super::types::*;
 
 /// Candidates priced exactly per list and job once they pass the job's filters.
@@ -266,6 +267,9 @@ struct Group<'a> {
     /// Rentals of this plan with free slots, oldest first.
     open: Vec<usize>,
     excl: Exclusions,
+    /// Cheapest rate (nano$ per reference GPU-hour) this group can get at all, per pacing pool:
+    /// from its offers and the instances we hold.
+    best_rate: [NanoPerHour; 2],
 }
 
 /// A rental being built, with what is needed to add jobs.
@@ -297,6 +301,8 @@ struct Notes {
     over_max_dph: Option<NanoPerHour>,
     over_total_dph: bool,
     max_instances: bool,
+    /// (cutoff, cheapest rate turned down) when pacing held the job back.
+    paced: Option<(NanoPerHour, NanoPerHour)>,
 }
 
 impl Notes {
@@ -305,6 +311,10 @@ impl Notes {
     }
     fn max_dph(&mut self, share: NanoPerHour) {
         self.over_max_dph = Some(self.over_max_dph.map_or(share, |n| n.min(share)));
+    }
+    fn paced(&mut self, cutoff: NanoPerHour, rate: NanoPerHour) {
+        let cheapest = self.paced.map_or(rate, |(_, r)| r.min(rate));
+        self.paced = Some((cutoff, cheapest));
     }
 }
 
@@ -320,6 +330,8 @@ struct Planner<'a> {
     input: &'a PlanInput,
     info: Vec<OfferInfo>,
     used: Vec<bool>,
+    /// Offer indices per machine.
+    by_machine: BTreeMap<i64, Vec<usize>>,
     groups: Vec<Group<'a>>,
     job_group: Vec<usize>,
     /// Experiment names, and remaining budget per experiment (`None`: unlimited).
@@ -333,6 +345,10 @@ struct Planner<'a> {
     idle_ok: Vec<bool>,
     building: Vec<Building>,
     new_dph: NanoPerHour,
+    /// Pacing cutoff per pool ([`pace::cutoffs`]).
+    cut: [Option<NanoPerHour>; 2],
+    /// Paced, and the queue has fewer GPUs of work than our instances have free.
+    tail: bool,
     plan: Plan,
 }
 
@@ -377,6 +393,7 @@ impl<'a> Planner<'a> {
                     remaining_interruptible: 0,
                     open: Vec::new(),
                     excl: Exclusions::default(),
+                    best_rate: [NanoPerHour::MAX; 2],
                 });
                 sums.push((0, 0, 0, 0));
                 next
@@ -498,6 +515,45 @@ impl<'a> Planner<'a> {
             }
         }
 
+        // The cheapest rate each group can get, for pacing.
+        if input.pace.is_some() {
+            for g in &mut groups {
+                for list in &g.lists {
+                    for c in &list.cands {
+                        let speed = info[c.offer as usize].speed_ppm;
+                        let r = pace::rate(c.price, c.slots.saturating_mul(g.gpus), speed);
+                        g.best_rate[1] = g.best_rate[1].min(r);
+                        if !list.interruptible {
+                            g.best_rate[0] = g.best_rate[0].min(r);
+                        }
+                    }
+                }
+                for h in input.pace.iter().flat_map(|p| &p.held) {
+                    if h.num_gpus < g.gpus || !h.classes.iter().any(|c| c == g.class) {
+                        continue;
+                    }
+                    let speed = speed_of(input, &h.gpu_name, h.dlperf, h.num_gpus);
+                    let r = pace::rate(h.dph, h.num_gpus, speed);
+                    g.best_rate[1] = g.best_rate[1].min(r);
+                    if !h.interruptible {
+                        g.best_rate[0] = g.best_rate[0].min(r);
+                    }
+                }
+            }
+        }
+        let cut = pace::cutoffs(input, &info);
+        let queued_gpus: u64 = input.jobs.iter().map(|j| u64::from(j.gpus)).sum();
+        let free_gpus: u64 = input
+            .idle
+            .iter()
+            .map(|i| u64::from(i.free_gpus.min(i.num_gpus)))
+            .sum();
+        let tail = input.pace.is_some() && queued_gpus < free_gpus;
+        let mut by_machine: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
+        for (i, o) in input.offers.iter().enumerate() {
+            by_machine.entry(o.machine_id).or_default().push(i);
+        }
+
         // Idle instances by class.
         let mut idle_by_class: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
         for (i, inst) in input.idle.iter().enumerate() {
@@ -513,6 +569,7 @@ impl<'a> Planner<'a> {
         Planner {
             input,
             used: vec![false; input.offers.len()],
+            by_machine,
             info,
             groups,
             job_group,
@@ -542,6 +599,8 @@ impl<'a> Planner<'a> {
                 .collect(),
             building: Vec::new(),
             new_dph: 0,
+            cut,
+            tail,
             plan: Plan::default(),
         }
     }
@@ -587,20 +646,39 @@ impl<'a> Planner<'a> {
             });
         }
         let mut notes = Notes::default();
-        if self.try_reuse(ji, &mut notes)
+        if self.try_reuse(ji, &mut notes, true)
             || self.try_join(ji, &mut notes)
             || self.try_rent(ji, &mut notes)
+            || (self.tail && self.try_reuse(ji, &mut notes, false))
         {
             return None;
         }
         Some(self.reason(ji, notes))
     }
 
-    fn try_reuse(&mut self, ji: usize, notes: &mut Notes) -> bool {
+    /// Puts the job on a warm instance of ours. In the tail of a paced queue (`strict` and too
+    /// few queued GPUs to fill what we hold) a job is priced by how long it keeps the instance
+    /// alive past the work already on it, and an instance is passed over when a fresh rental at
+    /// the best rate the job can get would cost less; `strict == false` takes it anyway (after
+    /// renting failed).
+    fn try_reuse(&mut self, ji: usize, notes: &mut Notes, strict: bool) -> bool {
         let input = self.input;
         let cfg = &input.config;
         let job = &input.jobs[ji];
         let exp = self.job_exp[ji];
+        let tail = strict && self.tail;
+        let alternative = {
+            let best = self.groups[self.job_group[ji]].best_rate[pace::pool(job, cfg)];
+            let work = i64::try_from(job.est_runtime_s)
+                .unwrap_or(i64::MAX)
+                .saturating_add(i64::from(cfg.default_boot_s));
+            (best != NanoPerHour::MAX).then(|| {
+                pace::with_slack(
+                    cfg,
+                    cost::charge(best.saturating_mul(i64::from(job.gpus)), work),
+                )
+            })
+        };
         let allowed = interruptible_allowed(job, &input.config);
         let Some(cands) = self.idle_by_class.get(job.class.as_str()) else {
             return false;
@@ -634,7 +712,19 @@ impl<'a> Planner<'a> {
                 notes.budget(reserve);
                 continue;
             }
-            let c = cost::charge(share, run.expected_s);
+            let c = if tail {
+                let end = input
+                    .now_ms
+                    .saturating_add(run.expected_s.saturating_mul(1000));
+                let extends_s = (end - inst.busy_until_ms.max(input.now_ms)).max(0) / 1000;
+                let c = cost::charge(inst.dph, extends_s);
+                if alternative.is_some_and(|alt| c > alt) {
+                    continue;
+                }
+                c
+            } else {
+                cost::charge(share, run.expected_s)
+            };
             if best.as_ref().is_none_or(|b| (c, inst.id) < (b.0, b.1)) {
                 best = Some((c, inst.id, ii, run, reserve));
             }
@@ -735,6 +825,10 @@ impl<'a> Planner<'a> {
         let worst_work = worst_work_s(cfg, job);
         let mut best: Option<Choice> = None;
         let group = &mut self.groups[gi];
+        let pool = pace::pool(job, cfg);
+        let pace_limit =
+            self.cut[pool].map(|c| c.max(pace::with_slack(cfg, group.best_rate[pool])));
+        let deadline = input.pace.as_ref().map_or(i64::MAX, |p| p.deadline_ms);
         for (li, list) in group.lists.iter_mut().enumerate() {
             if list.interruptible && !allowed {
                 continue;
@@ -796,6 +890,19 @@ impl<'a> Planner<'a> {
                 }
                 let inf = &self.info[c.offer as usize];
                 let run = run_of(cfg, job, inf.speed_ppm, list.interruptible, inf.rate_ppm);
+                if let Some(limit) = pace_limit {
+                    let r = pace::rate(c.price, k.saturating_mul(job.gpus), inf.speed_ppm);
+                    let done_by = input.now_ms.saturating_add(
+                        inf.boot_s
+                            .saturating_add(run.expected_s)
+                            .saturating_mul(1000),
+                    );
+                    // A job that would miss the deadline here anyway is not held back.
+                    if r > limit && done_by <= deadline {
+                        notes.paced(limit, r);
+                        continue;
+                    }
+                }
                 let reserve = cost::charge(c.price, inf.boot_s.saturating_add(run.worst_s));
                 if self.budget[exp].is_some_and(|left| reserve > left) {
                     notes.budget(reserve);
@@ -823,6 +930,10 @@ impl<'a> Planner<'a> {
         let list = &group.lists[ch.list];
         let o = &input.offers[ch.cand.offer as usize];
         let inf = self.info[ch.cand.offer as usize];
+        // Vast lists a machine once per split (8, 4, 2, 1 GPUs…): renting one takes them all.
+        for &oi in self.by_machine.get(&o.machine_id).into_iter().flatten() {
+            self.used[oi] = true;
+        }
         self.used[ch.cand.offer as usize] = true;
         self.new_dph = self.new_dph.saturating_add(ch.cand.price);
         let kind = if list.interruptible {
@@ -840,7 +951,14 @@ impl<'a> Planner<'a> {
                 class: group.class.to_string(),
                 image: group.image.to_string(),
                 kind,
-                disk_gb: group.disk_gb.saturating_mul(ch.cand.slots),
+                // Room for a job on every GPU (not only this group's slots), so that smaller
+                // jobs can fill GPUs the group's jobs leave free.
+                disk_gb: group.disk_gb.saturating_mul(ch.cand.slots).max(
+                    group
+                        .disk_gb
+                        .saturating_mul(o.num_gpus)
+                        .min(o.disk_space_gb),
+                ),
                 num_gpus: o.num_gpus,
                 dph: ch.cand.price,
                 jobs: vec![PlacedJob {
@@ -913,6 +1031,9 @@ impl<'a> Planner<'a> {
                     e.listed, job.gpus, job.disk_gb
                 ),
             };
+        }
+        if let Some((cutoff, cheapest)) = notes.paced {
+            return DeferReason::Paced { cutoff, cheapest };
         }
         if notes.over_total_dph
             && let Some(limit) = self.input.config.max_total_dph

@@ -175,6 +175,7 @@ pub fn market(seed: u64, shape: Shape) -> PlanInput {
                 interruptible: r.chance(20),
                 preempt_per_h: 0.05,
                 classes: vec![c.key.clone()],
+                busy_until_ms: 0,
             }
         })
         .collect();
@@ -223,6 +224,7 @@ pub fn market(seed: u64, shape: Shape) -> PlanInput {
             max_instances: shape.offers as u32,
             ..PlanConfig::default()
         },
+        pace: None,
     }
 }
 

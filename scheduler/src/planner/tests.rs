@@ -143,6 +143,7 @@ fn reuses_a_warm_idle_instance_with_the_same_image_before_renting() {
         interruptible: false,
         preempt_per_h: 0.0,
         classes: vec!["c".into()],
+        busy_until_ms: 0,
     };
     let mut inp = input(
         vec![job(1, 2), job(2, 2)],
@@ -557,6 +558,7 @@ proptest! {
             id: 5, machine_id: 50, host_id: 500, image: "img".into(), gpu_name: "g".into(),
             num_gpus, free_gpus: num_gpus, disk_free_gb: disk, dph: price, dlperf,
             interruptible: true, preempt_per_h: preempt, classes: vec!["c".into()],
+            busy_until_ms: 0,
         });
         let p = plan(&inp);
         check_plan(&inp, &p)?;
@@ -623,4 +625,164 @@ proptest! {
         if slow < fast { prop_assert_eq!(chosen, 1); }
         if fast < slow { prop_assert_eq!(chosen, 2); }
     }
+}
+
+// ---- pacing ----------------------------------------------------------------------------------
+
+/// Ten one-hour jobs; one cheap offer ($0.30/h) and one dear one ($0.60/h), same speed.
+fn paced_input(deadline_h: i64) -> PlanInput {
+    let jobs = (1..=10).map(|i| job(i, 1)).collect();
+    let mut inp = input(
+        jobs,
+        vec![offer(1, "g", 1, 30, 30.0), offer(2, "g", 1, 60, 30.0)],
+    );
+    inp.pace = Some(Pace {
+        deadline_ms: inp.now_ms + deadline_h * 3_600_000,
+        held: Vec::new(),
+    });
+    inp
+}
+
+#[test]
+fn pacing_with_time_to_spare_rents_only_the_cheap_capacity() {
+    // 10 GPU-hours of work, 48 hours: the cheap GPU alone is enough.
+    let inp = paced_input(48);
+    let p = plan(&inp);
+    assert_eq!(rented_offers(&p), vec![1]);
+    assert_eq!(p.deferred.len(), 9);
+    assert!(
+        p.deferred
+            .iter()
+            .any(|d| matches!(d.reason, DeferReason::Paced { .. })),
+        "{:?}",
+        p.deferred
+    );
+    // The cheapest turned-down rate is the dear offer's, $0.60 per reference GPU-hour.
+    let paced = p
+        .deferred
+        .iter()
+        .find_map(|d| match d.reason {
+            DeferReason::Paced { cheapest, .. } => Some(cheapest),
+            _ => None,
+        })
+        .expect("a paced deferral");
+    assert_eq!(paced, 60 * D / 100);
+}
+
+#[test]
+fn pacing_rents_dearer_capacity_when_the_deadline_needs_it() {
+    // 10 GPU-hours in 3 hours: one GPU cannot do it, so the dear one is rented too.
+    let p = plan(&paced_input(3));
+    assert_eq!(rented_offers(&p), vec![1, 2]);
+    // Without a deadline both are rented as well (every job goes somewhere at once).
+    let mut inp = paced_input(3);
+    inp.pace = None;
+    assert_eq!(rented_offers(&plan(&inp)), vec![1, 2]);
+}
+
+#[test]
+fn pacing_counts_capacity_we_already_hold() {
+    // We hold a cheap GPU that is busy for another hour: the queue waits for it instead of
+    // renting the dear offer, and nothing new is rented at all when the deadline allows.
+    let mut inp = paced_input(48);
+    inp.offers.remove(0);
+    inp.offers_by_class.insert("c".into(), vec![0]);
+    if let Some(pace) = &mut inp.pace {
+        pace.held.push(HeldInstance {
+            gpu_name: "g".into(),
+            dlperf: 30.0,
+            num_gpus: 1,
+            dph: 30 * D / 100,
+            interruptible: false,
+            work_left_ref_gpu_s: 3600,
+            classes: vec!["c".into()],
+        });
+    }
+    let p = plan(&inp);
+    assert!(p.rent.is_empty(), "{:?}", p.rent);
+    assert_eq!(p.deferred.len(), 10);
+    // The same queue with a 2-hour deadline needs the dear GPU.
+    if let Some(pace) = &mut inp.pace {
+        pace.deadline_ms = inp.now_ms + 2 * 3_600_000;
+    }
+    assert_eq!(rented_offers(&plan(&inp)), vec![2]);
+}
+
+#[test]
+fn a_machine_is_rented_once_even_when_listed_once_per_split() {
+    // Vast lists an 8-GPU machine as 8, 4, 2 and 1-GPU offers; renting one takes the machine.
+    let mut offers: Vec<PlanOffer> = [8u32, 4, 2, 1]
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            let mut o = offer(i as i64 + 1, "g", n, 30 * i64::from(n), 30.0 * f64::from(n));
+            o.machine_id = 77;
+            o
+        })
+        .collect();
+    offers.push(offer(9, "g", 1, 90, 30.0));
+    let jobs = (1..=12).map(|i| job(i, 1)).collect();
+    let p = plan(&input(jobs, offers));
+    let on_77 = p.rent.iter().filter(|r| r.machine_id == 77).count();
+    assert_eq!(on_77, 1, "{:?}", p.rent);
+}
+
+#[test]
+fn a_multi_gpu_rental_has_disk_for_a_job_on_every_gpu() {
+    // A 4-GPU job on a 4-GPU offer: room for four 1-GPU jobs later, not just the one.
+    let mut j = job(1, 1);
+    j.gpus = 4;
+    let p = plan(&input(vec![j], vec![offer(1, "g", 4, 120, 120.0)]));
+    assert_eq!(p.rent.len(), 1);
+    assert_eq!(p.rent[0].disk_gb, 40);
+}
+
+#[test]
+fn in_the_tail_of_a_paced_queue_a_long_job_does_not_keep_a_big_instance_alive() {
+    // Our 4-GPU instance is empty; the one job left is 10 hours on one GPU. Keeping the whole
+    // instance for it costs four times a fresh 1-GPU rental of the same rate.
+    let big = IdleInstance {
+        id: 5,
+        machine_id: 50,
+        host_id: 500,
+        image: "img".into(),
+        gpu_name: "g".into(),
+        num_gpus: 4,
+        free_gpus: 4,
+        disk_free_gb: 100,
+        dph: 120 * D / 100,
+        dlperf: 120.0,
+        interruptible: false,
+        preempt_per_h: 0.0,
+        classes: vec!["c".into()],
+        busy_until_ms: 0,
+    };
+    let mut inp = input(vec![job(1, 10)], vec![offer(1, "g", 1, 30, 30.0)]);
+    inp.idle.push(big.clone());
+    let unpaced = plan(&inp);
+    assert_eq!(
+        unpaced.reuse.len(),
+        1,
+        "without pacing the warm instance is reused"
+    );
+    inp.pace = Some(Pace {
+        deadline_ms: inp.now_ms + 48 * 3_600_000,
+        held: vec![HeldInstance {
+            gpu_name: "g".into(),
+            dlperf: 120.0,
+            num_gpus: 4,
+            dph: big.dph,
+            interruptible: false,
+            work_left_ref_gpu_s: 0,
+            classes: vec!["c".into()],
+        }],
+    });
+    let p = plan(&inp);
+    assert!(p.reuse.is_empty(), "{:?}", p.reuse);
+    assert_eq!(rented_offers(&p), vec![1]);
+    // A job that ends before the instance's current work does rides along for free.
+    inp.idle[0].busy_until_ms = inp.now_ms + 20 * 3_600_000;
+    inp.idle[0].free_gpus = 3;
+    let p = plan(&inp);
+    assert_eq!(p.reuse.len(), 1, "{:?}", p.rent);
 }

@@ -158,6 +158,10 @@ pub struct IdleInstance {
     pub preempt_per_h: f64,
     /// Requirement classes whose query this instance's offer satisfied.
     pub classes: Vec<ClassKey>,
+    /// When the jobs already on it are expected to be done (0: nothing runs on it). Pacing
+    /// prices a job put on it by how long it keeps the instance alive past this.
+    #[serde(default)]
+    pub busy_until_ms: EpochMs,
 }
 
 /// Measured speed on one GPU model, summed over earlier attempts.
@@ -251,6 +255,9 @@ pub struct PlanConfig {
     pub outbid_max_wait_s: u32,
     /// How soon to look again at a paused instance we decided to wait for, seconds.
     pub outbid_recheck_s: u32,
+    /// Pacing: offers up to this many percent above the pacing cutoff (and above the cheapest
+    /// rate a job can get) may still be rented.
+    pub pace_slack_pct: u32,
 }
 
 impl Default for PlanConfig {
@@ -276,6 +283,7 @@ impl Default for PlanConfig {
             throughput_prior_s: 3600,
             outbid_max_wait_s: 900,
             outbid_recheck_s: 60,
+            pace_slack_pct: 5,
         }
     }
 }
@@ -298,6 +306,35 @@ pub struct PlanInput {
     pub budgets: BTreeMap<String, Nano>,
     pub blacklist: Blacklist,
     pub config: PlanConfig,
+    /// Finish by a deadline on the cheapest capacity that can (see [`super::pace`]); `None`:
+    /// every job goes to its cheapest offer now, however many are rented.
+    #[serde(default)]
+    pub pace: Option<Pace>,
+}
+
+/// What pacing needs besides the queue: the deadline and the capacity we already hold.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Pace {
+    /// The queue (placed and running work included) should be done by then.
+    pub deadline_ms: EpochMs,
+    /// Every live instance of ours (busy or not), with the work still to do on it.
+    pub held: Vec<HeldInstance>,
+}
+
+/// A live instance of ours as pacing sees it: capacity and the work it still has to do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeldInstance {
+    pub gpu_name: String,
+    /// Vast `dlperf` of the whole instance.
+    pub dlperf: f64,
+    pub num_gpus: u32,
+    /// What it costs per hour (compute or bid, plus storage), nano$/h.
+    pub dph: NanoPerHour,
+    pub interruptible: bool,
+    /// Reference GPU-seconds of work the jobs on it still have to do.
+    pub work_left_ref_gpu_s: u64,
+    /// Requirement classes it can serve.
+    pub classes: Vec<ClassKey>,
 }
 
 /// On-demand or interruptible at a bid.
@@ -381,6 +418,13 @@ pub enum DeferReason {
     MaxInstances { limit: u32 },
     /// Renting more would pass `PlanConfig::max_total_dph`.
     MaxTotalDph { limit: NanoPerHour },
+    /// Pacing: the deadline is met without offers this dear; the job waits for a cheaper slot.
+    Paced {
+        /// The dearest rate pacing allows now, nano$ per reference GPU-hour.
+        cutoff: NanoPerHour,
+        /// The cheapest rate among the offers it turned down, same unit.
+        cheapest: NanoPerHour,
+    },
     /// The job's numbers cannot be planned (0 GPUs).
     Invalid { detail: String },
 }
@@ -429,6 +473,13 @@ impl fmt::Display for DeferReason {
                 f,
                 "waiting: renting more would pass the total cap of {}/h",
                 fmt_dollars(*limit)
+            ),
+            Self::Paced { cutoff, cheapest } => write!(
+                f,
+                "paced: the deadline is met on capacity up to {}/h per reference GPU; the cheapest \
+                 free offer costs {}/h; waiting for a cheaper slot",
+                fmt_dollars(*cutoff),
+                fmt_dollars(*cheapest)
             ),
             Self::Invalid { detail } => write!(f, "invalid job: {detail}"),
         }

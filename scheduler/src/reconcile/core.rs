@@ -57,6 +57,10 @@ pub struct ReconcileConfig {
     /// Interruptible cost penalty for expected lost work (0.1 = +10 %).
     pub interruptible_penalty: Decimal,
     pub min_reliability: f64,
+    /// Finish the queue by this time on the cheapest capacity that can, instead of renting
+    /// for every queued job at once (see `planner::pace`). `None`: no deadline.
+    #[serde(default)]
+    pub deadline_ms: Option<EpochMs>,
 }
 
 impl Default for ReconcileConfig {
@@ -83,6 +87,7 @@ impl Default for ReconcileConfig {
             reservation_factor: Decimal::new(15, 1),
             interruptible_penalty: Decimal::new(10, 2),
             min_reliability: 0.0,
+            deadline_ms: None,
         }
     }
 }
@@ -974,6 +979,7 @@ impl Pass<'_> {
                     interruptible: i.offer.bid.is_some(),
                     preempt_per_h: f64::NAN,
                     classes: inst_classes,
+                    busy_until_ms: self.busy_until(i),
                 })
             })
             .collect();
@@ -1031,6 +1037,31 @@ impl Pass<'_> {
                 .unwrap_or(u32::MAX),
             ..defaults
         };
+        let pace = self.cfg.deadline_ms.map(|deadline_ms| pl::Pace {
+            deadline_ms,
+            held: live
+                .iter()
+                .filter(|i| {
+                    !matches!(
+                        i.state,
+                        InstState::Failed | InstState::Destroying | InstState::Gone
+                    )
+                })
+                .map(|i| pl::HeldInstance {
+                    gpu_name: i.offer.gpu_name.clone(),
+                    dlperf: i.offer.dlperf,
+                    num_gpus: i.offer.gpus,
+                    dph: nano(i.offer.price()),
+                    interruptible: i.offer.bid.is_some(),
+                    work_left_ref_gpu_s: self.work_left_on(i),
+                    classes: classes
+                        .iter()
+                        .filter(|(_, rep)| fits_instance(rep, i))
+                        .map(|(c, _)| c.clone())
+                        .collect(),
+                })
+                .collect(),
+        });
         let input = pl::PlanInput {
             now_ms: self.now,
             jobs,
@@ -1041,6 +1072,7 @@ impl Pass<'_> {
             budgets,
             blacklist,
             config,
+            pace,
         };
         let plan = pl::plan(&input);
         // Carry it out: reuse, then rentals (journaled with their label, then their jobs).
@@ -1121,6 +1153,48 @@ impl Pass<'_> {
             };
             self.note(&j, reason);
         }
+    }
+
+    /// Per-GPU speed of an instance relative to the reference GPU.
+    fn per_gpu_speed(i: &InstanceView) -> f64 {
+        if i.offer.dlperf > 0.0 {
+            i.offer.dlperf / f64::from(i.offer.gpus.max(1)) / REF_DLPERF_PER_GPU
+        } else {
+            1.0
+        }
+    }
+
+    /// (GPUs, reference seconds left) of each unfinished job on `i`: its estimate less what its
+    /// current attempt has done at the instance's speed (pacing needs only rough figures; they
+    /// are recomputed every pass).
+    fn jobs_left_on<'s>(&'s self, i: &'s InstanceView) -> impl Iterator<Item = (u32, f64)> + 's {
+        let speed = Self::per_gpu_speed(i);
+        self.w
+            .jobs
+            .values()
+            .filter(move |j| j.instance == Some(i.key) && !j.state.is_terminal())
+            .map(move |j| {
+                let done_s = j.attempt.as_ref().map_or(0.0, |a| {
+                    (self.now - a.started_ms).max(0) as f64 / 1000.0 * speed
+                });
+                (j.req.gpus, (j.req.est_runtime_s as f64 - done_s).max(0.0))
+            })
+    }
+
+    /// Reference GPU-seconds the jobs on `i` still have to do.
+    fn work_left_on(&self, i: &InstanceView) -> u64 {
+        self.jobs_left_on(i)
+            .map(|(g, left)| (left as u64).saturating_mul(u64::from(g)))
+            .sum()
+    }
+
+    /// When the jobs on `i` should be done (0: none runs there).
+    fn busy_until(&self, i: &InstanceView) -> EpochMs {
+        let speed = Self::per_gpu_speed(i).max(1e-6);
+        self.jobs_left_on(i)
+            .map(|(_, left)| self.now + (left / speed * 1000.0) as i64)
+            .max()
+            .unwrap_or(0)
     }
 
     /// Whether an offer can host a job of this class at all.

@@ -10,6 +10,7 @@ struct Args {
     json: bool,
     markets: u64,
     jobs: usize,
+    deadline_h: Option<f64>,
 }
 
 fn parse() -> anyhow::Result<Args> {
@@ -17,6 +18,7 @@ fn parse() -> anyhow::Result<Args> {
         json: false,
         markets: 10,
         jobs: 200,
+        deadline_h: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(x) = it.next() {
@@ -33,6 +35,16 @@ fn parse() -> anyhow::Result<Args> {
                 a.jobs = v
                     .parse()
                     .with_context(|| format!("--jobs must be a positive integer, got {v:?}"))?;
+            }
+            "--deadline-h" => {
+                let v = it.next().context("--deadline-h needs a number of hours")?;
+                let h: f64 = v.parse().with_context(|| {
+                    format!("--deadline-h must be a number of hours, got {v:?}")
+                })?;
+                if !(h.is_finite() && h >= 0.0) {
+                    bail!("--deadline-h must be a non-negative number of hours, got {v:?}");
+                }
+                a.deadline_h = (h > 0.0).then_some(h);
             }
             "-h" | "--help" => {
                 println!("usage: market-bench [--json] [--markets N] [--jobs N]");
@@ -63,7 +75,7 @@ fn main() -> anyhow::Result<()> {
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let Some(&seed) = seeds.get(i) else { break };
-                    let r = run_market(seed, args.jobs);
+                    let r = run_market(seed, args.jobs, args.deadline_h);
                     if !args.json {
                         eprintln!("market {seed} done");
                     }

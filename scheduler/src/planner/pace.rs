@@ -1,0 +1,122 @@
+//! Pacing: finish the queue by a deadline on the cheapest capacity that can.
+//!
+//! Without a deadline every queued job goes at once to the offer that is cheapest *for it now*,
+//! so a 200-job sweep rents 200 GPUs and the last of them cost far more per unit of work than the
+//! first (on a real market the cheap machines are few). With a deadline the planner asks how much
+//! capacity the remaining work needs: work left (queued jobs plus what our instances are still
+//! running) ÷ time left until the deadline = reference GPUs needed. It takes the market's
+//! machines from the cheapest rate (dollars per reference GPU-hour) upwards, after the capacity
+//! we already hold, until that need is met; the rate where it is met is the **cutoff**. Offers
+//! dearer than the cutoff are not rented: their jobs wait for a slot on cheaper capacity, which
+//! frees as earlier jobs finish. Recomputed every pass, the cutoff rises by itself when work
+//! falls behind (less time left for the same work) and falls when it runs ahead.
+//!
+//! Two pools share the machines: jobs that must run on demand, and jobs that may be interrupted
+//! (whose rate is the cheaper of the bid and on-demand prices). Machines are handed out in one
+//! pass over both pools by rate relative to each pool's cheapest, so the cheap machines that
+//! both want are not counted twice. A job always may take an offer within
+//! `PlanConfig::pace_slack_pct` of the cheapest rate it can get at all, and a job that would miss
+//! the deadline on the offer it is looking at is not held back.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::cost::{self, PPM};
+use super::pack::{OfferInfo, Usable, interruptible_allowed, speed_of};
+use super::types::*;
+
+/// Rate of `price` (nano$/h) spread over `gpus` GPUs of `speed_ppm` each: nano$ per reference
+/// GPU-hour, rounded up.
+pub(crate) fn rate(price: NanoPerHour, gpus: u32, speed_ppm: i64) -> NanoPerHour {
+    let den = i64::from(gpus.max(1)).saturating_mul(speed_ppm.max(1));
+    cost::mul_div_ceil(price, PPM, den)
+}
+
+/// Pool of a job: 0 = on demand only, 1 = may be interrupted.
+pub(crate) fn pool(job: &PlanJob, cfg: &PlanConfig) -> usize {
+    usize::from(interruptible_allowed(job, cfg))
+}
+
+/// `x` plus the configured slack.
+pub(crate) fn with_slack(cfg: &PlanConfig, x: NanoPerHour) -> NanoPerHour {
+    cost::mul_div_ceil(x, 100 + i64::from(cfg.pace_slack_pct), 100)
+}
+
+/// The cutoff rate per pool (slack included); `None`: no pacing for that pool (no deadline, the
+/// deadline is too close, or even the whole market cannot meet it).
+pub(crate) fn cutoffs(input: &PlanInput, info: &[OfferInfo]) -> [Option<NanoPerHour>; 2] {
+    let Some(pace) = &input.pace else {
+        return [None, None];
+    };
+    let cfg = &input.config;
+    let lead_s = i64::from(cfg.default_boot_s) + i64::from(cfg.boot_overhead_s);
+    let left_s = (pace.deadline_ms - input.now_ms) / 1000 - lead_s;
+    if left_s <= 0 {
+        return [None, None];
+    }
+    let mut work = [0u128; 2];
+    for j in &input.jobs {
+        work[pool(j, cfg)] += u128::from(j.gpus) * u128::from(j.est_runtime_s);
+    }
+    let mut held = [0i128; 2];
+    let mut best = [NanoPerHour::MAX; 2];
+    for h in &pace.held {
+        let p = usize::from(h.interruptible);
+        work[p] += u128::from(h.work_left_ref_gpu_s);
+        let speed = speed_of(input, &h.gpu_name, h.dlperf, h.num_gpus);
+        held[p] += i128::from(h.num_gpus) * i128::from(speed);
+        let r = rate(h.dph, h.num_gpus, speed);
+        best[1] = best[1].min(r);
+        if !h.interruptible {
+            best[0] = best[0].min(r);
+        }
+    }
+    // One entry per machine and pool: its largest offer (Vast lists a machine once per split).
+    let mut machines: BTreeMap<(i64, usize), (u32, NanoPerHour, i64)> = BTreeMap::new();
+    for (o, inf) in input.offers.iter().zip(info) {
+        if inf.usable != Usable::Ok || o.num_gpus == 0 {
+            continue;
+        }
+        let od = rate(o.dph_base, o.num_gpus, inf.speed_ppm);
+        let bid = inf
+            .bid
+            .map_or(od, |b| rate(b, o.num_gpus, inf.speed_ppm).min(od));
+        for (p, r) in [(0, od), (1, bid)] {
+            best[p] = best[p].min(r);
+            let e = machines
+                .entry((o.machine_id, p))
+                .or_insert((0, r, inf.speed_ppm));
+            if o.num_gpus > e.0 {
+                *e = (o.num_gpus, r, inf.speed_ppm);
+            }
+        }
+    }
+    // Reference GPUs still needed beyond what we hold, in millionths.
+    let left = i128::from(left_s);
+    let mut need = [0, 1].map(|p| (work[p] as i128 * i128::from(PPM) + left - 1) / left - held[p]);
+    let mut cut = [None; 2];
+    for p in 0..2 {
+        if need[p] <= 0 && best[p] != NanoPerHour::MAX {
+            cut[p] = Some(best[p]);
+        }
+    }
+    let mut entries: Vec<(i128, i64, usize, i128, NanoPerHour)> = machines
+        .into_iter()
+        .filter(|((_, p), _)| best[*p] != NanoPerHour::MAX)
+        .map(|((m, p), (gpus, r, speed))| {
+            let relative = i128::from(r) * i128::from(PPM) / i128::from(best[p].max(1));
+            (relative, m, p, i128::from(gpus) * i128::from(speed), r)
+        })
+        .collect();
+    entries.sort_unstable();
+    let mut taken = BTreeSet::new();
+    for (_, m, p, capacity, r) in entries {
+        if cut[p].is_some() || !taken.insert(m) {
+            continue;
+        }
+        need[p] -= capacity;
+        if need[p] <= 0 {
+            cut[p] = Some(r);
+        }
+    }
+    cut.map(|c| c.map(|c| with_slack(cfg, c)))
+}
