@@ -132,6 +132,9 @@ pub struct MarketResult {
     pub naive: Figures,
     pub lower_bound: f64,
     pub ours_over_lower_bound: f64,
+    /// [`capacity_bound`] at our makespan: what any schedule finishing as fast as ours must pay.
+    pub capacity_bound_at_our_makespan: f64,
+    pub ours_over_capacity_bound: f64,
     pub ours_over_naive: f64,
     pub makespan_ours_over_naive: f64,
 }
@@ -187,6 +190,64 @@ pub fn lower_bound(jobs: &[BenchJob], m: &vast::sim::Market) -> f64 {
         }
         if best.is_finite() {
             total += best;
+        }
+    }
+    total
+}
+
+/// A second yardstick that respects availability: the cheapest way to do the sweep's work within
+/// `hours`, using only the machines listed at the start, each for at most `hours`. Work is
+/// fractional (a job may be split across machines) and each pool (checkpointing jobs at bid
+/// prices or on demand; the rest on demand) may use every machine as if the other pool did not
+/// exist, so this is a lower bound on any schedule that finishes in `hours` on that market
+/// (boot, preemption and other renters ignored).
+pub fn capacity_bound(jobs: &[BenchJob], m: &vast::sim::Market, hours: f64) -> f64 {
+    let machines = |bid: bool| {
+        // machine → (reference GPUs, $ per reference GPU-hour) of its largest offer
+        let mut best: BTreeMap<u64, (f64, f64, f64)> = BTreeMap::new();
+        for o in offers(m, bid) {
+            let n = num(&o, "num_gpus");
+            let id = o.get("machine_id").and_then(Value::as_u64).unwrap_or(0);
+            let speed = speed_of(o.get("gpu_name").and_then(Value::as_str).unwrap_or(""));
+            let e = best.entry(id).or_insert((0.0, 0.0, 0.0));
+            if n > e.0 {
+                *e = (n, n * speed, num(&o, "dph_total") / n / speed);
+            }
+        }
+        best
+    };
+    let od = machines(false);
+    let bid = machines(true);
+    let mut total = 0.0;
+    for ckpt in [false, true] {
+        // machine → (rate per reference GPU-hour, reference GPU-hours it can do in `hours`)
+        let lists: &[&BTreeMap<u64, (f64, f64, f64)>] = if ckpt { &[&od, &bid] } else { &[&od] };
+        let mut by_machine: BTreeMap<u64, (f64, f64)> = BTreeMap::new();
+        for list in lists {
+            for (id, &(_, ref_gpus, rate)) in list.iter() {
+                let e = by_machine
+                    .entry(*id)
+                    .or_insert((f64::INFINITY, ref_gpus * hours));
+                e.0 = e.0.min(rate);
+            }
+        }
+        let mut supply: Vec<(f64, f64)> = by_machine.into_values().collect();
+        supply.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut work: f64 = jobs
+            .iter()
+            .filter(|j| j.checkpoints == ckpt)
+            .map(|j| f64::from(j.gpus) * j.work_s as f64 / 3600.0)
+            .sum();
+        for (rate, cap) in supply {
+            if work <= 0.0 {
+                break;
+            }
+            let w = work.min(cap);
+            total += w * rate;
+            work -= w;
+        }
+        if work > 0.0 {
+            return f64::INFINITY;
         }
     }
     total
@@ -516,10 +577,15 @@ pub fn run_market(seed: u64, n_jobs: usize, deadline_h: Option<f64>) -> MarketRe
         .expect("a current-thread runtime builds");
     let (ours, lb) = rt.block_on(run_ours(seed, &jobs, deadline_h));
     let naive = run_naive(seed, &jobs);
+    let dir = scratch_dir();
+    let at_start = vast::sim::Market::new(market_config(seed, &dir.path().join("sim")));
+    let cb = capacity_bound(&jobs, &at_start, ours.makespan_h);
     MarketResult {
         seed,
         wall_s: started.elapsed().as_secs_f64(),
         ours_over_lower_bound: ours.cost / lb,
+        capacity_bound_at_our_makespan: cb,
+        ours_over_capacity_bound: ours.cost / cb,
         ours_over_naive: ours.cost / naive.cost,
         makespan_ours_over_naive: ours.makespan_h / naive.makespan_h,
         ours,

@@ -49,6 +49,10 @@ pub struct Args {
     /// Destroy everything rented when stopping (Ctrl-C) or when done.
     #[arg(long)]
     pub teardown: bool,
+    /// Finish the queue within this long (e.g. 36h, 2d) on the cheapest capacity that can,
+    /// instead of renting for every queued job at once; counted from this start of `run`.
+    #[arg(long, value_name = "DURATION")]
+    pub finish_within: Option<String>,
 }
 
 fn convert(j: &scheduler::store::entity::job::Model, experiment: &str) -> JobView {
@@ -107,6 +111,19 @@ pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
     if args.max_instances == 0 {
         return Err(UsageError("--max-instances must be at least 1".into()).into());
     }
+    let finish_within_ms = match &args.finish_within {
+        Some(s) => Some(
+            scheduler::queue::parse_duration(s)
+                .ok()
+                .filter(|ms| *ms > 0)
+                .ok_or_else(|| {
+                    UsageError(format!(
+                        "--finish-within must be a positive duration such as 36h or 2d, got {s:?}"
+                    ))
+                })?,
+        ),
+        None => None,
+    };
     std::fs::create_dir_all(&ctx.home)
         .with_context(|| format!("cannot create {}", ctx.home.display()))?;
     let store = scheduler::store::connect(&ctx.effective_database_url()).await?;
@@ -155,6 +172,7 @@ pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
     let mut cfg = EngineConfig::new(workspace(ctx), ctx.home.clone());
     cfg.reconcile.max_instances = args.max_instances;
     cfg.reconcile.max_total_dph = max_dph;
+    cfg.reconcile.deadline_ms = finish_within_ms.map(|ms| clock.now_ms().saturating_add(ms));
     cfg.ssh_public_key = pubkey;
     cfg.report_to = std::env::var("VASTICLAUDE_REPORT_TO")
         .unwrap_or_default()

@@ -133,3 +133,22 @@ fn run_on_the_sim_leaves_the_lifecycle_in_postgres() {
     run_shows_the_lifecycle(Some(&db.url));
     drop(db);
 }
+
+#[test]
+fn a_bad_finish_within_is_one_line_exit_2_and_nothing_written() {
+    let home = tempfile::tempdir().unwrap();
+    let home = home.path().join("home");
+    for bad in ["soon", "0h", "-3h", ""] {
+        let o = Command::new(BIN)
+            .args(["run", "--provider", "sim", "--once", "--finish-within", bad])
+            .env("VASTICLAUDE_HOME", &home)
+            .env_remove("VASTICLAUDE_DATABASE_URL")
+            .output()
+            .expect("run vasticlaude");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{bad:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{bad:?}: {err}");
+        assert!(err.contains("--finish-within"), "{bad:?}: {err}");
+        assert!(!home.exists(), "{bad:?} left {}", home.display());
+    }
+}

@@ -41,17 +41,28 @@ pub(crate) fn with_slack(cfg: &PlanConfig, x: NanoPerHour) -> NanoPerHour {
     cost::mul_div_ceil(x, 100 + i64::from(cfg.pace_slack_pct), 100)
 }
 
-/// The cutoff rate per pool (slack included); `None`: no pacing for that pool (no deadline, the
-/// deadline is too close, or even the whole market cannot meet it).
-pub(crate) fn cutoffs(input: &PlanInput, info: &[OfferInfo]) -> [Option<NanoPerHour>; 2] {
+/// What pacing allows in one plan, per pool.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Pacing {
+    /// The cutoff rate (slack included); `None`: no pacing for that pool (no deadline, the
+    /// deadline is too close, or even the whole market cannot meet it).
+    pub cut: [Option<NanoPerHour>; 2],
+    /// Capacity still to rent to meet the deadline, millionths of a reference GPU. Once the
+    /// plan's rentals cover it, only offers near the best rate are rented.
+    pub need: [i128; 2],
+}
+
+/// The cutoffs and the capacity still needed, per pool.
+pub(crate) fn cutoffs(input: &PlanInput, info: &[OfferInfo]) -> Pacing {
+    let none = Pacing::default();
     let Some(pace) = &input.pace else {
-        return [None, None];
+        return none;
     };
     let cfg = &input.config;
     let lead_s = i64::from(cfg.default_boot_s) + i64::from(cfg.boot_overhead_s);
     let left_s = (pace.deadline_ms - input.now_ms) / 1000 - lead_s;
     if left_s <= 0 {
-        return [None, None];
+        return none;
     }
     let mut work = [0u128; 2];
     for j in &input.jobs {
@@ -92,7 +103,8 @@ pub(crate) fn cutoffs(input: &PlanInput, info: &[OfferInfo]) -> [Option<NanoPerH
     }
     // Reference GPUs still needed beyond what we hold, in millionths.
     let left = i128::from(left_s);
-    let mut need = [0, 1].map(|p| (work[p] as i128 * i128::from(PPM) + left - 1) / left - held[p]);
+    let need0 = [0, 1].map(|p| (work[p] as i128 * i128::from(PPM) + left - 1) / left - held[p]);
+    let mut need = need0;
     let mut cut = [None; 2];
     for p in 0..2 {
         if need[p] <= 0 && best[p] != NanoPerHour::MAX {
@@ -118,5 +130,8 @@ pub(crate) fn cutoffs(input: &PlanInput, info: &[OfferInfo]) -> [Option<NanoPerH
             cut[p] = Some(r);
         }
     }
-    cut.map(|c| c.map(|c| with_slack(cfg, c)))
+    Pacing {
+        cut: cut.map(|c| c.map(|c| with_slack(cfg, c))),
+        need: need0,
+    }
 }

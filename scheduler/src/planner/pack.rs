@@ -345,8 +345,8 @@ struct Planner<'a> {
     idle_ok: Vec<bool>,
     building: Vec<Building>,
     new_dph: NanoPerHour,
-    /// Pacing cutoff per pool ([`pace::cutoffs`]).
-    cut: [Option<NanoPerHour>; 2],
+    /// Pacing per pool ([`pace::cutoffs`]); `need` shrinks as this plan rents.
+    pacing: pace::Pacing,
     /// Paced, and the queue has fewer GPUs of work than our instances have free.
     tail: bool,
     plan: Plan,
@@ -541,7 +541,7 @@ impl<'a> Planner<'a> {
                 }
             }
         }
-        let cut = pace::cutoffs(input, &info);
+        let pacing = pace::cutoffs(input, &info);
         let queued_gpus: u64 = input.jobs.iter().map(|j| u64::from(j.gpus)).sum();
         let free_gpus: u64 = input
             .idle
@@ -599,7 +599,7 @@ impl<'a> Planner<'a> {
                 .collect(),
             building: Vec::new(),
             new_dph: 0,
-            cut,
+            pacing,
             tail,
             plan: Plan::default(),
         }
@@ -624,6 +624,23 @@ impl<'a> Planner<'a> {
         }
         self.plan.rent = self.building.into_iter().map(|b| b.rental).collect();
         self.plan
+    }
+
+    /// The dearest rate (nano$ per reference GPU-hour) pacing lets this job rent or reuse now:
+    /// the cutoff while the plan still lacks capacity, then only rates near the best this job
+    /// can get. `None`: not paced.
+    fn pace_limit(&self, ji: usize) -> Option<NanoPerHour> {
+        let cfg = &self.input.config;
+        let pool = pace::pool(&self.input.jobs[ji], cfg);
+        let best = self.groups[self.job_group[ji]].best_rate[pool];
+        let near_best = pace::with_slack(cfg, best);
+        self.pacing.cut[pool].map(|c| {
+            if self.pacing.need[pool] > 0 {
+                c.max(near_best)
+            } else {
+                near_best
+            }
+        })
     }
 
     fn fits_budget(&self, exp: usize, amount: Nano) -> bool {
@@ -667,18 +684,14 @@ impl<'a> Planner<'a> {
         let job = &input.jobs[ji];
         let exp = self.job_exp[ji];
         let tail = strict && self.tail;
-        let alternative = {
-            let best = self.groups[self.job_group[ji]].best_rate[pace::pool(job, cfg)];
+        let limit = if strict { self.pace_limit(ji) } else { None };
+        // What the job would cost on a fresh rental at the dearest rate pacing allows.
+        let alternative = limit.map(|l| {
             let work = i64::try_from(job.est_runtime_s)
                 .unwrap_or(i64::MAX)
                 .saturating_add(i64::from(cfg.default_boot_s));
-            (best != NanoPerHour::MAX).then(|| {
-                pace::with_slack(
-                    cfg,
-                    cost::charge(best.saturating_mul(i64::from(job.gpus)), work),
-                )
-            })
-        };
+            cost::charge(l.saturating_mul(i64::from(job.gpus)), work)
+        });
         let allowed = interruptible_allowed(job, &input.config);
         let Some(cands) = self.idle_by_class.get(job.class.as_str()) else {
             return false;
@@ -712,13 +725,24 @@ impl<'a> Planner<'a> {
                 notes.budget(reserve);
                 continue;
             }
-            let c = if tail {
-                let end = input
-                    .now_ms
-                    .saturating_add(run.expected_s.saturating_mul(1000));
-                let extends_s = (end - inst.busy_until_ms.max(input.now_ms)).max(0) / 1000;
-                let c = cost::charge(inst.dph, extends_s);
-                if alternative.is_some_and(|alt| c > alt) {
+            // Paced, a job is priced by what it adds: the GPUs of a busy instance are paid for
+            // until its current work ends, so a job on them costs only how long it keeps the
+            // instance alive past that; an empty instance costs its share (or, in the tail, the
+            // whole instance). A slot dearer than a fresh rental at the rate pacing allows is
+            // left alone (a job that may be interrupted does not take an empty on-demand
+            // instance while bids are far cheaper, for one).
+            let c = if let Some(alt) = alternative {
+                let busy = inst.busy_until_ms > input.now_ms;
+                let c = if busy || tail {
+                    let end = input
+                        .now_ms
+                        .saturating_add(run.expected_s.saturating_mul(1000));
+                    let extends_s = (end - inst.busy_until_ms.max(input.now_ms)).max(0) / 1000;
+                    cost::charge(inst.dph, extends_s)
+                } else {
+                    cost::charge(share, run.expected_s)
+                };
+                if c > alt {
                     continue;
                 }
                 c
@@ -824,10 +848,9 @@ impl<'a> Planner<'a> {
         let allowed = interruptible_allowed(job, &input.config);
         let worst_work = worst_work_s(cfg, job);
         let mut best: Option<Choice> = None;
-        let group = &mut self.groups[gi];
         let pool = pace::pool(job, cfg);
-        let pace_limit =
-            self.cut[pool].map(|c| c.max(pace::with_slack(cfg, group.best_rate[pool])));
+        let pace_limit = self.pace_limit(ji);
+        let group = &mut self.groups[gi];
         let deadline = input.pace.as_ref().map_or(i64::MAX, |p| p.deadline_ms);
         for (li, list) in group.lists.iter_mut().enumerate() {
             if list.interruptible && !allowed {
@@ -927,6 +950,9 @@ impl<'a> Planner<'a> {
             }
         }
         let Some(ch) = best else { return false };
+        let capacity = i128::from(input.offers[ch.cand.offer as usize].num_gpus)
+            * i128::from(self.info[ch.cand.offer as usize].speed_ppm);
+        self.pacing.need[pool] -= capacity;
         let list = &group.lists[ch.list];
         let o = &input.offers[ch.cand.offer as usize];
         let inf = self.info[ch.cand.offer as usize];

@@ -194,9 +194,39 @@ impl CostBook {
     }
 
     pub fn end_span(&mut self, key: InstanceKey, job: JobId, reason: Reason, now: EpochMs) {
-        if let Some(b) = self.instances.get_mut(&key) {
-            end_span(b, job, reason, now);
+        self.end_span_kept(key, job, reason, None, now);
+    }
+
+    /// Ends a job's span; the part up to `kept_until` (a checkpoint the next attempt resumes
+    /// from) is work, the rest is `reason`.
+    pub fn end_span_kept(
+        &mut self,
+        key: InstanceKey,
+        job: JobId,
+        reason: Reason,
+        kept_until: Option<EpochMs>,
+        now: EpochMs,
+    ) {
+        let Some(b) = self.instances.get_mut(&key) else {
+            return;
+        };
+        if let Some(kept) = kept_until
+            && let Some((exp, gpus, since)) = b.open_spans.get(&job).cloned()
+            && kept > since
+            && kept < now
+        {
+            b.spans.push(JobSpan {
+                job: job.to_string(),
+                experiment: exp.clone(),
+                user: None,
+                gpus,
+                start_ms: since,
+                end_ms: kept,
+                reason: Reason::Work,
+            });
+            b.open_spans.insert(job, (exp, gpus, kept));
         }
+        end_span(b, job, reason, now);
     }
 
     /// The pieces of every instance's intervals not yet given to the store-backed ledger, up

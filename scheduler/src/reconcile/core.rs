@@ -908,7 +908,15 @@ impl Pass<'_> {
                 est_runtime_s: j.req.est_runtime_s,
                 max_runtime_s: None,
                 priority: 0,
-                attempts_so_far: j.failures.saturating_add(j.interruptions),
+                // An interruption of a job that resumes from pulled checkpoints loses little:
+                // three of them count as one attempt towards moving it on demand.
+                attempts_so_far: j
+                    .failures
+                    .saturating_add(if j.checkpoint_pulled_ms.is_some() {
+                        j.interruptions / 3
+                    } else {
+                        j.interruptions
+                    }),
             });
         }
         // 2. offers per class; an offer or machine we already hold is not offered again.

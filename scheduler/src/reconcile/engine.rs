@@ -247,7 +247,14 @@ pub struct Engine {
     mirror: Option<StoreMirror>,
     /// Consecutive failed pulls per job (not journaled: a restart just grants a few more tries).
     pull_failures: BTreeMap<JobId, u32>,
+    /// Machines whose interruptible purchase was refused (their GPUs are held by higher bids),
+    /// and until when not to bid on them again: their listed `min_bid` is only the floor.
+    /// Not journaled: after a restart a refused bid just costs one more try.
+    bid_refused: BTreeMap<i64, EpochMs>,
 }
+
+/// How long a machine that refused our bid is not bid on again.
+const BID_REFUSED_BACKOFF_MS: EpochMs = 30 * 60_000;
 
 /// After this many failed pulls in a row the engine stops holding back a job's dependent
 /// actions, so an instance that never answers cannot keep an attempt (and its bill) open
@@ -347,6 +354,7 @@ impl Engine {
             ledger: None,
             mirror: None,
             pull_failures: BTreeMap::new(),
+            bid_refused: BTreeMap::new(),
         })
     }
 
@@ -609,9 +617,16 @@ impl Engine {
         let active: Vec<ActiveAttempt> = self.active_attempts().await;
         let heartbeats = self.runner.heartbeats(&active).await;
         let spend = self.state.book.summary(now).per_experiment;
+        self.bid_refused.retain(|_, until| *until > now);
+        let mut offers = self.offers.clone();
+        for o in &mut offers {
+            if self.bid_refused.contains_key(&o.machine_id) {
+                o.min_bid = Decimal::ZERO;
+            }
+        }
         Observations {
             market,
-            offers: self.offers.clone(),
+            offers,
             heartbeats,
             spend,
         }
@@ -830,6 +845,12 @@ impl Engine {
                     }
                     Err(e) => {
                         self.stats.purchase_failures += 1;
+                        // "no longer available" / "not available": the GPUs are taken (for a
+                        // bid: by higher bids). Transient errors do not count.
+                        if offer.bid.is_some() && e.to_string().contains("available") {
+                            self.bid_refused
+                                .insert(offer.machine_id, now + BID_REFUSED_BACKOFF_MS);
+                        }
                         self.record(a, &Outcome::Failed(e.to_string()), now)
                             .await
                             .map_err(j)?;
@@ -1019,7 +1040,15 @@ impl Engine {
                             Reason::LostPreemption
                         }
                     };
-                    self.state.book.end_span(att.instance, *job, reason, now);
+                    // What an interrupted attempt did up to its newest pulled checkpoint is
+                    // kept (the next attempt resumes from it): only the rest was lost.
+                    let kept_until = before
+                        .as_ref()
+                        .and_then(|b| b.checkpoint_pulled_ms)
+                        .filter(|_| reason == Reason::LostPreemption);
+                    self.state
+                        .book
+                        .end_span_kept(att.instance, *job, reason, kept_until, now);
                 }
                 match end {
                     AttemptEnd::Failed { .. } => self.stats.attempts_failed += 1,

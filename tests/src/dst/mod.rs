@@ -75,6 +75,8 @@ pub struct Scenario {
     /// Per step: probability that an instance of ours is hit by a forced fault.
     pub forced_fault_per_step: f64,
     pub gap_ms: (i64, i64),
+    /// Pacing: finish by this many hours after the start (`ReconcileConfig::deadline_ms`).
+    pub deadline_h: Option<f64>,
 }
 
 pub fn reconcile_config() -> ReconcileConfig {
@@ -224,6 +226,8 @@ impl Scenario {
             },
             forced_fault_per_step: r.range(0.0, 0.01),
             gap_ms: (2_000, 30_000),
+            // Drawn last, so that adding it changed no other draw of existing seeds.
+            deadline_h: r.chance(0.3).then(|| r.range(0.05, 2.0)),
         }
     }
 }
@@ -363,6 +367,9 @@ async fn run_seed_async(seed: u64, opts: &DstOptions) -> SeedOutcome {
     let journal = Arc::new(CrashJournal::new(gate.clone()));
     let mut cfg = EngineConfig::new(WORKSPACE, home.path().join("home"));
     cfg.reconcile = rcfg.clone();
+    cfg.reconcile.deadline_ms = sc
+        .deadline_h
+        .map(|h| start + (h * 3_600_000.0).round() as i64);
     cfg.offer_query = "num_gpus>=1".into();
     cfg.offer_ttl_ms = 30_000;
     let rig = Rig {
