@@ -8,8 +8,9 @@
 //! interruptible rentals).
 //!
 //! - **Ours**: the real [`Engine`] (reconciler, planner of the core, cost book) on the virtual
-//!   clock, stepping every 30 s, with the simulated agents of [`crate::dst::agents`] (no agent
-//!   faults, no API faults: the market's own faults only).
+//!   clock, stepping every minute, with the simulated agents of [`crate::dst::agents`] (no agent
+//!   faults, no API faults: the market's own faults only), optionally paced to a deadline
+//!   (`ReconcileConfig::deadline_ms`, what `vasticlaude run --finish-within` sets).
 //! - **Naive**: what existing tools do, driven through its own copy of the same market: each
 //!   job on its own instance, the cheapest hourly offer that fits (on-demand; `min_bid` exactly
 //!   for checkpointing jobs), no reuse, no packing; an outbid or a dead instance is the end of

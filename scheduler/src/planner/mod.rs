@@ -32,7 +32,11 @@
 //! 3. our agent-up instances with free GPUs as [`IdleInstance`]s, with the classes they satisfy;
 //! 4. `budgets` = limit − spent − worst case of running work; `blacklist` from
 //!    [`reputation::blacklist`] over the stored failure events; `throughput` from finished
-//!    attempts; `config.max_instances` / `max_total_dph` = the headroom left.
+//!    attempts; `config.max_instances` / `max_total_dph` = the headroom left;
+//! 5. with a deadline (`vasticlaude run --finish-within`), `pace` = the deadline and every live
+//!    instance of ours with the work still on it: the planner then rents only the cheapest
+//!    capacity that finishes the queue in time and lets the rest wait (see `pace.rs`), and a
+//!    job put on one of our instances is priced by how long it keeps that instance alive.
 //!
 //! and then executes the [`Plan`]: start `reuse` jobs on their instances, create each `rent`
 //! entry (on-demand, or with `price = bid`) and place its jobs there once it is up, and leave
