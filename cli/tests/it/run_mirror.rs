@@ -140,7 +140,8 @@ fn a_bad_finish_within_is_one_line_exit_2_and_nothing_written() {
     let home = home.path().join("home");
     for bad in ["soon", "0h", "-3h", ""] {
         let o = Command::new(BIN)
-            .args(["run", "--provider", "sim", "--once", "--finish-within", bad])
+            .args(["run", "--provider", "sim", "--once"])
+            .arg(format!("--finish-within={bad}"))
             .env("VASTICLAUDE_HOME", &home)
             .env_remove("VASTICLAUDE_DATABASE_URL")
             .output()

@@ -172,6 +172,9 @@ pub async fn connect(url: &str) -> Result<Store, StoreError> {
                 .sqlx_logging(false);
         }
     }
+    if sqlite_path.is_some() {
+        wal_first(&url_owned).await;
+    }
     let db = Database::connect(opts)
         .await
         .map_err(|source| StoreError::Connect {
@@ -185,6 +188,31 @@ pub async fn connect(url: &str) -> Result<Store, StoreError> {
         url: url_owned,
         sqlite_path,
     })
+}
+
+/// Switches a SQLite file to WAL through one lone connection before the pool opens several.
+/// The switch takes an exclusive lock and SQLite does not call the busy handler for it, so two
+/// fresh pool connections switching at once can fail with "database is locked"; once the file is
+/// in WAL mode (it is persistent) their own `journal_mode = WAL` changes nothing. Best effort: a
+/// failure here surfaces, with its cause, from the pool's connect.
+async fn wal_first(url: &str) {
+    use sea_orm::sqlx::ConnectOptions as _;
+    use std::str::FromStr as _;
+    let Ok(o) = sea_orm::sqlx::sqlite::SqliteConnectOptions::from_str(url) else {
+        return;
+    };
+    let o = o
+        .journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+        .busy_timeout(Duration::from_secs(30));
+    for attempt in 0..5u64 {
+        match o.connect().await {
+            Ok(c) => {
+                let _ = sea_orm::sqlx::Connection::close(c).await;
+                return;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50 * (attempt + 1))).await,
+        }
+    }
 }
 
 /// Connects to the default database for a vasticlaude home folder: `$home/state.db` (SQLite).
