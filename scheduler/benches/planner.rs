@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use scheduler::planner::synth::{Shape, market};
 use scheduler::planner::{
-    DeferReason, Plan, PlanInput, fmt_dollars, lower_bound, naive_baseline, plan,
+    DeferReason, HeldInstance, Pace, Plan, PlanInput, fmt_dollars, lower_bound, naive_baseline,
+    plan,
 };
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -57,6 +58,7 @@ fn summary(name: &str, p: &Plan, lb_of: &BTreeMap<i64, i64>) {
             DeferReason::OverBudget { .. } => "over budget",
             DeferReason::MaxInstances { .. } => "max instances",
             DeferReason::MaxTotalDph { .. } => "max total dph",
+            DeferReason::Paced { .. } => "paced",
             DeferReason::Invalid { .. } => "invalid",
         };
         *reasons.entry(k).or_default() += 1;
@@ -113,6 +115,32 @@ fn main() {
         "plan:          min {}, median {} over {runs} runs (target < 200 ms)",
         ms(min),
         ms(med)
+    );
+    // The same plan paced to a deadline two days out (every idle instance held, nothing on it).
+    let mut paced = input.clone();
+    paced.pace = Some(Pace {
+        deadline_ms: paced.now_ms + 48 * 3_600_000,
+        held: paced
+            .idle
+            .iter()
+            .map(|i| HeldInstance {
+                gpu_name: i.gpu_name.clone(),
+                dlperf: i.dlperf,
+                num_gpus: i.num_gpus,
+                dph: i.dph,
+                interruptible: i.interruptible,
+                work_left_ref_gpu_s: 0,
+                classes: i.classes.clone(),
+            })
+            .collect(),
+    });
+    let (pmin, pmed, pp) = time(runs, || plan(&paced));
+    println!(
+        "plan, paced:   min {}, median {} ({} rentals instead of {})",
+        ms(pmin),
+        ms(pmed),
+        pp.rent.len(),
+        p.rent.len()
     );
     let (bmin, bmed, b) = time(runs, || naive_baseline(&input));
     println!("naive baseline: min {}, median {}", ms(bmin), ms(bmed));
