@@ -51,8 +51,12 @@ pub struct Args {
     pub teardown: bool,
     /// Finish the queue within this long (e.g. 36h, 2d) on the cheapest capacity that can,
     /// instead of renting for every queued job at once; counted from this start of `run`.
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", conflicts_with = "finish_by")]
     pub finish_within: Option<String>,
+    /// Like --finish-within, with a fixed time (RFC 3339, e.g. 2026-12-01T09:00:00Z): a
+    /// restarted `run` keeps the same deadline.
+    #[arg(long, value_name = "TIME")]
+    pub finish_by: Option<String>,
 }
 
 fn convert(j: &scheduler::store::entity::job::Model, experiment: &str) -> JobView {
@@ -111,6 +115,18 @@ pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
     if args.max_instances == 0 {
         return Err(UsageError("--max-instances must be at least 1".into()).into());
     }
+    let finish_by_ms = match &args.finish_by {
+        Some(s) => Some(
+            chrono::DateTime::parse_from_rfc3339(s.trim())
+                .map(|t| t.timestamp_millis())
+                .map_err(|e| {
+                    UsageError(format!(
+                        "--finish-by must be a time such as 2026-12-01T09:00:00Z, got {s:?}: {e}"
+                    ))
+                })?,
+        ),
+        None => None,
+    };
     let finish_within_ms = match &args.finish_within {
         Some(s) => Some(
             scheduler::queue::parse_duration(s)
@@ -172,7 +188,8 @@ pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {
     let mut cfg = EngineConfig::new(workspace(ctx), ctx.home.clone());
     cfg.reconcile.max_instances = args.max_instances;
     cfg.reconcile.max_total_dph = max_dph;
-    cfg.reconcile.deadline_ms = finish_within_ms.map(|ms| clock.now_ms().saturating_add(ms));
+    cfg.reconcile.deadline_ms =
+        finish_by_ms.or(finish_within_ms.map(|ms| clock.now_ms().saturating_add(ms)));
     cfg.ssh_public_key = pubkey;
     cfg.report_to = std::env::var("VASTICLAUDE_REPORT_TO")
         .unwrap_or_default()

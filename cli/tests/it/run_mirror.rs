@@ -135,7 +135,7 @@ fn run_on_the_sim_leaves_the_lifecycle_in_postgres() {
 }
 
 #[test]
-fn a_bad_finish_within_is_one_line_exit_2_and_nothing_written() {
+fn a_bad_deadline_is_one_line_exit_2_and_nothing_written() {
     let home = tempfile::tempdir().unwrap();
     let home = home.path().join("home");
     for bad in ["soon", "0h", "-3h", ""] {
@@ -150,6 +150,20 @@ fn a_bad_finish_within_is_one_line_exit_2_and_nothing_written() {
         assert_eq!(o.status.code(), Some(2), "{bad:?}: {err}");
         assert_eq!(err.trim().lines().count(), 1, "{bad:?}: {err}");
         assert!(err.contains("--finish-within"), "{bad:?}: {err}");
+        assert!(!home.exists(), "{bad:?} left {}", home.display());
+    }
+    for bad in ["tomorrow", "2026-13-01T00:00:00Z", "2026-12-01"] {
+        let o = Command::new(BIN)
+            .args(["run", "--provider", "sim", "--once"])
+            .arg(format!("--finish-by={bad}"))
+            .env("VASTICLAUDE_HOME", &home)
+            .env_remove("VASTICLAUDE_DATABASE_URL")
+            .output()
+            .expect("run vasticlaude");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{bad:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{bad:?}: {err}");
+        assert!(err.contains("--finish-by"), "{bad:?}: {err}");
         assert!(!home.exists(), "{bad:?} left {}", home.display());
     }
 }
