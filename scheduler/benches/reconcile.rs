@@ -3,21 +3,18 @@
 //!
 //! `cargo bench -p scheduler --bench reconcile`
 
-use std::collections::BTreeMap;
 use std::time::Instant;
 
 use rust_decimal::Decimal;
 use scheduler::reconcile::*;
 
 fn job(id: i64, exp: &str) -> JobView {
-    JobView {
+    JobView::queued(
         id,
-        experiment: exp.into(),
-        name: format!("j{id}"),
-        command: "true".into(),
-        env: BTreeMap::new(),
-        state: JobState::Queued,
-        req: JobReq {
+        exp,
+        format!("j{id}"),
+        "true",
+        JobReq {
             gpus: 1 + (id % 2) as u32,
             gpu_name: None,
             min_gpu_ram_gb: None,
@@ -27,18 +24,7 @@ fn job(id: i64, exp: &str) -> JobView {
             interruptible: id % 3 == 0,
             est_runtime_s: 3600,
         },
-        failures: 0,
-        max_attempts: 3,
-        interruptions: 0,
-        not_before_ms: 0,
-        instance: None,
-        attempt: None,
-        checkpoint_reported_ms: None,
-        checkpoint_pulled_ms: None,
-        disk_factor: 1,
-        budget_held: false,
-        reason: None,
-    }
+    )
 }
 
 fn offer(i: i64) -> OfferObs {

@@ -167,6 +167,13 @@ fn offers(m: &vast::sim::Market, bid: bool) -> Vec<Value> {
     m.search(&body).unwrap_or_default()
 }
 
+/// An offer's GPU count, per-GPU speed (the reference GPU = 1) and price per reference GPU-hour.
+fn gpus_speed_rate(o: &Value) -> (f64, f64, f64) {
+    let n = num(o, "num_gpus");
+    let speed = speed_of(o.get("gpu_name").and_then(Value::as_str).unwrap_or(""));
+    (n, speed, num(o, "dph_total") / n / speed)
+}
+
 /// Each job on its cheapest feasible GPU-hour, nothing else.
 pub fn lower_bound(jobs: &[BenchJob], m: &vast::sim::Market) -> f64 {
     let ondemand = offers(m, false);
@@ -179,14 +186,11 @@ pub fn lower_bound(jobs: &[BenchJob], m: &vast::sim::Market) -> f64 {
                 continue;
             }
             for o in list.iter() {
-                let n = num(o, "num_gpus");
+                let (n, _, rate) = gpus_speed_rate(o);
                 if n < f64::from(j.gpus) {
                     continue;
                 }
-                let per_gpu_h = num(o, "dph_total") / n;
-                let speed = speed_of(o.get("gpu_name").and_then(Value::as_str).unwrap_or(""));
-                let cost = per_gpu_h * f64::from(j.gpus) * j.work_s as f64 / 3600.0 / speed;
-                best = best.min(cost);
+                best = best.min(rate * f64::from(j.gpus) * j.work_s as f64 / 3600.0);
             }
         }
         if best.is_finite() {
@@ -204,15 +208,14 @@ pub fn lower_bound(jobs: &[BenchJob], m: &vast::sim::Market) -> f64 {
 /// (boot, preemption and other renters ignored).
 pub fn capacity_bound(jobs: &[BenchJob], m: &vast::sim::Market, hours: f64) -> f64 {
     let machines = |bid: bool| {
-        // machine → (reference GPUs, $ per reference GPU-hour) of its largest offer
+        // machine → (GPUs, reference GPUs, $ per reference GPU-hour) of its largest offer
         let mut best: BTreeMap<u64, (f64, f64, f64)> = BTreeMap::new();
         for o in offers(m, bid) {
-            let n = num(&o, "num_gpus");
+            let (n, speed, rate) = gpus_speed_rate(&o);
             let id = o.get("machine_id").and_then(Value::as_u64).unwrap_or(0);
-            let speed = speed_of(o.get("gpu_name").and_then(Value::as_str).unwrap_or(""));
             let e = best.entry(id).or_insert((0.0, 0.0, 0.0));
             if n > e.0 {
-                *e = (n, n * speed, num(&o, "dph_total") / n / speed);
+                *e = (n, n * speed, rate);
             }
         }
         best

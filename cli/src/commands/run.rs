@@ -62,14 +62,12 @@ pub struct Args {
 fn convert(j: &scheduler::store::entity::job::Model, experiment: &str) -> JobView {
     let command: Vec<String> = serde_json::from_str(&j.command).unwrap_or_default();
     let env: BTreeMap<String, String> = serde_json::from_str(&j.env).unwrap_or_default();
-    JobView {
-        id: j.id,
-        experiment: experiment.to_string(),
-        name: j.name.clone(),
-        command: scheduler::queue::shell_join(&command),
-        env,
-        state: JobState::Queued,
-        req: JobReq {
+    let mut view = JobView::queued(
+        j.id,
+        experiment,
+        j.name.clone(),
+        scheduler::queue::shell_join(&command),
+        JobReq {
             gpus: u32::try_from(j.gpus).unwrap_or(1).max(1),
             gpu_name: None,
             min_gpu_ram_gb: None,
@@ -84,18 +82,10 @@ fn convert(j: &scheduler::store::entity::job::Model, experiment: &str) -> JobVie
             est_runtime_s: u64::try_from(j.est_runtime_ms.unwrap_or(3_600_000) / 1000)
                 .unwrap_or(3600),
         },
-        failures: 0,
-        max_attempts: u32::try_from(j.max_attempts).unwrap_or(3).max(1),
-        interruptions: 0,
-        not_before_ms: 0,
-        instance: None,
-        attempt: None,
-        checkpoint_reported_ms: None,
-        checkpoint_pulled_ms: None,
-        disk_factor: 1,
-        budget_held: false,
-        reason: None,
-    }
+    );
+    view.env = env;
+    view.max_attempts = u32::try_from(j.max_attempts).unwrap_or(3).max(1);
+    view
 }
 
 pub async fn run(args: Args, ctx: &Context) -> anyhow::Result<()> {

@@ -4,8 +4,6 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use scheduler::store::testing;
-
 const BIN: &str = env!("CARGO_BIN_EXE_vasticlaude");
 
 fn vc(home: &Path, db_url: Option<&str>, user: &str, args: &[&str]) -> Output {
@@ -212,16 +210,8 @@ fn queue_must_show_on_sqlite() {
 
 #[test]
 fn queue_must_show_on_postgres() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let db = match rt.block_on(testing::postgres()) {
-        Ok(db) => db,
-        Err(why) => {
-            crate::require("PostgreSQL", false, &why);
-            return;
-        }
+    let Some((_rt, db)) = crate::postgres_or_skip() else {
+        return;
     };
     let home = tempfile::tempdir().unwrap();
     must_show(home.path(), Some(&db.url));

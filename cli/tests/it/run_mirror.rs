@@ -4,8 +4,6 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use scheduler::store::testing;
-
 const BIN: &str = env!("CARGO_BIN_EXE_vasticlaude");
 
 fn agent() -> Option<PathBuf> {
@@ -119,16 +117,8 @@ fn run_on_the_sim_leaves_the_lifecycle_in_sqlite() {
 
 #[test]
 fn run_on_the_sim_leaves_the_lifecycle_in_postgres() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let db = match rt.block_on(testing::postgres()) {
-        Ok(db) => db,
-        Err(why) => {
-            crate::require("PostgreSQL", false, &why);
-            return;
-        }
+    let Some((_rt, db)) = crate::postgres_or_skip() else {
+        return;
     };
     run_shows_the_lifecycle(Some(&db.url));
     drop(db);
@@ -138,32 +128,27 @@ fn run_on_the_sim_leaves_the_lifecycle_in_postgres() {
 fn a_bad_deadline_is_one_line_exit_2_and_nothing_written() {
     let home = tempfile::tempdir().unwrap();
     let home = home.path().join("home");
-    for bad in ["soon", "0h", "-3h", ""] {
-        let o = Command::new(BIN)
-            .args(["run", "--provider", "sim", "--once"])
-            .arg(format!("--finish-within={bad}"))
-            .env("VASTICLAUDE_HOME", &home)
-            .env_remove("VASTICLAUDE_DATABASE_URL")
-            .output()
-            .expect("run vasticlaude");
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert_eq!(o.status.code(), Some(2), "{bad:?}: {err}");
-        assert_eq!(err.trim().lines().count(), 1, "{bad:?}: {err}");
-        assert!(err.contains("--finish-within"), "{bad:?}: {err}");
-        assert!(!home.exists(), "{bad:?} left {}", home.display());
-    }
-    for bad in ["tomorrow", "2026-13-01T00:00:00Z", "2026-12-01"] {
-        let o = Command::new(BIN)
-            .args(["run", "--provider", "sim", "--once"])
-            .arg(format!("--finish-by={bad}"))
-            .env("VASTICLAUDE_HOME", &home)
-            .env_remove("VASTICLAUDE_DATABASE_URL")
-            .output()
-            .expect("run vasticlaude");
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert_eq!(o.status.code(), Some(2), "{bad:?}: {err}");
-        assert_eq!(err.trim().lines().count(), 1, "{bad:?}: {err}");
-        assert!(err.contains("--finish-by"), "{bad:?}: {err}");
-        assert!(!home.exists(), "{bad:?} left {}", home.display());
+    let cases = [
+        ("--finish-within", &["soon", "0h", "-3h", ""][..]),
+        (
+            "--finish-by",
+            &["tomorrow", "2026-13-01T00:00:00Z", "2026-12-01"][..],
+        ),
+    ];
+    for (flag, bads) in cases {
+        for bad in bads {
+            let o = Command::new(BIN)
+                .args(["run", "--provider", "sim", "--once"])
+                .arg(format!("{flag}={bad}"))
+                .env("VASTICLAUDE_HOME", &home)
+                .env_remove("VASTICLAUDE_DATABASE_URL")
+                .output()
+                .expect("run vasticlaude");
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(o.status.code(), Some(2), "{flag}={bad:?}: {err}");
+            assert_eq!(err.trim().lines().count(), 1, "{flag}={bad:?}: {err}");
+            assert!(err.contains(flag), "{flag}={bad:?}: {err}");
+            assert!(!home.exists(), "{flag}={bad:?} left {}", home.display());
+        }
     }
 }

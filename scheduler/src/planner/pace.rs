@@ -36,6 +36,21 @@ pub(crate) fn pool(job: &PlanJob, cfg: &PlanConfig) -> usize {
     usize::from(interruptible_allowed(job, cfg))
 }
 
+/// Lowers each pool's best rate by `r` where that pool can use the capacity: any capacity serves
+/// jobs that may be interrupted, only on-demand capacity the others.
+pub(crate) fn lower_best(best: &mut [NanoPerHour; 2], r: NanoPerHour, interruptible: bool) {
+    best[1] = best[1].min(r);
+    if !interruptible {
+        best[0] = best[0].min(r);
+    }
+}
+
+/// An instance we hold: its per-GPU speed and its rate.
+pub(crate) fn held_rate(input: &PlanInput, h: &HeldInstance) -> (i64, NanoPerHour) {
+    let speed = speed_of(input, &h.gpu_name, h.dlperf, h.num_gpus);
+    (speed, rate(h.dph, h.num_gpus, speed))
+}
+
 /// `x` plus the configured slack.
 pub(crate) fn with_slack(cfg: &PlanConfig, x: NanoPerHour) -> NanoPerHour {
     cost::mul_div_ceil(x, 100 + i64::from(cfg.pace_slack_pct), 100)
@@ -73,13 +88,9 @@ pub(crate) fn cutoffs(input: &PlanInput, info: &[OfferInfo]) -> Pacing {
     for h in &pace.held {
         let p = usize::from(h.interruptible);
         work[p] += u128::from(h.work_left_ref_gpu_s);
-        let speed = speed_of(input, &h.gpu_name, h.dlperf, h.num_gpus);
+        let (speed, r) = held_rate(input, h);
         held[p] += i128::from(h.num_gpus) * i128::from(speed);
-        let r = rate(h.dph, h.num_gpus, speed);
-        best[1] = best[1].min(r);
-        if !h.interruptible {
-            best[0] = best[0].min(r);
-        }
+        lower_best(&mut best, r, h.interruptible);
     }
     // One entry per machine and pool: its largest offer (Vast lists a machine once per split).
     let mut machines: BTreeMap<(i64, usize), (u32, NanoPerHour, i64)> = BTreeMap::new();

@@ -522,22 +522,15 @@ impl<'a> Planner<'a> {
                     for c in &list.cands {
                         let speed = info[c.offer as usize].speed_ppm;
                         let r = pace::rate(c.price, c.slots.saturating_mul(g.gpus), speed);
-                        g.best_rate[1] = g.best_rate[1].min(r);
-                        if !list.interruptible {
-                            g.best_rate[0] = g.best_rate[0].min(r);
-                        }
+                        pace::lower_best(&mut g.best_rate, r, list.interruptible);
                     }
                 }
                 for h in input.pace.iter().flat_map(|p| &p.held) {
                     if h.num_gpus < g.gpus || !h.classes.iter().any(|c| c == g.class) {
                         continue;
                     }
-                    let speed = speed_of(input, &h.gpu_name, h.dlperf, h.num_gpus);
-                    let r = pace::rate(h.dph, h.num_gpus, speed);
-                    g.best_rate[1] = g.best_rate[1].min(r);
-                    if !h.interruptible {
-                        g.best_rate[0] = g.best_rate[0].min(r);
-                    }
+                    let (_, r) = pace::held_rate(input, h);
+                    pace::lower_best(&mut g.best_rate, r, h.interruptible);
                 }
             }
         }
@@ -673,11 +666,12 @@ impl<'a> Planner<'a> {
         Some(self.reason(ji, notes))
     }
 
-    /// Puts the job on a warm instance of ours. In the tail of a paced queue (`strict` and too
-    /// few queued GPUs to fill what we hold) a job is priced by how long it keeps the instance
-    /// alive past the work already on it, and an instance is passed over when a fresh rental at
-    /// the best rate the job can get would cost less; `strict == false` takes it anyway (after
-    /// renting failed).
+    /// Puts the job on a warm instance of ours. Paced and `strict`, a job on a busy instance (or
+    /// on any instance in the tail, when the queue has too few GPUs to fill what we hold) is
+    /// priced by how long it keeps the instance alive past the work already on it, and an
+    /// instance is passed over when a fresh rental at the rate pacing allows would cost less;
+    /// `strict == false` prices every instance by its share and takes it anyway (after renting
+    /// failed).
     fn try_reuse(&mut self, ji: usize, notes: &mut Notes, strict: bool) -> bool {
         let input = self.input;
         let cfg = &input.config;
@@ -731,24 +725,19 @@ impl<'a> Planner<'a> {
             // whole instance). A slot dearer than a fresh rental at the rate pacing allows is
             // left alone (a job that may be interrupted does not take an empty on-demand
             // instance while bids are far cheaper, for one).
-            let c = if let Some(alt) = alternative {
-                let busy = inst.busy_until_ms > input.now_ms;
-                let c = if busy || tail {
-                    let end = input
-                        .now_ms
-                        .saturating_add(run.expected_s.saturating_mul(1000));
-                    let extends_s = (end - inst.busy_until_ms.max(input.now_ms)).max(0) / 1000;
-                    cost::charge(inst.dph, extends_s)
-                } else {
-                    cost::charge(share, run.expected_s)
-                };
-                if c > alt {
-                    continue;
-                }
-                c
+            let busy = inst.busy_until_ms > input.now_ms;
+            let c = if alternative.is_some() && (busy || tail) {
+                let end = input
+                    .now_ms
+                    .saturating_add(run.expected_s.saturating_mul(1000));
+                let extends_s = (end - inst.busy_until_ms.max(input.now_ms)).max(0) / 1000;
+                cost::charge(inst.dph, extends_s)
             } else {
                 cost::charge(share, run.expected_s)
             };
+            if alternative.is_some_and(|alt| c > alt) {
+                continue;
+            }
             if best.as_ref().is_none_or(|b| (c, inst.id) < (b.0, b.1)) {
                 best = Some((c, inst.id, ii, run, reserve));
             }

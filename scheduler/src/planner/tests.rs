@@ -27,6 +27,39 @@ fn offer(id: i64, gpu: &str, num_gpus: u32, dph_cents: i64, dlperf: f64) -> Plan
     }
 }
 
+/// An on-demand instance of ours (GPU "g", image "img", class "c") with every GPU free.
+fn idle(id: i64, num_gpus: u32, dph_cents: i64, dlperf: f64) -> IdleInstance {
+    IdleInstance {
+        id,
+        machine_id: id * 10,
+        host_id: id * 100,
+        image: "img".into(),
+        gpu_name: "g".into(),
+        num_gpus,
+        free_gpus: num_gpus,
+        disk_free_gb: 100,
+        dph: dph_cents * D / 100,
+        dlperf,
+        interruptible: false,
+        preempt_per_h: 0.0,
+        classes: vec!["c".into()],
+        busy_until_ms: 0,
+    }
+}
+
+/// The same kind of instance as pacing sees it, with work still to do on it.
+fn held(num_gpus: u32, dph_cents: i64, dlperf: f64, work_left_ref_gpu_s: u64) -> HeldInstance {
+    HeldInstance {
+        gpu_name: "g".into(),
+        dlperf,
+        num_gpus,
+        dph: dph_cents * D / 100,
+        interruptible: false,
+        work_left_ref_gpu_s,
+        classes: vec!["c".into()],
+    }
+}
+
 fn job(id: i64, hours: u64) -> PlanJob {
     PlanJob {
         id,
@@ -129,27 +162,13 @@ fn packs_onto_a_multi_gpu_offer_when_its_gpu_hour_is_cheaper() {
 
 #[test]
 fn reuses_a_warm_idle_instance_with_the_same_image_before_renting() {
-    let idle = IdleInstance {
-        id: 77,
-        machine_id: 5,
-        host_id: 6,
-        image: "img".into(),
-        gpu_name: "g".into(),
-        num_gpus: 2,
-        free_gpus: 1,
-        disk_free_gb: 100,
-        dph: 80 * D / 100,
-        dlperf: 60.0,
-        interruptible: false,
-        preempt_per_h: 0.0,
-        classes: vec!["c".into()],
-        busy_until_ms: 0,
-    };
+    let mut warm = idle(77, 2, 80, 60.0);
+    warm.free_gpus = 1;
     let mut inp = input(
         vec![job(1, 2), job(2, 2)],
         vec![offer(1, "g", 1, 30, 30.0), offer(2, "g", 1, 30, 30.0)],
     );
-    inp.idle = vec![idle.clone()];
+    inp.idle = vec![warm.clone()];
     let p = plan(&inp);
     assert_eq!(p.reuse.len(), 1, "only one GPU is free");
     assert_eq!((p.reuse[0].instance_id, p.reuse[0].job.job_id), (77, 1));
@@ -688,15 +707,7 @@ fn pacing_counts_capacity_we_already_hold() {
     inp.offers.remove(0);
     inp.offers_by_class.insert("c".into(), vec![0]);
     if let Some(pace) = &mut inp.pace {
-        pace.held.push(HeldInstance {
-            gpu_name: "g".into(),
-            dlperf: 30.0,
-            num_gpus: 1,
-            dph: 30 * D / 100,
-            interruptible: false,
-            work_left_ref_gpu_s: 3600,
-            classes: vec!["c".into()],
-        });
+        pace.held.push(held(1, 30, 30.0, 3600));
     }
     let p = plan(&inp);
     assert!(p.rent.is_empty(), "{:?}", p.rent);
@@ -741,22 +752,7 @@ fn a_multi_gpu_rental_has_disk_for_a_job_on_every_gpu() {
 fn in_the_tail_of_a_paced_queue_a_long_job_does_not_keep_a_big_instance_alive() {
     // Our 4-GPU instance is empty; the one job left is 10 hours on one GPU. Keeping the whole
     // instance for it costs four times a fresh 1-GPU rental of the same rate.
-    let big = IdleInstance {
-        id: 5,
-        machine_id: 50,
-        host_id: 500,
-        image: "img".into(),
-        gpu_name: "g".into(),
-        num_gpus: 4,
-        free_gpus: 4,
-        disk_free_gb: 100,
-        dph: 120 * D / 100,
-        dlperf: 120.0,
-        interruptible: false,
-        preempt_per_h: 0.0,
-        classes: vec!["c".into()],
-        busy_until_ms: 0,
-    };
+    let big = idle(5, 4, 120, 120.0);
     let mut inp = input(vec![job(1, 10)], vec![offer(1, "g", 1, 30, 30.0)]);
     inp.idle.push(big.clone());
     let unpaced = plan(&inp);
@@ -767,15 +763,7 @@ fn in_the_tail_of_a_paced_queue_a_long_job_does_not_keep_a_big_instance_alive() 
     );
     inp.pace = Some(Pace {
         deadline_ms: inp.now_ms + 48 * 3_600_000,
-        held: vec![HeldInstance {
-            gpu_name: "g".into(),
-            dlperf: 120.0,
-            num_gpus: 4,
-            dph: big.dph,
-            interruptible: false,
-            work_left_ref_gpu_s: 0,
-            classes: vec!["c".into()],
-        }],
+        held: vec![held(4, 120, 120.0, 0)],
     });
     let p = plan(&inp);
     assert!(p.reuse.is_empty(), "{:?}", p.reuse);

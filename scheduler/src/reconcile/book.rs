@@ -215,15 +215,7 @@ impl CostBook {
             && kept > since
             && kept < now
         {
-            b.spans.push(JobSpan {
-                job: job.to_string(),
-                experiment: exp.clone(),
-                user: None,
-                gpus,
-                start_ms: since,
-                end_ms: kept,
-                reason: Reason::Work,
-            });
+            end_span(b, job, Reason::Work, kept);
             b.open_spans.insert(job, (exp, gpus, kept));
         }
         end_span(b, job, reason, now);

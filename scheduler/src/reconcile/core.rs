@@ -956,6 +956,14 @@ impl Pass<'_> {
             }
             offers_by_class.insert(class.clone(), idx);
         }
+        // Requirement classes an instance of ours can serve.
+        let classes_of = |i: &InstanceView| -> Vec<pl::ClassKey> {
+            classes
+                .iter()
+                .filter(|(_, rep)| fits_instance(rep, i))
+                .map(|(c, _)| c.clone())
+                .collect()
+        };
         // 3. instances of ours with free GPUs (booting ones too: their boot is already paid).
         let idle: Vec<pl::IdleInstance> = live
             .iter()
@@ -968,11 +976,7 @@ impl Pass<'_> {
             .filter_map(|i| {
                 let (g, d) = used.get(&i.key).copied().unwrap_or_default();
                 let free_gpus = i.offer.gpus.saturating_sub(g);
-                let inst_classes: Vec<pl::ClassKey> = classes
-                    .iter()
-                    .filter(|(_, rep)| fits_instance(rep, i))
-                    .map(|(c, _)| c.clone())
-                    .collect();
+                let inst_classes = classes_of(i);
                 (free_gpus > 0 && !inst_classes.is_empty()).then(|| pl::IdleInstance {
                     id: i.key,
                     machine_id: i.offer.machine_id,
@@ -1062,11 +1066,7 @@ impl Pass<'_> {
                     dph: nano(i.offer.price()),
                     interruptible: i.offer.bid.is_some(),
                     work_left_ref_gpu_s: self.work_left_on(i),
-                    classes: classes
-                        .iter()
-                        .filter(|(_, rep)| fits_instance(rep, i))
-                        .map(|(c, _)| c.clone())
-                        .collect(),
+                    classes: classes_of(i),
                 })
                 .collect(),
         });

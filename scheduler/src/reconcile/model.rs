@@ -143,6 +143,37 @@ pub struct JobView {
 }
 
 impl JobView {
+    /// A job as it enters the engine: queued, never tried (3 attempts allowed), placed nowhere,
+    /// no checkpoint, no environment.
+    pub fn queued(
+        id: JobId,
+        experiment: impl Into<String>,
+        name: impl Into<String>,
+        command: impl Into<String>,
+        req: JobReq,
+    ) -> Self {
+        Self {
+            id,
+            experiment: experiment.into(),
+            name: name.into(),
+            command: command.into(),
+            env: BTreeMap::new(),
+            state: JobState::Queued,
+            req,
+            failures: 0,
+            max_attempts: 3,
+            interruptions: 0,
+            not_before_ms: 0,
+            instance: None,
+            attempt: None,
+            checkpoint_reported_ms: None,
+            checkpoint_pulled_ms: None,
+            disk_factor: 1,
+            budget_held: false,
+            reason: None,
+        }
+    }
+
     /// Disk the next attempt asks for.
     pub fn disk_gb(&self) -> f64 {
         self.req.disk_gb * f64::from(self.disk_factor.max(1))

@@ -100,14 +100,12 @@ pub fn demo_jobs(experiment: &str, n: usize, first_id: JobId, steps: u32) -> Vec
             env.insert("CKPT_EVERY".to_string(), "3".to_string());
             env.insert("STEP_SECONDS".to_string(), "0.25".to_string());
             env.insert("LR".to_string(), lr.clone());
-            JobView {
-                id: first_id + i as i64,
-                experiment: experiment.to_string(),
-                name: format!("lr={lr}"),
-                command: "sh ./train.sh".into(),
-                env,
-                state: JobState::Queued,
-                req: JobReq {
+            let mut j = JobView::queued(
+                first_id + i as i64,
+                experiment,
+                format!("lr={lr}"),
+                "sh ./train.sh",
+                JobReq {
                     gpus: 1,
                     gpu_name: None,
                     min_gpu_ram_gb: None,
@@ -117,18 +115,9 @@ pub fn demo_jobs(experiment: &str, n: usize, first_id: JobId, steps: u32) -> Vec
                     interruptible: true,
                     est_runtime_s: 120,
                 },
-                failures: 0,
-                max_attempts: 3,
-                interruptions: 0,
-                not_before_ms: 0,
-                instance: None,
-                attempt: None,
-                checkpoint_reported_ms: None,
-                checkpoint_pulled_ms: None,
-                disk_factor: 1,
-                budget_held: false,
-                reason: None,
-            }
+            );
+            j.env = env;
+            j
         })
         .collect()
 }

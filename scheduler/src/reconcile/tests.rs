@@ -23,26 +23,7 @@ fn req() -> JobReq {
 }
 
 fn job(id: JobId, exp: &str) -> JobView {
-    JobView {
-        id,
-        experiment: exp.into(),
-        name: format!("job{id}"),
-        command: "true".into(),
-        env: BTreeMap::new(),
-        state: JobState::Queued,
-        req: req(),
-        failures: 0,
-        max_attempts: 3,
-        interruptions: 0,
-        not_before_ms: 0,
-        instance: None,
-        attempt: None,
-        checkpoint_reported_ms: None,
-        checkpoint_pulled_ms: None,
-        disk_factor: 1,
-        budget_held: false,
-        reason: None,
-    }
+    JobView::queued(id, exp, format!("job{id}"), "true", req())
 }
 
 fn offer(id: i64, gpus: u32, dph: Decimal) -> OfferObs {
@@ -170,6 +151,15 @@ fn run(w: &mut WorldView, actions: &[Action], now: i64) {
     }
 }
 
+/// What a pass sees when nothing of ours is listed and the market offers `offers`.
+fn offering(offers: Vec<OfferObs>) -> Observations {
+    Observations {
+        market: Some(vec![]),
+        offers,
+        ..Default::default()
+    }
+}
+
 fn count<F: Fn(&Action) -> bool>(actions: &[Action], f: F) -> usize {
     actions.iter().filter(|a| f(a)).count()
 }
@@ -209,15 +199,11 @@ fn classify_reads_vast_statuses() {
 fn queued_job_provisions_the_cheapest_offer_with_a_journaled_label() {
     let mut w = world();
     w.jobs.insert(1, job(1, "e"));
-    let obs = Observations {
-        market: Some(vec![]),
-        offers: vec![
-            offer(1, 1, dec!(0.5)),
-            offer(2, 1, dec!(0.3)),
-            offer(3, 1, dec!(0.4)),
-        ],
-        ..Default::default()
-    };
+    let obs = offering(vec![
+        offer(1, 1, dec!(0.5)),
+        offer(2, 1, dec!(0.3)),
+        offer(3, 1, dec!(0.4)),
+    ]);
     let acts = reconcile(&w, &obs, 0, &cfg());
     let prov: Vec<&Action> = acts
         .iter()
@@ -242,11 +228,7 @@ fn faster_gpu_wins_when_cheaper_per_job() {
     let mut fast = offer(1, 1, dec!(0.5));
     fast.dlperf = 300.0; // 3× faster at 1.67× the price
     let slow = offer(2, 1, dec!(0.3));
-    let obs = Observations {
-        market: Some(vec![]),
-        offers: vec![slow, fast],
-        ..Default::default()
-    };
+    let obs = offering(vec![slow, fast]);
     let acts = reconcile(&w, &obs, 0, &cfg());
     assert!(
         acts.iter()
@@ -260,11 +242,7 @@ fn jobs_are_packed_onto_a_multi_gpu_offer_when_cheaper_per_gpu() {
     for id in 1..=4 {
         w.jobs.insert(id, job(id, "e"));
     }
-    let obs = Observations {
-        market: Some(vec![]),
-        offers: vec![offer(1, 1, dec!(0.4)), offer(2, 4, dec!(1.2))],
-        ..Default::default()
-    };
+    let obs = offering(vec![offer(1, 1, dec!(0.4)), offer(2, 4, dec!(1.2))]);
     let acts = reconcile(&w, &obs, 0, &cfg());
     assert_eq!(count(&acts, |a| matches!(a, Action::Provision { .. })), 1);
     assert_eq!(count(&acts, |a| matches!(a, Action::Place { .. })), 4);
@@ -275,11 +253,7 @@ fn one_offer_is_never_bought_twice() {
     let mut w = world();
     w.jobs.insert(1, job(1, "e"));
     w.jobs.insert(2, job(2, "e"));
-    let obs = Observations {
-        market: Some(vec![]),
-        offers: vec![offer(1, 1, dec!(0.3))],
-        ..Default::default()
-    };
+    let obs = offering(vec![offer(1, 1, dec!(0.3))]);
     let acts = reconcile(&w, &obs, 0, &cfg());
     assert_eq!(count(&acts, |a| matches!(a, Action::Provision { .. })), 1);
     // And on the next pass the offer is still claimed by the booting instance.
@@ -294,11 +268,7 @@ fn max_instances_and_max_dph_limit_purchases() {
     for id in 1..=3 {
         w.jobs.insert(id, job(id, "e"));
     }
-    let obs = Observations {
-        market: Some(vec![]),
-        offers: (1..=3).map(|i| offer(i, 1, dec!(0.3))).collect(),
-        ..Default::default()
-    };
+    let obs = offering((1..=3).map(|i| offer(i, 1, dec!(0.3))).collect());
     let mut c = cfg();
     c.max_instances = 2;
     let acts = reconcile(&w, &obs, 0, &c);
@@ -315,11 +285,7 @@ fn interruptible_jobs_bid_min_bid_plus_margin() {
     let mut j = job(1, "e");
     j.req.interruptible = true;
     w.jobs.insert(1, j);
-    let obs = Observations {
-        market: Some(vec![]),
-        offers: vec![offer(1, 1, dec!(0.4))],
-        ..Default::default()
-    };
+    let obs = offering(vec![offer(1, 1, dec!(0.4))]);
     let acts = reconcile(&w, &obs, 0, &cfg());
     let bid = acts.iter().find_map(|a| match a {
         Action::Provision { offer, .. } => offer.bid,
@@ -814,11 +780,7 @@ fn new_checkpoints_are_pulled_and_the_next_attempt_resumes() {
     run(&mut w, &acts, 2_000);
     assert_eq!(w.jobs[&1].checkpoint_pulled_ms, Some(1_400));
     // Preempted (vanished): the next attempt elsewhere resumes.
-    let obs = Observations {
-        market: Some(vec![]),
-        offers: vec![offer(9, 1, dec!(0.3))],
-        ..Default::default()
-    };
+    let obs = offering(vec![offer(9, 1, dec!(0.3))]);
     let acts = reconcile(&w, &obs, 3_000, &cfg());
     run(&mut w, &acts, 3_000);
     let key = w.jobs[&1].instance.expect("placed on a new instance");
@@ -1069,11 +1031,7 @@ fn budget_reservations_keep_work_from_starting() {
         },
     );
     // 10 h × $0.3 × 1.5 = $4.5 > $1.
-    let obs = Observations {
-        market: Some(vec![]),
-        offers: vec![offer(1, 1, dec!(0.3))],
-        ..Default::default()
-    };
+    let obs = offering(vec![offer(1, 1, dec!(0.3))]);
     let acts = reconcile(&w, &obs, 0, &cfg());
     assert_eq!(count(&acts, |a| matches!(a, Action::Provision { .. })), 0);
 }
@@ -1119,13 +1077,11 @@ fn reconcile_is_deterministic() {
         w.jobs
             .insert(id, job(id, if id % 2 == 0 { "a" } else { "b" }));
     }
-    let obs = Observations {
-        market: Some(vec![]),
-        offers: (1..=5)
+    let obs = offering(
+        (1..=5)
             .map(|i| offer(i, (i % 3 + 1) as u32, dec!(0.2) * Decimal::from(i)))
             .collect(),
-        ..Default::default()
-    };
+    );
     let a = reconcile(&w, &obs, 5, &cfg());
     let b = reconcile(&w, &obs, 5, &cfg());
     assert_eq!(a, b);
@@ -1141,15 +1097,11 @@ fn planner_packs_by_price_per_gpu_with_dlperf_per_whole_offer() {
     let mut w = world();
     w.jobs.insert(1, job(1, "e"));
     w.jobs.insert(2, job(2, "e"));
-    let obs = Observations {
-        market: Some(vec![]),
-        offers: vec![
-            offer(1, 1, dec!(0.3)),
-            offer(2, 1, dec!(0.3)),
-            offer(3, 2, dec!(0.5)),
-        ],
-        ..Default::default()
-    };
+    let obs = offering(vec![
+        offer(1, 1, dec!(0.3)),
+        offer(2, 1, dec!(0.3)),
+        offer(3, 2, dec!(0.5)),
+    ]);
     let acts = reconcile(&w, &obs, 0, &cfg());
     let prov: Vec<&OfferChoice> = acts
         .iter()
@@ -1191,11 +1143,7 @@ fn a_reference_gpu_is_dlperf_100() {
                 hard_stopped: false,
             },
         );
-        let obs = Observations {
-            market: Some(vec![]),
-            offers: vec![offer(1, 1, dec!(0.3))],
-            ..Default::default()
-        };
+        let obs = offering(vec![offer(1, 1, dec!(0.3))]);
         let acts = reconcile(&w, &obs, 0, &cfg());
         assert_eq!(
             count(&acts, |a| matches!(a, Action::Provision { .. })) == 1,
@@ -1213,11 +1161,7 @@ fn deferred_jobs_say_why_they_wait() {
     w.jobs.insert(1, j);
     w.jobs.insert(2, job(2, "e"));
     w.blacklist.insert(10); // the machine of offer 1
-    let obs = Observations {
-        market: Some(vec![]),
-        offers: vec![offer(1, 1, dec!(0.3))],
-        ..Default::default()
-    };
+    let obs = offering(vec![offer(1, 1, dec!(0.3))]);
     let acts = reconcile(&w, &obs, 0, &cfg());
     assert_eq!(count(&acts, |a| matches!(a, Action::Provision { .. })), 0);
     let note = |id: JobId| {

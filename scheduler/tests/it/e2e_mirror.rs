@@ -15,15 +15,7 @@ use scheduler::reconcile::{Journal, MemoryJournal};
 use scheduler::store::events::{EntityKind, list_events};
 use scheduler::store::testing::TestDb;
 
-fn agent() -> Option<PathBuf> {
-    match crate::agent_e2e::agent_binary() {
-        Ok(p) => Some(p),
-        Err(why) => {
-            crate::require("vasticlaude-agent binary", false, &why);
-            None
-        }
-    }
-}
+use crate::agent_e2e::agent_or_skip;
 
 async fn sweep_is_mirrored(db: &TestDb, agent: PathBuf) {
     let store = &db.store;
@@ -207,14 +199,14 @@ async fn sweep_is_mirrored(db: &TestDb, agent: PathBuf) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sweep_lifecycle_is_mirrored_into_sqlite() {
-    let Some(agent) = agent() else { return };
+    let Some(agent) = agent_or_skip() else { return };
     let db = crate::store_common::sqlite().await;
     sweep_is_mirrored(&db, agent).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sweep_lifecycle_is_mirrored_into_postgres() {
-    let Some(agent) = agent() else { return };
+    let Some(agent) = agent_or_skip() else { return };
     let Some(db) = crate::store_common::postgres().await else {
         return;
     };

@@ -12,15 +12,7 @@ use scheduler::reconcile::engine::FileJournal;
 use scheduler::reconcile::simrun::{self, SimRunOptions, demo_jobs};
 use scheduler::reconcile::{DbJournal, InstState, JobState, Journal, instance_label};
 
-fn agent() -> Option<PathBuf> {
-    match crate::agent_e2e::agent_binary() {
-        Ok(p) => Some(p),
-        Err(why) => {
-            crate::require("vasticlaude-agent binary", false, &why);
-            None
-        }
-    }
-}
+use crate::agent_e2e::agent_or_skip;
 
 fn opts(home: &Path, seed: u64, agent: PathBuf) -> SimRunOptions {
     let mut o = SimRunOptions::fast(home.to_path_buf(), seed, agent);
@@ -55,7 +47,7 @@ fn overlapping_attempts(trace: &Path) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sweep_with_a_failed_boot_and_a_preemption_completes_from_checkpoints() {
-    let Some(agent) = agent() else { return };
+    let Some(agent) = agent_or_skip() else { return };
     let home = tempfile::tempdir().unwrap();
     let out = simrun::run_demo(opts(home.path(), 7, agent), 5, |_| {})
         .await
@@ -102,7 +94,7 @@ async fn sweep_with_a_failed_boot_and_a_preemption_completes_from_checkpoints() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn budget_hard_stop_destroys_everything_and_leaves_the_rest_queued() {
-    let Some(agent) = agent() else { return };
+    let Some(agent) = agent_or_skip() else { return };
     let home = tempfile::tempdir().unwrap();
     let mut o = opts(home.path(), 3, agent);
     o.faults.fail_first_boot = false;
@@ -186,7 +178,7 @@ async fn budget_hard_stop_destroys_everything_and_leaves_the_rest_queued() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scheduler_killed_mid_sweep_and_restarted_finishes_without_duplicates_or_leaks() {
-    let Some(agent) = agent() else { return };
+    let Some(agent) = agent_or_skip() else { return };
     let home = tempfile::tempdir().unwrap();
     let journal: Arc<dyn Journal> = Arc::new(FileJournal::in_home(home.path()));
     crash_and_restart(home.path(), agent, journal).await;
@@ -194,7 +186,7 @@ async fn a_scheduler_killed_mid_sweep_and_restarted_finishes_without_duplicates_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_and_restart_with_the_journal_in_sqlite() {
-    let Some(agent) = agent() else { return };
+    let Some(agent) = agent_or_skip() else { return };
     let db = scheduler::store::testing::sqlite().await.unwrap();
     let home = tempfile::tempdir().unwrap();
     let journal: Arc<dyn Journal> =
@@ -204,7 +196,7 @@ async fn crash_and_restart_with_the_journal_in_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_and_restart_with_the_journal_in_postgresql() {
-    let Some(agent) = agent() else { return };
+    let Some(agent) = agent_or_skip() else { return };
     let db = match scheduler::store::testing::postgres().await {
         Ok(db) => db,
         Err(why) => {
@@ -337,7 +329,7 @@ async fn crash_and_restart(home: &Path, agent: PathBuf, journal: Arc<dyn Journal
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_that_fills_its_disk_is_retrieved_and_retried_on_a_larger_disk() {
-    let Some(agent) = agent() else { return };
+    let Some(agent) = agent_or_skip() else { return };
     let home = tempfile::tempdir().unwrap();
     let mut o = opts(home.path(), 5, agent);
     o.faults.fail_first_boot = false;

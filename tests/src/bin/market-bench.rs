@@ -20,6 +20,18 @@ struct Args {
     only: Option<u64>,
 }
 
+/// The value after `flag`, parsed; `what` says what it must be.
+fn value<T: std::str::FromStr>(
+    it: &mut impl Iterator<Item = String>,
+    flag: &str,
+    what: &str,
+) -> anyhow::Result<T> {
+    let v = it.next().with_context(|| format!("{flag} needs {what}"))?;
+    v.parse()
+        .ok()
+        .with_context(|| format!("{flag} must be {what}, got {v:?}"))
+}
+
 fn parse() -> anyhow::Result<Args> {
     let mut a = Args {
         json: false,
@@ -32,32 +44,14 @@ fn parse() -> anyhow::Result<Args> {
     while let Some(x) = it.next() {
         match x.as_str() {
             "--json" => a.json = true,
-            "--markets" => {
-                let v = it.next().context("--markets needs a number")?;
-                a.markets = v
-                    .parse()
-                    .with_context(|| format!("--markets must be a positive integer, got {v:?}"))?;
-            }
-            "--jobs" => {
-                let v = it.next().context("--jobs needs a number")?;
-                a.jobs = v
-                    .parse()
-                    .with_context(|| format!("--jobs must be a positive integer, got {v:?}"))?;
-            }
-            "--market" => {
-                let v = it.next().context("--market needs a seed")?;
-                a.only = Some(
-                    v.parse()
-                        .with_context(|| format!("--market must be a market seed, got {v:?}"))?,
-                );
-            }
+            "--markets" => a.markets = value(&mut it, "--markets", "a positive integer")?,
+            "--jobs" => a.jobs = value(&mut it, "--jobs", "a positive integer")?,
+            "--market" => a.only = Some(value(&mut it, "--market", "a market seed")?),
             "--deadline-h" => {
-                let v = it.next().context("--deadline-h needs a number of hours")?;
-                let h: f64 = v.parse().with_context(|| {
-                    format!("--deadline-h must be a number of hours, got {v:?}")
-                })?;
+                let what = "a non-negative number of hours";
+                let h: f64 = value(&mut it, "--deadline-h", what)?;
                 if !(h.is_finite() && h >= 0.0) {
-                    bail!("--deadline-h must be a non-negative number of hours, got {v:?}");
+                    bail!("--deadline-h must be {what}, got {h}");
                 }
                 a.deadline_h = (h > 0.0).then_some(h);
             }

@@ -106,14 +106,12 @@ pub fn job_view(
     est_runtime_s: u64,
     interruptible: bool,
 ) -> JobView {
-    JobView {
+    JobView::queued(
         id,
-        experiment: experiment.to_string(),
-        name: format!("job-{id}"),
-        command: "python train.py".into(),
-        env: BTreeMap::new(),
-        state: JobState::Queued,
-        req: JobReq {
+        experiment,
+        format!("job-{id}"),
+        "python train.py",
+        JobReq {
             gpus,
             gpu_name: None,
             min_gpu_ram_gb: None,
@@ -123,18 +121,7 @@ pub fn job_view(
             interruptible,
             est_runtime_s,
         },
-        failures: 0,
-        max_attempts: 3,
-        interruptions: 0,
-        not_before_ms: 0,
-        instance: None,
-        attempt: None,
-        checkpoint_reported_ms: None,
-        checkpoint_pulled_ms: None,
-        disk_factor: 1,
-        budget_held: false,
-        reason: None,
-    }
+    )
 }
 
 impl Scenario {
