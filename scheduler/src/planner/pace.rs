@@ -16,7 +16,8 @@
 //! pass over both pools by rate relative to each pool's cheapest, so the cheap machines that
 //! both want are not counted twice. A job always may take an offer within
 //! `PlanConfig::pace_slack_pct` of the cheapest rate it can get at all, and a job that would miss
-//! the deadline on the offer it is looking at is not held back.
+//! the deadline unless it starts now is not held back: it takes the cheapest offer that still
+//! finishes in time, whatever the cutoff (see [`Pacing::slowest`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -65,6 +66,12 @@ pub(crate) struct Pacing {
     /// Capacity still to rent to meet the deadline, millionths of a reference GPU. Once the
     /// plan's rentals cover it, only offers near the best rate are rented.
     pub need: [i128; 2],
+    /// The slowest per-GPU speed (millionths of the reference) among the capacity pacing counts
+    /// on, per pool. A job that would miss the deadline on such a GPU if it waited is *urgent*:
+    /// waiting for a slot under the cutoff would make it late, so it takes the cheapest offer
+    /// that finishes in time instead. Without this a slow, dear offer on which a job is late
+    /// anyway looked like the only one pacing let it take.
+    pub slowest: [i64; 2],
 }
 
 /// The cutoffs and the capacity still needed, per pool.
@@ -85,11 +92,13 @@ pub(crate) fn cutoffs(input: &PlanInput, info: &[OfferInfo]) -> Pacing {
     }
     let mut held = [0i128; 2];
     let mut best = [NanoPerHour::MAX; 2];
+    let mut slowest = [i64::MAX; 2];
     for h in &pace.held {
         let p = usize::from(h.interruptible);
         work[p] += u128::from(h.work_left_ref_gpu_s);
         let (speed, r) = held_rate(input, h);
         held[p] += i128::from(h.num_gpus) * i128::from(speed);
+        slowest[p] = slowest[p].min(speed);
         lower_best(&mut best, r, h.interruptible);
     }
     // One entry per machine and pool: its largest offer (Vast lists a machine once per split).
@@ -122,21 +131,22 @@ pub(crate) fn cutoffs(input: &PlanInput, info: &[OfferInfo]) -> Pacing {
             cut[p] = Some(best[p]);
         }
     }
-    let mut entries: Vec<(i128, i64, usize, i128, NanoPerHour)> = machines
+    let mut entries: Vec<(i128, i64, usize, u32, i64, NanoPerHour)> = machines
         .into_iter()
         .filter(|((_, p), _)| best[*p] != NanoPerHour::MAX)
         .map(|((m, p), (gpus, r, speed))| {
             let relative = i128::from(r) * i128::from(PPM) / i128::from(best[p].max(1));
-            (relative, m, p, i128::from(gpus) * i128::from(speed), r)
+            (relative, m, p, gpus, speed, r)
         })
         .collect();
     entries.sort_unstable();
     let mut taken = BTreeSet::new();
-    for (_, m, p, capacity, r) in entries {
+    for (_, m, p, gpus, speed, r) in entries {
         if cut[p].is_some() || !taken.insert(m) {
             continue;
         }
-        need[p] -= capacity;
+        need[p] -= i128::from(gpus) * i128::from(speed);
+        slowest[p] = slowest[p].min(speed);
         if need[p] <= 0 {
             cut[p] = Some(r);
         }
@@ -144,5 +154,6 @@ pub(crate) fn cutoffs(input: &PlanInput, info: &[OfferInfo]) -> Pacing {
     Pacing {
         cut: cut.map(|c| c.map(|c| with_slack(cfg, c))),
         need: need0,
+        slowest: slowest.map(|s| if s == i64::MAX { PPM } else { s }),
     }
 }

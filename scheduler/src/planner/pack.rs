@@ -324,6 +324,8 @@ struct Choice {
     run: Run,
     cost: Nano,
     reserve: Nano,
+    /// Paced and late on this offer: when it would finish (0: in time).
+    late_until: i64,
 }
 
 struct Planner<'a> {
@@ -841,6 +843,22 @@ impl<'a> Planner<'a> {
         let pace_limit = self.pace_limit(ji);
         let group = &mut self.groups[gi];
         let deadline = input.pace.as_ref().map_or(i64::MAX, |p| p.deadline_ms);
+        // Urgent: on the slowest GPU pacing counts on, the job would miss the deadline if it
+        // waited for a slot under the cutoff (one boot's worth of waiting).
+        let urgent = pace_limit.is_some() && {
+            let lead_s = i64::from(cfg.default_boot_s) + i64::from(cfg.boot_overhead_s);
+            let wall = expected_wall(
+                cfg,
+                job,
+                self.pacing.slowest[pool],
+                allowed,
+                cost::rate_ppm(-1.0, cfg.default_preempt_per_h),
+            );
+            input
+                .now_ms
+                .saturating_add(wall.saturating_add(2 * lead_s).saturating_mul(1000))
+                > deadline
+        };
         for (li, list) in group.lists.iter_mut().enumerate() {
             if list.interruptible && !allowed {
                 continue;
@@ -902,6 +920,9 @@ impl<'a> Planner<'a> {
                 }
                 let inf = &self.info[c.offer as usize];
                 let run = run_of(cfg, job, inf.speed_ppm, list.interruptible, inf.rate_ppm);
+                // Paced: 0 for an offer on which the job finishes by the deadline, else when it
+                // would finish (only an urgent job looks at those, and prefers the earliest).
+                let mut late_until = 0;
                 if let Some(limit) = pace_limit {
                     let r = pace::rate(c.price, k.saturating_mul(job.gpus), inf.speed_ppm);
                     let done_by = input.now_ms.saturating_add(
@@ -909,10 +930,16 @@ impl<'a> Planner<'a> {
                             .saturating_add(run.expected_s)
                             .saturating_mul(1000),
                     );
-                    // A job that would miss the deadline here anyway is not held back.
-                    if r > limit && done_by <= deadline {
+                    let late = done_by > deadline;
+                    // Not urgent: only offers under the cutoff on which it finishes in time (a
+                    // slower one would make it late; it can wait for a better slot). Urgent:
+                    // any offer, those that finish in time first.
+                    if !urgent && (r > limit || late) {
                         notes.paced(limit, r);
                         continue;
+                    }
+                    if late {
+                        late_until = done_by;
                     }
                 }
                 let reserve = cost::charge(c.price, inf.boot_s.saturating_add(run.worst_s));
@@ -920,12 +947,14 @@ impl<'a> Planner<'a> {
                     notes.budget(reserve);
                     continue;
                 }
-                good += 1;
+                if late_until == 0 {
+                    good += 1;
+                }
                 let total = cost::charge(c.price, inf.boot_s.saturating_add(run.expected_s));
                 let per_job = cost::mul_div_ceil(total, 1, i64::from(k));
                 let better = best.as_ref().is_none_or(|b| {
-                    (per_job, input.offers[c.offer as usize].id)
-                        < (b.cost, input.offers[b.cand.offer as usize].id)
+                    (late_until, per_job, input.offers[c.offer as usize].id)
+                        < (b.late_until, b.cost, input.offers[b.cand.offer as usize].id)
                 });
                 if better {
                     best = Some(Choice {
@@ -934,6 +963,7 @@ impl<'a> Planner<'a> {
                         run,
                         cost: per_job,
                         reserve,
+                        late_until,
                     });
                 }
             }

@@ -774,3 +774,44 @@ fn in_the_tail_of_a_paced_queue_a_long_job_does_not_keep_a_big_instance_alive() 
     let p = plan(&inp);
     assert_eq!(p.reuse.len(), 1, "{:?}", p.rent);
 }
+
+#[test]
+fn an_urgent_job_takes_the_cheapest_offer_that_finishes_in_time() {
+    // One 11-hour job and ten 1-hour ones, due in 12 hours. Four cheap half-speed GPUs
+    // ($0.30 per reference hour) cover the capacity the queue needs, so the cutoff sits there;
+    // but on one of them the long job takes 22 hours. It must start now on the full-speed GPU
+    // above the cutoff ($0.45), not on a cheap slow one (late) nor on the dear, slow one
+    // ($1.20, 33 hours) that used to escape the cutoff because it was late anyway.
+    let mut jobs = vec![job(1, 11)];
+    jobs.extend((2..=11).map(|i| job(i, 1)));
+    let mut offers: Vec<PlanOffer> = (1..=4).map(|i| offer(i, "half", 1, 15, 15.0)).collect();
+    offers.push(offer(5, "full", 1, 45, 30.0));
+    offers.push(offer(6, "third", 1, 40, 10.0));
+    let mut inp = input(jobs, offers);
+    let due_in = |inp: &mut PlanInput, hours: i64| {
+        inp.pace = Some(Pace {
+            deadline_ms: inp.now_ms + hours * 3_600_000,
+            held: Vec::new(),
+        });
+    };
+    let offer_of = |p: &Plan, job: i64| {
+        p.rent
+            .iter()
+            .find(|r| r.jobs.iter().any(|j| j.job_id == job))
+            .map(|r| r.offer_id)
+    };
+    due_in(&mut inp, 12);
+    let p = plan(&inp);
+    assert_eq!(offer_of(&p, 1), Some(5), "{:?}", p.rent);
+    assert!(!rented_offers(&p).contains(&6), "{:?}", p.rent);
+    // The short jobs are not urgent: they stay on the cheap GPUs.
+    assert!(
+        (2..=11).all(|j| offer_of(&p, j).is_none_or(|o| o <= 4)),
+        "{:?}",
+        p.rent
+    );
+    // Due in 48 hours the long job is not urgent: 22 hours on a cheap GPU is in time.
+    due_in(&mut inp, 48);
+    let p = plan(&inp);
+    assert!(offer_of(&p, 1).is_some_and(|o| o <= 4), "{:?}", p.rent);
+}
