@@ -298,7 +298,10 @@ pub struct SimFaults {
     pub slow_loading_factor: f64,
     /// Mean time, in hours, from `running` to the exit/offline fault when one is drawn.
     pub fault_after_mean_h: f64,
-    /// Rate (per running hour) at which an interruptible instance is outbid by another renter.
+    /// Rate (per running hour) at which another renter claims an interruptible instance's GPUs:
+    /// 30 % of them rent on demand and always win, the others bid `min_bid` plus a premium
+    /// (exponential, mean 15 %) and win only over a lower bid. A bid of exactly `min_bid` is
+    /// outbid at this rate; a margin over it is outbid less often.
     pub outbid_per_hour: f64,
     /// Mean hours an outbidding renter keeps the GPUs.
     pub outbid_hold_mean_h: f64,

@@ -441,6 +441,61 @@ fn interruptible_outbid_and_resume() {
 }
 
 #[test]
+fn a_bid_over_min_bid_is_outbid_less_often() {
+    // Twelve single-GPU machines, each rented twice over 48 hours of claims by other renters
+    // (one an hour): six at exactly min_bid, six at 1.6 x min_bid. Bidders beat min_bid
+    // always and 1.6 x rarely; on-demand renters (30 % of claims) beat both.
+    let mut c = config(31);
+    c.faults.outbid_per_hour = 1.0;
+    let mut m = Market::new(c);
+    let offers: Vec<Value> = m
+        .search(&json!({"num_gpus": {"eq": "1"}, "gpu_frac": {"eq": 1}, "type": "bid"}))
+        .expect("search")
+        .into_iter()
+        .filter(|o| o["rented"] == json!(false))
+        .take(12)
+        .collect();
+    assert_eq!(offers.len(), 12);
+    let mut at_min = Vec::new();
+    let mut above = Vec::new();
+    for (i, o) in offers.iter().enumerate() {
+        let min_bid = o["min_bid"].as_f64().expect("min_bid");
+        let (factor, ids) = if i % 2 == 0 {
+            (1.0, &mut at_min)
+        } else {
+            (1.6, &mut above)
+        };
+        ids.push(create(
+            &mut m,
+            o,
+            json!({"image": "img", "price": (min_bid * factor * 10_000.0).ceil() / 10_000.0}),
+        ));
+    }
+    advance(&mut m, 48 * HOUR);
+    let outbids = |ids: &[u64]| {
+        m.events()
+            .iter()
+            .filter(|e| e.kind == "outbid" && e.instance.is_some_and(|i| ids.contains(&i)))
+            .count()
+    };
+    let (low, high) = (outbids(&at_min), outbids(&above));
+    assert!(low >= 100, "claims happen about once an hour: {low}");
+    assert!(high > 0, "on-demand renters still take the GPUs");
+    // Expected about 0.4 of the rate at min_bid (paused time included); the old market outbid
+    // every bid alike.
+    assert!(
+        high * 5 < low * 3,
+        "a 60 % margin is outbid far less often: {high} vs {low} at min_bid"
+    );
+    let on_demand = m
+        .events()
+        .iter()
+        .filter(|e| e.kind == "outbid" && e.detail.contains("on-demand renter"))
+        .count();
+    assert!(on_demand > 0 && on_demand < low + high);
+}
+
+#[test]
 fn bid_below_min_bid_creates_a_stopped_instance() {
     let mut m = Market::new(config(22));
     let offer = cheap_offer(&m);
