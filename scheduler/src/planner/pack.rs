@@ -246,6 +246,13 @@ struct SlotList {
     /// lower bound on any later candidate's cost, so a scan can stop at a budget.
     min_rate_from: Vec<i64>,
     cursor: usize,
+    /// Paced: `(rentals, limit, cheapest)` when a full scan with `rentals` rentals in the plan
+    /// found every candidate dearer than `limit` (the cheapest at `cheapest`). Until the next
+    /// rental marks offers used, a job that is not urgent and whose limit is no higher gets the
+    /// same answer without scanning: candidates only leave the window, and a candidate's rate
+    /// only rises as the group's remaining jobs (its slots' sharers) fall. Most of a paced
+    /// plan's jobs wait, and each used to scan the whole window.
+    paced_out: Option<(usize, NanoPerHour, NanoPerHour)>,
 }
 
 #[derive(Default)]
@@ -513,6 +520,7 @@ impl<'a> Planner<'a> {
                     min_price_from,
                     min_rate_from,
                     cursor: 0,
+                    paced_out: None,
                 });
             }
         }
@@ -841,6 +849,7 @@ impl<'a> Planner<'a> {
         let mut best: Option<Choice> = None;
         let pool = pace::pool(job, cfg);
         let pace_limit = self.pace_limit(ji);
+        let rentals = self.building.len();
         let group = &mut self.groups[gi];
         let deadline = input.pace.as_ref().map_or(i64::MAX, |p| p.deadline_ms);
         // Urgent: on the slowest GPU pacing counts on, the job would miss the deadline if it
@@ -874,6 +883,17 @@ impl<'a> Planner<'a> {
                 group.remaining
             };
             let k = list.slots.min(remaining.max(1));
+            if !urgent
+                && let (Some(limit), Some((at, l, cheapest))) = (pace_limit, list.paced_out)
+                && at == rentals
+                && limit <= l
+            {
+                notes.paced(limit, cheapest);
+                continue;
+            }
+            // Whether every candidate examined was turned down by the cutoff alone, and the
+            // cheapest of them (for `paced_out`).
+            let (mut all_over, mut cheapest, mut cut_short) = (true, NanoPerHour::MAX, false);
             let (mut examined, mut good) = (0, 0);
             for (i, c) in list.cands.iter().enumerate().skip(list.cursor) {
                 if examined >= SCAN_PER_LIST || good >= GOOD_PER_LIST {
@@ -888,12 +908,14 @@ impl<'a> Planner<'a> {
                     && min_price > cap.saturating_mul(i64::from(k))
                 {
                     notes.max_dph(cost::mul_div_ceil(min_price, 1, i64::from(k)));
+                    cut_short = true;
                     break;
                 }
                 if let Some(cap) = cfg.max_total_dph
                     && self.new_dph.saturating_add(min_price) > cap
                 {
                     notes.over_total_dph = true;
+                    cut_short = true;
                     break;
                 }
                 if let Some(left) = self.budget[exp] {
@@ -901,6 +923,7 @@ impl<'a> Planner<'a> {
                     let at_least = cost::mul_div_floor(list.min_rate_from[i], work, 3600);
                     if at_least > left {
                         notes.budget(at_least);
+                        cut_short = true;
                         break;
                     }
                 }
@@ -910,12 +933,14 @@ impl<'a> Planner<'a> {
                     && share > cap
                 {
                     notes.max_dph(share);
+                    all_over = false;
                     continue;
                 }
                 if let Some(cap) = cfg.max_total_dph
                     && self.new_dph.saturating_add(c.price) > cap
                 {
                     notes.over_total_dph = true;
+                    all_over = false;
                     continue;
                 }
                 let inf = &self.info[c.offer as usize];
@@ -931,6 +956,11 @@ impl<'a> Planner<'a> {
                             .saturating_mul(1000),
                     );
                     let late = done_by > deadline;
+                    if r > limit {
+                        cheapest = cheapest.min(r);
+                    } else {
+                        all_over = false;
+                    }
                     // Not urgent: only offers under the cutoff on which it finishes in time (a
                     // slower one would make it late; it can wait for a better slot). Urgent:
                     // any offer, those that finish in time first.
@@ -966,6 +996,14 @@ impl<'a> Planner<'a> {
                         late_until,
                     });
                 }
+            }
+            if let Some(limit) = pace_limit
+                && !urgent
+                && all_over
+                && !cut_short
+                && examined > 0
+            {
+                list.paced_out = Some((rentals, limit, cheapest));
             }
         }
         let Some(ch) = best else { return false };
