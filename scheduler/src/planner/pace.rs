@@ -22,7 +22,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::cost::{self, PPM};
-use super::pack::{OfferInfo, Usable, interruptible_allowed, speed_of};
+use super::pack::{OfferInfo, Usable, expected_wall, interruptible_allowed, speed_of};
 use super::types::*;
 
 /// Rate of `price` (nano$/h) spread over `gpus` GPUs of `speed_ppm` each: nano$ per reference
@@ -57,6 +57,36 @@ pub(crate) fn with_slack(cfg: &PlanConfig, x: NanoPerHour) -> NanoPerHour {
     cost::mul_div_ceil(x, 100 + i64::from(cfg.pace_slack_pct), 100)
 }
 
+/// Seconds from renting to a job running: boot plus setup.
+fn lead_s(cfg: &PlanConfig) -> i64 {
+    i64::from(cfg.default_boot_s) + i64::from(cfg.boot_overhead_s)
+}
+
+impl Pacing {
+    /// Whether `job` (of pacing pool `pool`) is urgent: it would miss `deadline_ms` if it waited
+    /// one lead time for a slot under the cutoff and then ran on the slowest GPU pacing counts on.
+    pub(crate) fn urgent(
+        &self,
+        input: &PlanInput,
+        job: &PlanJob,
+        pool: usize,
+        deadline_ms: i64,
+    ) -> bool {
+        let cfg = &input.config;
+        let wall = expected_wall(
+            cfg,
+            job,
+            self.slowest[pool],
+            pool == 1,
+            cost::rate_ppm(cfg.default_preempt_per_h, 0.0),
+        );
+        input
+            .now_ms
+            .saturating_add(wall.saturating_add(2 * lead_s(cfg)).saturating_mul(1000))
+            > deadline_ms
+    }
+}
+
 /// What pacing allows in one plan, per pool.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Pacing {
@@ -81,8 +111,7 @@ pub(crate) fn cutoffs(input: &PlanInput, info: &[OfferInfo]) -> Pacing {
         return none;
     };
     let cfg = &input.config;
-    let lead_s = i64::from(cfg.default_boot_s) + i64::from(cfg.boot_overhead_s);
-    let left_s = (pace.deadline_ms - input.now_ms) / 1000 - lead_s;
+    let left_s = (pace.deadline_ms - input.now_ms) / 1000 - lead_s(cfg);
     if left_s <= 0 {
         return none;
     }

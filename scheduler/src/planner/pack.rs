@@ -191,7 +191,7 @@ pub(crate) fn run_of(
 }
 
 /// Expected wall seconds only (what ranking needs; half the work of [`run_of`]).
-fn expected_wall(
+pub(crate) fn expected_wall(
     cfg: &PlanConfig,
     job: &PlanJob,
     speed_ppm: i64,
@@ -852,22 +852,7 @@ impl<'a> Planner<'a> {
         let rentals = self.building.len();
         let group = &mut self.groups[gi];
         let deadline = input.pace.as_ref().map_or(i64::MAX, |p| p.deadline_ms);
-        // Urgent: on the slowest GPU pacing counts on, the job would miss the deadline if it
-        // waited for a slot under the cutoff (one boot's worth of waiting).
-        let urgent = pace_limit.is_some() && {
-            let lead_s = i64::from(cfg.default_boot_s) + i64::from(cfg.boot_overhead_s);
-            let wall = expected_wall(
-                cfg,
-                job,
-                self.pacing.slowest[pool],
-                allowed,
-                cost::rate_ppm(-1.0, cfg.default_preempt_per_h),
-            );
-            input
-                .now_ms
-                .saturating_add(wall.saturating_add(2 * lead_s).saturating_mul(1000))
-                > deadline
-        };
+        let urgent = pace_limit.is_some() && self.pacing.urgent(input, job, pool, deadline);
         for (li, list) in group.lists.iter_mut().enumerate() {
             if list.interruptible && !allowed {
                 continue;

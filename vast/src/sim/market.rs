@@ -1072,9 +1072,17 @@ impl Market {
             self.schedule(at, ev);
         }
         if is_bid && outbid_rate > 0.0 {
-            let dt = self.rng.exp(3600.0 / outbid_rate);
-            self.schedule(now + Self::secs(dt).max(1), Event::Outbid { id, epoch });
+            self.schedule_claim(id, epoch);
         }
+    }
+
+    /// Draws when the next renter claims interruptible instance `id`'s GPUs.
+    fn schedule_claim(&mut self, id: u64, epoch: u64) {
+        let dt = self.rng.exp(3600.0 / self.config.faults.outbid_per_hour);
+        self.schedule(
+            self.now_ms + Self::secs(dt).max(1),
+            Event::Outbid { id, epoch },
+        );
     }
 
     /// Instances waiting for GPUs on machine `m` try again, highest priority first.
@@ -1158,11 +1166,7 @@ impl Market {
                     self.outbid_now(id, Some(theirs));
                 } else {
                     // Our bid holds; the next renter comes later.
-                    let dt = self.rng.exp(3600.0 / self.config.faults.outbid_per_hour);
-                    self.schedule(
-                        self.now_ms + Self::secs(dt).max(1),
-                        Event::Outbid { id, epoch },
-                    );
+                    self.schedule_claim(id, epoch);
                 }
             }
             Event::ExternalLeave { ext, machine } => {
