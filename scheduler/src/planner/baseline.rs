@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::cost::{self, PPM};
 use super::pack::{
-    Usable, interruptible_allowed, job_order, offer_info, policy_allows_interruptible, run_of,
+    Usable, baseline_order, interruptible_allowed, offer_info, policy_allows_interruptible, run_of,
     slots_for, speed_of,
 };
 use super::types::*;
@@ -63,7 +63,7 @@ pub fn naive_baseline(input: &PlanInput) -> Plan {
     }
     let mut used = vec![false; input.offers.len()];
     let mut plan = Plan::default();
-    for ji in job_order(&input.jobs) {
+    for ji in baseline_order(&input.jobs) {
         let j = &input.jobs[ji];
         let interruptible = policy_allows_interruptible(j);
         let (list, cursor) = lists

@@ -815,3 +815,46 @@ fn an_urgent_job_takes_the_cheapest_offer_that_finishes_in_time() {
     let p = plan(&inp);
     assert!(offer_of(&p, 1).is_some_and(|o| o <= 4), "{:?}", p.rent);
 }
+
+#[test]
+fn the_most_constrained_job_picks_first() {
+    // Two four-GPU machines: A is the cheapest on demand ($2.00/h) and at a bid ($0.80); B is
+    // dearer on demand ($3.00/h) and a little dearer at a bid ($0.90). A long checkpointing job
+    // would take A's bid if it went first (longest first), leaving the on-demand job B. The
+    // on-demand job goes first instead: it gets A, the checkpointing job B's bid.
+    let mut a = offer(1, "g", 4, 200, 120.0);
+    a.min_bid = Some(80 * D / 100);
+    let mut b = offer(2, "g", 4, 300, 120.0);
+    b.min_bid = Some(90 * D / 100);
+    let mut ckpt = job(1, 10);
+    ckpt.gpus = 4;
+    ckpt.interruptible = InterruptiblePolicy::Auto;
+    ckpt.checkpoints = true;
+    let mut on_demand = job(2, 2);
+    on_demand.gpus = 4;
+    let p = plan(&input(vec![ckpt, on_demand], vec![a, b]));
+    let offer_of = |job: i64| {
+        p.rent
+            .iter()
+            .find(|r| r.jobs.iter().any(|j| j.job_id == job))
+            .map(|r| (r.offer_id, matches!(r.kind, RentalKind::OnDemand)))
+    };
+    assert_eq!(offer_of(2), Some((1, true)), "{:?}", p.rent);
+    assert_eq!(offer_of(1), Some((2, false)), "{:?}", p.rent);
+    // A job of more GPUs goes before a longer job of fewer: the one-GPU job would otherwise take
+    // a slot of the only two-GPU machine (the cheapest per GPU) and leave the two-GPU job none.
+    let mut two = job(3, 1);
+    two.gpus = 2;
+    let p = plan(&input(
+        vec![job(4, 10), two],
+        vec![offer(3, "g", 2, 40, 60.0), offer(4, "g", 1, 30, 30.0)],
+    ));
+    let offer_of = |job: i64| {
+        p.rent
+            .iter()
+            .find(|r| r.jobs.iter().any(|j| j.job_id == job))
+            .map(|r| r.offer_id)
+    };
+    assert_eq!(offer_of(3), Some(3), "{:?}", p.rent);
+    assert_eq!(offer_of(4), Some(4), "{:?}", p.rent);
+}
