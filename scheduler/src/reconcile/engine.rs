@@ -1005,11 +1005,13 @@ impl Engine {
                     Err(e) => Err(e),
                 };
                 match res {
-                    Ok(()) => {
+                    Ok(checkpoint) => {
                         if *kind == PullKind::Checkpoint {
                             self.stats.checkpoints_pulled += 1;
                         }
-                        self.record(a, &Outcome::Done, now).await.map_err(j)
+                        self.record(a, &Outcome::Pulled { checkpoint }, now)
+                            .await
+                            .map_err(j)
                     }
                     Err(e) => {
                         self.record(a, &Outcome::Failed(e.clone()), now)

@@ -80,7 +80,8 @@ pub trait Runner: Send + Sync {
     /// The newest heartbeat of each active attempt.
     fn heartbeats<'a>(&'a self, active: &'a [ActiveAttempt]) -> BoxFuture<'a, Vec<HeartbeatObs>>;
 
-    /// Copy a job's checkpoints (and for `Final`, outputs and logs) to `dest`.
+    /// Copy a job's checkpoints (and for `Final`, outputs and logs) to `dest`. `Ok(true)`: a
+    /// checkpoint came back (what heartbeats said about it may have been lost).
     fn pull<'a>(
         &'a self,
         ep: &'a Endpoint,
@@ -88,7 +89,7 @@ pub trait Runner: Send + Sync {
         attempt_id: Option<i64>,
         kind: PullKind,
         dest: &'a Path,
-    ) -> BoxFuture<'a, Result<(), RunnerError>>;
+    ) -> BoxFuture<'a, Result<bool, RunnerError>>;
 
     /// Stop an attempt's processes (its agent is told "stop" and its process groups killed).
     fn stop<'a>(
@@ -507,7 +508,7 @@ impl Runner for AgentRunner {
         attempt_id: Option<i64>,
         kind: PullKind,
         dest: &'a Path,
-    ) -> BoxFuture<'a, Result<(), RunnerError>> {
+    ) -> BoxFuture<'a, Result<bool, RunnerError>> {
         Box::pin(async move {
             let t = self.transport(ep).await?;
             let ckpt_dest = dest.join("checkpoints");
@@ -523,6 +524,10 @@ impl Runner for AgentRunner {
             std::fs::rename(&ckpt_dest, &old).map_err(|e| rerr("swap the checkpoints", e))?;
             std::fs::rename(&tmp, &ckpt_dest).map_err(|e| rerr("swap the checkpoints", e))?;
             let _ = std::fs::remove_dir_all(&old);
+            let checkpoint = std::fs::read_dir(&ckpt_dest)
+                .map_err(|e| rerr("read the pulled checkpoints", e))?
+                .next()
+                .is_some();
             if kind == PullKind::Final {
                 t.copy_down(&paths::outputs(job), &dest.join("outputs"))
                     .await
@@ -537,7 +542,7 @@ impl Runner for AgentRunner {
                     }
                 }
             }
-            Ok(())
+            Ok(checkpoint)
         })
     }
 

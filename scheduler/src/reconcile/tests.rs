@@ -795,6 +795,46 @@ fn new_checkpoints_are_pulled_and_the_next_attempt_resumes() {
     }));
 }
 
+#[test]
+fn a_checkpoint_no_heartbeat_told_of_is_kept_when_a_pull_brings_it() {
+    // The attempt fails with its checkpoint heartbeats lost: the final pull still brings the
+    // checkpoint home, and the job must resume from it, not start over (DST seed 331).
+    for (came_back, kept) in [(true, Some(2_000)), (false, None)] {
+        let mut w = running_world();
+        let obs = Observations {
+            market: Some(vec![listed(100, 1, "running")]),
+            heartbeats: vec![hb(
+                1,
+                7,
+                2,
+                1_500,
+                AgentPhase::Exited {
+                    code: 1,
+                    disk_full: false,
+                },
+            )],
+            ..Default::default()
+        };
+        let acts = reconcile(&w, &obs, 2_000, &cfg());
+        assert!(acts.contains(&Action::Pull {
+            job: 1,
+            key: 1,
+            kind: PullKind::Final
+        }));
+        for a in &acts {
+            let out = match a {
+                Action::Pull { .. } => Outcome::Pulled {
+                    checkpoint: came_back,
+                },
+                _ => Outcome::Done,
+            };
+            apply(&mut w, a, &out, 2_000);
+        }
+        assert_eq!(w.jobs[&1].checkpoint_pulled_ms, kept, "{acts:?}");
+        assert_ne!(w.jobs[&1].state, JobState::Running);
+    }
+}
+
 fn outbid_world() -> WorldView {
     let mut w = running_world();
     let i = w.instances.get_mut(&1).unwrap();

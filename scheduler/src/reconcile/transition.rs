@@ -20,6 +20,8 @@ pub enum Outcome {
     Provisioned { vast_id: VastId },
     /// The attempt was claimed and started.
     AttemptStarted { attempt_id: i64, token: i64 },
+    /// A pull finished; `checkpoint`: a checkpoint came back with it.
+    Pulled { checkpoint: bool },
     /// The effect failed (the action is retried on a later pass where that makes sense).
     Failed(String),
 }
@@ -176,7 +178,7 @@ pub fn apply(w: &mut WorldView, action: &Action, outcome: &Outcome, now: EpochMs
                     }
                     mark_idle_if_empty(w, *key, now);
                 }
-                Outcome::Done | Outcome::Provisioned { .. } => {}
+                Outcome::Done | Outcome::Provisioned { .. } | Outcome::Pulled { .. } => {}
             }
         }
         Action::Heartbeat(hb) => {
@@ -201,11 +203,19 @@ pub fn apply(w: &mut WorldView, action: &Action, outcome: &Outcome, now: EpochMs
             }
         }
         Action::Pull { job, .. } => {
-            if matches!(outcome, Outcome::Done)
+            if matches!(outcome, Outcome::Done | Outcome::Pulled { .. })
                 && let Some(j) = w.jobs.get_mut(job)
-                && j.checkpoint_reported_ms > j.checkpoint_pulled_ms
             {
-                j.checkpoint_pulled_ms = j.checkpoint_reported_ms;
+                if j.checkpoint_reported_ms > j.checkpoint_pulled_ms {
+                    j.checkpoint_pulled_ms = j.checkpoint_reported_ms;
+                } else if j.checkpoint_pulled_ms.is_none()
+                    && matches!(outcome, Outcome::Pulled { checkpoint: true })
+                {
+                    // A checkpoint no heartbeat told us of came back (its heartbeats were lost,
+                    // or the attempt ended before one arrived): it is on our disk now, so the
+                    // next attempt resumes from it instead of starting over.
+                    j.checkpoint_pulled_ms = Some(now);
+                }
             }
         }
         Action::StopAttempt { .. } => {}

@@ -256,15 +256,16 @@ impl Runner for VirtualRunner {
         _attempt_id: Option<i64>,
         _kind: PullKind,
         _dest: &'a Path,
-    ) -> BoxFuture<'a, Result<(), RunnerError>> {
+    ) -> BoxFuture<'a, Result<bool, RunnerError>> {
         let res = match vast_id_of(ep) {
             Some(id) if self.sim.lock().get(id).is_some() => {
                 let mut st = self.lock();
-                if let Some(s) = st.on_disk.get(&(id, job)).copied() {
+                let on_disk = st.on_disk.get(&(id, job)).copied();
+                if let Some(s) = on_disk {
                     let p = st.pulled.entry(job).or_insert(0);
                     *p = (*p).max(s);
                 }
-                Ok(())
+                Ok(on_disk.is_some())
             }
             _ => Err(RunnerError {
                 op: "pull",

@@ -682,7 +682,7 @@ impl SimRunner {
         out
     }
 
-    fn do_pull(&self, ep: &Endpoint, job: JobId, kind: PullKind) -> Result<(), RunnerError> {
+    fn do_pull(&self, ep: &Endpoint, job: JobId, kind: PullKind) -> Result<bool, RunnerError> {
         let vast = vast_of(ep)?;
         let mut w = self.w();
         w.sync();
@@ -703,7 +703,8 @@ impl SimRunner {
             ));
         }
         // A swap of the whole folder, as AgentRunner::pull does.
-        match w.disk.get(&(vast, job)).copied() {
+        let on_disk = w.disk.get(&(vast, job)).copied();
+        match on_disk {
             Some(c) => {
                 w.home.insert(job, c);
             }
@@ -716,7 +717,7 @@ impl SimRunner {
         {
             w.outputs.insert(job, a);
         }
-        Ok(())
+        Ok(on_disk.is_some())
     }
 
     fn do_stop(&self, ep: &Endpoint, attempt: i64) -> Result<(), RunnerError> {
@@ -775,7 +776,7 @@ impl Runner for SimRunner {
         _attempt_id: Option<i64>,
         kind: PullKind,
         _dest: &'a Path,
-    ) -> BoxFuture<'a, Result<(), RunnerError>> {
+    ) -> BoxFuture<'a, Result<bool, RunnerError>> {
         let r = self.do_pull(ep, job, kind);
         Box::pin(async move { r })
     }
