@@ -591,10 +591,9 @@ fn heartbeats_with_a_stale_token_change_nothing() {
     );
 }
 
-#[test]
-fn success_pulls_outputs_then_finishes() {
-    let mut w = running_world();
-    let obs = Observations {
+/// Instance 1 running, and job 1's agent reporting that its process exited with `code`.
+fn exited_with(code: i32) -> Observations {
+    Observations {
         market: Some(vec![listed(100, 1, "running")]),
         heartbeats: vec![hb(
             1,
@@ -602,12 +601,18 @@ fn success_pulls_outputs_then_finishes() {
             2,
             1_500,
             AgentPhase::Exited {
-                code: 0,
+                code,
                 disk_full: false,
             },
         )],
         ..Default::default()
-    };
+    }
+}
+
+#[test]
+fn success_pulls_outputs_then_finishes() {
+    let mut w = running_world();
+    let obs = exited_with(0);
     let acts = reconcile(&w, &obs, 2_000, &cfg());
     let pull = acts
         .iter()
@@ -801,20 +806,7 @@ fn a_checkpoint_no_heartbeat_told_of_is_kept_when_a_pull_brings_it() {
     // checkpoint home, and the job must resume from it, not start over (DST seed 331).
     for (came_back, kept) in [(true, Some(2_000)), (false, None)] {
         let mut w = running_world();
-        let obs = Observations {
-            market: Some(vec![listed(100, 1, "running")]),
-            heartbeats: vec![hb(
-                1,
-                7,
-                2,
-                1_500,
-                AgentPhase::Exited {
-                    code: 1,
-                    disk_full: false,
-                },
-            )],
-            ..Default::default()
-        };
+        let obs = exited_with(1);
         let acts = reconcile(&w, &obs, 2_000, &cfg());
         assert!(acts.contains(&Action::Pull {
             job: 1,
