@@ -127,6 +127,8 @@ impl Journal for NullJournal {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Figures {
     pub cost: f64,
+    /// The part of `cost` paid on interruptible (bid) rentals; the rest was on demand.
+    pub cost_at_bids: f64,
     pub makespan_h: f64,
     pub lost_to_preemption: f64,
     pub instances: u64,
@@ -150,6 +152,12 @@ pub struct MarketResult {
     /// That bound over the lower bound: how far above the lower bound availability alone puts
     /// the best possible schedule.
     pub capacity_bound_at_naive_makespan_over_lower_bound: f64,
+    /// Where ours is dear, per pool: what ours paid on demand over the on-demand-only jobs' part
+    /// of [`capacity_bound`] at our makespan, and what it paid at bids over the checkpointing
+    /// jobs' part. (Ours is split by rental, the bound by job; a checkpointing job that ran on an
+    /// on-demand rental counts on the on-demand side.)
+    pub ours_on_demand_over_its_bound: f64,
+    pub ours_at_bids_over_its_bound: f64,
     pub ours_over_naive: f64,
     pub makespan_ours_over_naive: f64,
 }
@@ -222,6 +230,26 @@ pub fn lower_bound(jobs: &[BenchJob], m: &vast::sim::Market) -> f64 {
 /// Boot, preemption and other renters are ignored, so no schedule that finishes within `hours`
 /// on these machines pays less; `f64::INFINITY` when they cannot do the work in `hours` at all.
 pub fn capacity_bound(jobs: &[BenchJob], m: &vast::sim::Market, hours: f64) -> f64 {
+    capacity_bound_by_pool(jobs, m, hours).total()
+}
+
+/// A cost split between the jobs that must run on demand and those that checkpoint (and so
+/// may run on interruptible rentals).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ByPool {
+    pub on_demand: f64,
+    pub checkpointing: f64,
+}
+
+impl ByPool {
+    pub fn total(&self) -> f64 {
+        self.on_demand + self.checkpointing
+    }
+}
+
+/// [`capacity_bound`], with what the optimum spends on each pool's jobs (both `f64::INFINITY`
+/// when the machines cannot do the work in `hours`).
+pub fn capacity_bound_by_pool(jobs: &[BenchJob], m: &vast::sim::Market, hours: f64) -> ByPool {
     // Job classes: (checkpoints, GPUs) → reference GPU-hours of work.
     let mut classes: BTreeMap<(bool, u32), f64> = BTreeMap::new();
     for j in jobs {
@@ -262,11 +290,23 @@ pub fn capacity_bound(jobs: &[BenchJob], m: &vast::sim::Market, hours: f64) -> f
             }
         }
     }
-    let (sent, cost) = flow.run(src, sink);
+    let (sent, _) = flow.run(src, sink);
     if sent < demand * (1.0 - 1e-9) {
-        return f64::INFINITY;
+        return ByPool {
+            on_demand: f64::INFINITY,
+            checkpointing: f64::INFINITY,
+        };
     }
-    cost
+    let mut split = ByPool::default();
+    for (c, &((ckpt, _), _)) in classes.iter().enumerate() {
+        let spent = flow.spent_from(2 + c);
+        if ckpt {
+            split.checkpointing += spent;
+        } else {
+            split.on_demand += spent;
+        }
+    }
+    split
 }
 
 /// Successive shortest paths (Bellman-Ford) on real capacities: small graphs only.
@@ -286,6 +326,16 @@ impl MinCostFlow {
         let (rf, rt) = (self.adj[to].len(), self.adj[from].len());
         self.adj[from].push((to, cap, cost, rf));
         self.adj[to].push((from, 0.0, -cost, rt));
+    }
+
+    /// What the flow sent out of `node` cost (after [`MinCostFlow::run`]): the flow on each
+    /// edge is what its reverse edge can send back.
+    fn spent_from(&self, node: usize) -> f64 {
+        self.adj[node]
+            .iter()
+            .filter(|e| e.2 > 0.0)
+            .map(|&(to, _, cost, rev)| self.adj[to][rev].1 * cost)
+            .sum()
     }
 
     /// Sends as much as fits from `s` to `t` at least cost: (amount, cost).
@@ -393,15 +443,17 @@ pub async fn run_ours(seed: u64, jobs: &[BenchJob], deadline_h: Option<f64>) -> 
     let mut now = start;
     let mut last_done = start;
     let mut purchases = 0;
-    // VASTICLAUDE_BENCH_DEBUG=1: what went wrong, what was rented, how busy it was.
+    // VASTICLAUDE_BENCH_DEBUG=1: what went wrong, what was rented, how busy it was; with
+    // VASTICLAUDE_BENCH_EVENTS=1 every event of the engine (rentals, starts, waits and why).
     let debug = std::env::var_os("VASTICLAUDE_BENCH_DEBUG").is_some();
+    let all_events = std::env::var_os("VASTICLAUDE_BENCH_EVENTS").is_some();
     loop {
         now += STEP_MS;
         let _ = engine.step(now).await;
         purchases += engine.stats.purchases;
         engine.stats.purchases = 0;
         for e in engine.drain_events() {
-            if debug && matches!(e.kind.as_str(), "warn" | "error" | "effect") {
+            if debug && (all_events || matches!(e.kind.as_str(), "warn" | "error" | "effect")) {
                 eprintln!("event {} {}: {}", e.at_ms, e.kind, e.detail);
             }
         }
@@ -482,8 +534,13 @@ pub async fn run_ours(seed: u64, jobs: &[BenchJob], deadline_h: Option<f64>) -> 
     if last_done == start {
         last_done = now;
     }
+    let (cost, cost_at_bids) = {
+        let m = sim.lock();
+        (f(m.total_charged()), f(m.total_charged_at_bids()))
+    };
     let fig = Figures {
-        cost: f(sim.lock().total_charged()),
+        cost,
+        cost_at_bids,
         makespan_h: (last_done - start) as f64 / 3_600_000.0,
         lost_to_preemption: f(lost),
         instances: purchases,
@@ -645,6 +702,7 @@ pub fn run_naive(seed: u64, jobs: &[BenchJob]) -> Figures {
         .count();
     Figures {
         cost: f(m.total_charged()),
+        cost_at_bids: f(m.total_charged_at_bids()),
         makespan_h: (last_done - start) as f64 / 3_600_000.0,
         lost_to_preemption: f(lost),
         instances: rented,
@@ -663,7 +721,8 @@ pub fn run_market(seed: u64, n_jobs: usize, deadline_h: Option<f64>) -> MarketRe
     let naive = run_naive(seed, &jobs);
     let dir = scratch_dir();
     let at_start = vast::sim::Market::new(market_config(seed, &dir.path().join("sim")));
-    let cb = capacity_bound(&jobs, &at_start, ours.makespan_h);
+    let by_pool = capacity_bound_by_pool(&jobs, &at_start, ours.makespan_h);
+    let cb = by_pool.total();
     let cb_naive = capacity_bound(&jobs, &at_start, naive.makespan_h);
     MarketResult {
         seed,
@@ -673,6 +732,8 @@ pub fn run_market(seed: u64, n_jobs: usize, deadline_h: Option<f64>) -> MarketRe
         ours_over_capacity_bound: ours.cost / cb,
         capacity_bound_at_naive_makespan: cb_naive,
         capacity_bound_at_naive_makespan_over_lower_bound: cb_naive / lb,
+        ours_on_demand_over_its_bound: (ours.cost - ours.cost_at_bids) / by_pool.on_demand,
+        ours_at_bids_over_its_bound: ours.cost_at_bids / by_pool.checkpointing,
         ours_over_naive: ours.cost / naive.cost,
         makespan_ours_over_naive: ours.makespan_h / naive.makespan_h,
         ours,
@@ -717,6 +778,8 @@ mod tests {
         let (sent, cost) = f.run(s, t);
         assert!((sent - 20.0).abs() < 1e-9, "{sent}");
         assert!((cost - 50.0).abs() < 1e-9, "{cost}");
+        assert!((f.spent_from(a) - 20.0).abs() < 1e-9, "{}", f.spent_from(a));
+        assert!((f.spent_from(b) - 30.0).abs() < 1e-9, "{}", f.spent_from(b));
     }
 
     #[test]
@@ -732,6 +795,20 @@ mod tests {
         let (b40, b80) = (at(40.0), at(80.0));
         assert!(b40.is_finite() && b40 >= b80, "{b40} {b80}");
         assert!(b80 >= lb * (1.0 - 1e-9), "{b80} {lb}");
+        // The split adds up, and each pool gets its own share: the checkpointing jobs' share is
+        // at least what they cost at their cheapest (interruptible) rate.
+        let split = capacity_bound_by_pool(&jobs, &m, 40.0);
+        assert!((split.total() - b40).abs() < 1e-6 * b40, "{split:?} {b40}");
+        let ckpt: Vec<BenchJob> = jobs.iter().filter(|j| j.checkpoints).cloned().collect();
+        let lb_ckpt = lower_bound(&ckpt, &m);
+        assert!(
+            split.checkpointing >= lb_ckpt * (1.0 - 1e-9),
+            "{split:?} {lb_ckpt}"
+        );
+        assert!(
+            split.on_demand >= (lb - lb_ckpt) * (1.0 - 1e-9),
+            "{split:?} {lb}"
+        );
         // Given all the time in the world it comes down to the lower bound (each class on its
         // cheapest machine), except that one machine's time is shared by its classes.
         assert!(at(1e6) <= lb * (1.0 + 1e-6), "{} {lb}", at(1e6));

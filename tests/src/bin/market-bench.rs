@@ -117,6 +117,9 @@ fn main() -> anyhow::Result<()> {
             "ours_over_capacity_bound": med(&|r| r.ours_over_capacity_bound),
             "capacity_bound_at_naive_makespan": med(&|r| r.capacity_bound_at_naive_makespan),
             "capacity_bound_at_naive_makespan_over_lower_bound": med(&|r| r.capacity_bound_at_naive_makespan_over_lower_bound),
+            "ours_cost_at_bids": med(&|r| r.ours.cost_at_bids),
+            "ours_on_demand_over_its_bound": med(&|r| r.ours_on_demand_over_its_bound),
+            "ours_at_bids_over_its_bound": med(&|r| r.ours_at_bids_over_its_bound),
             "ours_makespan_h": med(&|r| r.ours.makespan_h),
             "naive_makespan_h": med(&|r| r.naive.makespan_h),
             "makespan_ours_over_naive": med(&|r| r.makespan_ours_over_naive),
@@ -219,6 +222,12 @@ fn main() -> anyhow::Result<()> {
         g("ours_over_capacity_bound"),
         g("capacity_bound_at_naive_makespan"),
         g("capacity_bound_at_naive_makespan_over_lower_bound"),
+    );
+    println!(
+        "per pool, against its part of that bound at our makespan (medians): on demand {:.3}, at bids {:.3} (ours paid ${:.2} at bids)",
+        g("ours_on_demand_over_its_bound"),
+        g("ours_at_bids_over_its_bound"),
+        g("ours_cost_at_bids"),
     );
     Ok(())
 }

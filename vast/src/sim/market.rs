@@ -1890,6 +1890,17 @@ impl Market {
             .map(|i| i.charges(self.now_ms))
     }
 
+    /// Exact charges so far of the interruptible (bid) instances ever created, live and
+    /// destroyed: the part of [`Market::total_charged`] paid at bids.
+    pub fn total_charged_at_bids(&self) -> Decimal {
+        self.instances
+            .values()
+            .chain(self.closed.values())
+            .filter(|i| i.is_bid)
+            .map(|i| i.charges(self.now_ms).total)
+            .sum()
+    }
+
     /// Ids of every instance ever created (live and destroyed).
     pub fn all_instance_ids(&self) -> Vec<u64> {
         let mut v: Vec<u64> = self

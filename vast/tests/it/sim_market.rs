@@ -768,6 +768,20 @@ fn interruptible_is_billed_at_the_bid() {
         "{} != {bid}",
         after.gpu - before.gpu
     );
+    // Beside an on-demand instance, the account's spend at bids is the bid instance's own, also
+    // once it is destroyed.
+    let other = cheap_offer(&m);
+    let on_demand = create(&mut m, &other, json!({"image": "img"}));
+    advance(&mut m, HOUR);
+    m.destroy(id).expect("destroy");
+    advance(&mut m, HOUR);
+    let at_bids = m.charges(id).expect("c").total;
+    assert!(at_bids > Decimal::ZERO);
+    assert_eq!(m.total_charged_at_bids(), at_bids);
+    assert_eq!(
+        m.total_charged(),
+        at_bids + m.charges(on_demand).expect("c").total
+    );
 }
 
 #[test]
