@@ -203,14 +203,12 @@ pub fn apply(w: &mut WorldView, action: &Action, outcome: &Outcome, now: EpochMs
             }
         }
         Action::Pull { job, .. } => {
-            if matches!(outcome, Outcome::Done | Outcome::Pulled { .. })
+            if let Outcome::Pulled { checkpoint } = outcome
                 && let Some(j) = w.jobs.get_mut(job)
             {
                 if j.checkpoint_reported_ms > j.checkpoint_pulled_ms {
                     j.checkpoint_pulled_ms = j.checkpoint_reported_ms;
-                } else if j.checkpoint_pulled_ms.is_none()
-                    && matches!(outcome, Outcome::Pulled { checkpoint: true })
-                {
+                } else if j.checkpoint_pulled_ms.is_none() && *checkpoint {
                     // A checkpoint no heartbeat told us of came back (its heartbeats were lost,
                     // or the attempt ended before one arrived): it is on our disk now, so the
                     // next attempt resumes from it instead of starting over.
