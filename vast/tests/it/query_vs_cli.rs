@@ -217,6 +217,10 @@ async fn run_cli(
     case: &Case,
     home: &std::path::Path,
 ) -> CliRun {
+    // One HOME per run: the CLI creates its config, cache and state folders at import with a
+    // check-then-create, which races when runs share a HOME (CI saw `FileExistsError`).
+    let home = home.join(format!("case{n}"));
+    std::fs::create_dir_all(&home).unwrap();
     let mut cmd = tokio::process::Command::new(bin);
     cmd.arg("--url")
         .arg(format!("{base}/case{n}"))
@@ -227,9 +231,10 @@ async fn run_cli(
         .args(case.args)
         .arg(case.query)
         .arg("--raw")
-        .env("HOME", home)
+        .env("HOME", &home)
         .env("XDG_CONFIG_HOME", home.join(".config"))
         .env("XDG_CACHE_HOME", home.join(".cache"))
+        .env("XDG_STATE_HOME", home.join(".local/state"))
         .env_remove("VAST_URL")
         .env_remove("VAST_API_KEY")
         .kill_on_drop(true);
