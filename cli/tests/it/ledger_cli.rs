@@ -411,7 +411,20 @@ fn reconcile_shows_drift_against_the_charges_feed() {
     };
     let home = tempfile::tempdir().unwrap();
     let sim = Sim::start(home.path(), "k-test");
-    let out = Command::new(&vastai)
+    // The official CLI writes its config and cache under HOME: keep it in the test's folder.
+    let official = || {
+        let mut c = Command::new(&vastai);
+        c.env("HOME", home.path())
+            .env("XDG_CONFIG_HOME", home.path().join(".config"))
+            .env("XDG_CACHE_HOME", home.path().join(".cache"))
+            .env("XDG_STATE_HOME", home.path().join(".local/state"))
+            .env("VASTAI_NO_UPDATE_CHECK", "1")
+            // It looks GPU names up at VAST_URL when it starts: keep that on the simulator too.
+            .env("VAST_URL", &sim.url)
+            .env_remove("VAST_API_KEY");
+        c
+    };
+    let out = official()
         .args([
             "--url",
             &sim.url,
@@ -426,7 +439,7 @@ fn reconcile_shows_drift_against_the_charges_feed() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let offers: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let offer = offers[0]["id"].as_u64().unwrap().to_string();
-    let out = Command::new(&vastai)
+    let out = official()
         .args([
             "--url",
             &sim.url,
