@@ -42,6 +42,8 @@ fn offer(i: i64) -> OfferObs {
         disk_space_gb: 200.0,
         dlperf: 50.0 + (i % 100) as f64,
         reliability: 0.99,
+        rented: false,
+        seen_ms: 0,
     }
 }
 

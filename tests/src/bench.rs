@@ -387,6 +387,29 @@ impl MinCostFlow {
     }
 }
 
+/// Every offer, interruptible first, cheapest per reference GPU-hour first, one per line.
+fn print_offers(m: &vast::sim::Market) {
+    for bid in [true, false] {
+        let mut lines: Vec<(f64, String)> = offers(m, bid)
+            .iter()
+            .map(|o| {
+                let (n, speed, rate) = gpus_speed_rate(o);
+                let line = format!(
+                    "offer bid={bid} m{} {n}x {} speed {speed:.2} rate {rate:.4} dph {:.4}",
+                    o.get("machine_id").and_then(Value::as_u64).unwrap_or(0),
+                    o.get("gpu_name").and_then(Value::as_str).unwrap_or(""),
+                    num(o, "dph_total")
+                );
+                (rate, line)
+            })
+            .collect();
+        lines.sort_by(|a, b| a.0.total_cmp(&b.0));
+        for (_, l) in lines {
+            eprintln!("{l}");
+        }
+    }
+}
+
 /// Our scheduler: the real engine on the virtual clock.
 pub async fn run_ours(seed: u64, jobs: &[BenchJob], deadline_h: Option<f64>) -> (Figures, f64) {
     let dir = scratch_dir();
@@ -395,6 +418,11 @@ pub async fn run_ours(seed: u64, jobs: &[BenchJob], deadline_h: Option<f64>) -> 
         &dir.path().join("sim"),
     )));
     let lb = lower_bound(jobs, &sim.lock());
+    // VASTICLAUDE_BENCH_OFFERS=1: the market at the start, to compare with where our rentals
+    // went (the debug lines name each rental's machine).
+    if std::env::var_os("VASTICLAUDE_BENCH_OFFERS").is_some() {
+        print_offers(&sim.lock());
+    }
     let gate = Arc::new(CrashGate::new());
     let mut world = AgentWorld::new(sim.clone(), gate.clone(), seed, AgentFaults::none(), 60_000);
     for j in jobs {
@@ -486,8 +514,9 @@ pub async fn run_ours(seed: u64, jobs: &[BenchJob], deadline_h: Option<f64>) -> 
                 .map(|b| b.intervals.iter().map(|iv| iv.end_ms - iv.start_ms).sum())
                 .unwrap_or(0);
             eprintln!(
-                "{} {}x {} ${}/h bid {:?} dlperf {} cost {} life {:.2} h, GPU use {:.0}%",
+                "{} m{} {}x {} ${}/h bid {:?} dlperf {} cost {} life {:.2} h, GPU use {:.0}%",
                 i.label,
+                i.offer.machine_id,
                 i.offer.gpus,
                 i.offer.gpu_name,
                 i.offer.dph,

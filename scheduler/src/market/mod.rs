@@ -127,6 +127,8 @@ pub fn offer_obs(o: &vast::types::Offer) -> Option<OfferObs> {
         disk_space_gb: f.disk_space.unwrap_or(0.0),
         dlperf: f.dlperf.unwrap_or(0.0),
         reliability: f.reliability.unwrap_or(0.0),
+        rented: f.rented.unwrap_or(false),
+        seen_ms: 0,
     })
 }
 

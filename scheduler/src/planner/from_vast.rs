@@ -71,6 +71,7 @@ impl PlanOffer {
             reliability: o.reliability.unwrap_or(0.0),
             boot_estimate_s,
             preempt_per_h,
+            rented: o.rented.unwrap_or(false),
         })
     }
 }

@@ -363,6 +363,9 @@ struct Planner<'a> {
     used: Vec<bool>,
     /// Offer indices per machine.
     by_machine: BTreeMap<i64, Vec<usize>>,
+    /// GPUs free per machine: its largest listed offer that is not `rented`, less what this
+    /// plan rents there.
+    machine_free: BTreeMap<i64, u32>,
     groups: Vec<Group<'a>>,
     job_group: Vec<usize>,
     /// Experiment names, and remaining budget per experiment (`None`: unlimited).
@@ -575,8 +578,13 @@ impl<'a> Planner<'a> {
             .sum();
         let tail = input.pace.is_some() && queued_gpus < free_gpus;
         let mut by_machine: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
+        let mut machine_free: BTreeMap<i64, u32> = BTreeMap::new();
         for (i, o) in input.offers.iter().enumerate() {
             by_machine.entry(o.machine_id).or_default().push(i);
+            let free = machine_free.entry(o.machine_id).or_default();
+            if !o.rented {
+                *free = (*free).max(o.num_gpus);
+            }
         }
 
         // Idle instances by class.
@@ -595,6 +603,7 @@ impl<'a> Planner<'a> {
             input,
             used: vec![false; input.offers.len()],
             by_machine,
+            machine_free,
             info,
             groups,
             job_group,
@@ -1020,9 +1029,17 @@ impl<'a> Planner<'a> {
         let list = &group.lists[ch.list];
         let o = &input.offers[ch.cand.offer as usize];
         let inf = self.info[ch.cand.offer as usize];
-        // Vast lists a machine once per split (8, 4, 2, 1 GPUs…): renting one takes them all.
+        // Vast lists a machine once per split (8, 4, 2, 1 GPUs…), all views of the same GPUs:
+        // after this rental only splits that fit the GPUs still free stay usable, and none that
+        // would take GPUs from interruptible renters (the lowest bid there may be ours).
+        let free = self.machine_free.entry(o.machine_id).or_default();
+        *free = free.saturating_sub(o.num_gpus);
+        let free = *free;
         for &oi in self.by_machine.get(&o.machine_id).into_iter().flatten() {
-            self.used[oi] = true;
+            let x = &input.offers[oi];
+            if x.rented || x.num_gpus > free {
+                self.used[oi] = true;
+            }
         }
         self.used[ch.cand.offer as usize] = true;
         self.new_dph = self.new_dph.saturating_add(ch.cand.price);

@@ -84,6 +84,7 @@ pub fn market(seed: u64, shape: Shape) -> PlanInput {
                 reliability: r.range(850, 1000) as f64 / 1000.0,
                 boot_estimate_s: r.range(60, 600) as u32,
                 preempt_per_h: r.range(5, 300) as f64 / 1000.0,
+                rented: false,
             }
         })
         .collect();

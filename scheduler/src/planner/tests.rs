@@ -24,6 +24,7 @@ fn offer(id: i64, gpu: &str, num_gpus: u32, dph_cents: i64, dlperf: f64) -> Plan
         reliability: 0.99,
         boot_estimate_s: 100,
         preempt_per_h: 0.05,
+        rented: false,
     }
 }
 
@@ -719,23 +720,105 @@ fn pacing_counts_capacity_we_already_hold() {
     assert_eq!(rented_offers(&plan(&inp)), vec![2]);
 }
 
-#[test]
-fn a_machine_is_rented_once_even_when_listed_once_per_split() {
-    // Vast lists an 8-GPU machine as 8, 4, 2 and 1-GPU offers; renting one takes the machine.
-    let mut offers: Vec<PlanOffer> = [8u32, 4, 2, 1]
+/// Offers on machine 77, one per split size, at `cents_per_gpu` each GPU.
+fn splits_of_77(sizes: &[u32], first_id: i64, cents_per_gpu: i64) -> Vec<PlanOffer> {
+    sizes
         .iter()
         .enumerate()
         .map(|(i, &n)| {
-            let mut o = offer(i as i64 + 1, "g", n, 30 * i64::from(n), 30.0 * f64::from(n));
+            let id = first_id + i as i64;
+            let mut o = offer(
+                id,
+                "g",
+                n,
+                cents_per_gpu * i64::from(n),
+                30.0 * f64::from(n),
+            );
             o.machine_id = 77;
             o
         })
-        .collect();
+        .collect()
+}
+
+fn gpus_on_77(p: &Plan, offers: &[PlanOffer]) -> u32 {
+    p.rent
+        .iter()
+        .filter(|r| r.machine_id == 77)
+        .map(|r| offers.iter().find(|o| o.id == r.offer_id).unwrap().num_gpus)
+        .sum()
+}
+
+#[test]
+fn the_splits_of_a_machine_share_its_gpus() {
+    // Vast lists an 8-GPU machine as 8, 4, 2 and 1-GPU offers: views of the same GPUs.
+    let mut offers = splits_of_77(&[8, 4, 2, 1], 1, 30);
     offers.push(offer(9, "g", 1, 90, 30.0));
     let jobs = (1..=12).map(|i| job(i, 1)).collect();
-    let p = plan(&input(jobs, offers));
-    let on_77 = p.rent.iter().filter(|r| r.machine_id == 77).count();
-    assert_eq!(on_77, 1, "{:?}", p.rent);
+    let p = plan(&input(jobs, offers.clone()));
+    assert!(gpus_on_77(&p, &offers) <= 8, "{:?}", p.rent);
+    let mut ids = rented_offers(&p);
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(
+        ids.len(),
+        p.rent.len(),
+        "an offer rented twice: {:?}",
+        p.rent
+    );
+}
+
+#[test]
+fn the_free_gpus_left_on_a_machine_are_rented_too() {
+    // Four GPUs of machine 77 are free (its 4, 2 and 1-GPU splits); its 8-GPU split would take
+    // GPUs from interruptible renters. Three jobs with different images cannot share an
+    // instance: the cheap machine takes two of them (1 GPU, then the 2-GPU split, at 60¢ <
+    // 90¢), and neither the 8-GPU split nor more GPUs than are free.
+    let mut offers = splits_of_77(&[4, 2, 1], 1, 30);
+    let mut eight = offer(4, "g", 8, 8 * 20, 240.0);
+    eight.machine_id = 77;
+    eight.rented = true;
+    offers.push(eight);
+    offers.push(offer(9, "g", 1, 90, 30.0));
+    let jobs = (1..=3)
+        .map(|i| {
+            let mut j = job(i, 1);
+            j.image = format!("img{i}");
+            j
+        })
+        .collect();
+    let p = plan(&input(jobs, offers.clone()));
+    let on_77: Vec<i64> = p
+        .rent
+        .iter()
+        .filter(|r| r.machine_id == 77)
+        .map(|r| r.offer_id)
+        .collect();
+    assert!(on_77.len() >= 2, "{:?}", p.rent);
+    assert!(gpus_on_77(&p, &offers) <= 4, "{:?}", p.rent);
+    assert_eq!(p.rent.len(), 3, "{:?}", p.rent);
+}
+
+#[test]
+fn after_taking_a_rented_split_nothing_else_goes_on_its_machine() {
+    // The 8-GPU split of machine 77 is the cheapest for an 8-GPU job but rented (others' bids
+    // hold GPUs there): the job takes it, outbidding them, and uses every GPU. The 1-GPU job
+    // then goes elsewhere although machine 77 still lists cheap 1-GPU splits.
+    let mut offers = splits_of_77(&[4, 2, 1], 1, 30);
+    let mut eight = offer(4, "g", 8, 8 * 20, 240.0);
+    eight.machine_id = 77;
+    eight.rented = true;
+    offers.push(eight);
+    offers.push(offer(9, "g", 1, 90, 30.0));
+    offers.push(offer(10, "g", 8, 8 * 50, 240.0));
+    let mut big = job(1, 1);
+    big.gpus = 8;
+    big.image = "a".into();
+    let mut small = job(2, 1);
+    small.image = "b".into();
+    let p = plan(&input(vec![big, small], offers));
+    let mut got = rented_offers(&p);
+    got.sort_unstable();
+    assert_eq!(got, vec![4, 9], "{:?}", p.rent);
 }
 
 #[test]

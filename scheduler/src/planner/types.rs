@@ -137,6 +137,10 @@ pub struct PlanOffer {
     /// Expected preemptions per hour when rented interruptible at about `min_bid` (NaN or
     /// negative: `PlanConfig::default_preempt_per_h`).
     pub preempt_per_h: f64,
+    /// Vast `rented`: not all of the offer's GPUs are free now, so renting it takes GPUs from
+    /// interruptible renters (or fails when it does not outbid them).
+    #[serde(default)]
+    pub rented: bool,
 }
 
 /// A running instance of ours with free GPUs and a deployed agent.

@@ -919,7 +919,8 @@ impl Pass<'_> {
                     }),
             });
         }
-        // 2. offers per class; an offer or machine we already hold is not offered again.
+        // 2. offers per class; an offer we already hold is not offered again, and on a machine
+        // we hold only what is free for us (see `free_for_us`).
         let live: Vec<&InstanceView> = self
             .w
             .instances
@@ -929,7 +930,7 @@ impl Pass<'_> {
         let live_count = live.len();
         let total_dph: Decimal = live.iter().map(|i| i.offer.price()).sum();
         let claimed_offers: BTreeSet<i64> = live.iter().map(|i| i.offer.offer_id).collect();
-        let claimed_machines: BTreeSet<i64> = live.iter().map(|i| i.offer.machine_id).collect();
+        let held = self.held_machines();
         let mut plan_offers: Vec<pl::PlanOffer> = Vec::new();
         let mut offer_obs: Vec<&OfferObs> = Vec::new();
         let mut index: BTreeMap<i64, usize> = BTreeMap::new();
@@ -938,7 +939,7 @@ impl Pass<'_> {
             let mut idx = Vec::new();
             for o in offers {
                 if claimed_offers.contains(&o.offer_id)
-                    || claimed_machines.contains(&o.machine_id)
+                    || !free_for_us(o, &held)
                     || !offer_matches(rep, o)
                 {
                     continue;
@@ -1269,22 +1270,33 @@ impl Pass<'_> {
         }
     }
 
+    /// Machines where we hold a live instance, and when we last rented on each.
+    fn held_machines(&self) -> BTreeMap<i64, EpochMs> {
+        let mut held: BTreeMap<i64, EpochMs> = BTreeMap::new();
+        for i in self.w.instances.values() {
+            if i.state != InstState::Gone {
+                let t = held.entry(i.offer.machine_id).or_insert(i.created_ms);
+                *t = (*t).max(i.created_ms);
+            }
+        }
+        held
+    }
+
     /// The cheapest unclaimed offer for this class of jobs, and how many of them it takes.
     fn best_offer(&self, class: &[JobView], offers: &[OfferObs]) -> Option<(OfferChoice, usize)> {
         let j = class.first()?;
-        let live = self
+        let claimed: BTreeSet<i64> = self
             .w
             .instances
             .values()
-            .filter(|i| i.state != InstState::Gone);
-        let (claimed, machines): (BTreeSet<i64>, BTreeSet<i64>) =
-            live.map(|i| (i.offer.offer_id, i.offer.machine_id)).unzip();
+            .filter(|i| i.state != InstState::Gone)
+            .map(|i| i.offer.offer_id)
+            .collect();
+        let held = self.held_machines();
         offers
             .iter()
             .filter(|o| {
-                !claimed.contains(&o.offer_id)
-                    && !machines.contains(&o.machine_id)
-                    && self.offer_fits(j, o)
+                !claimed.contains(&o.offer_id) && free_for_us(o, &held) && self.offer_fits(j, o)
             })
             .filter_map(|o| self.rank_offer(j, o, class.len()))
             .min_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)))
@@ -1403,6 +1415,15 @@ fn offer_matches(j: &JobView, o: &OfferObs) -> bool {
         && j.req.min_gpu_ram_gb.is_none_or(|r| o.gpu_ram_gb >= r)
 }
 
+/// Whether an offer's GPUs are free for us to rent. On a machine where we hold an instance the
+/// offer must list only free GPUs (not `rented`: taking GPUs from interruptible renters could
+/// take ours, the lowest bid there), and come from a search after our latest rental there (an
+/// older one may list the GPUs we took since). `held`: machine → when we last rented there.
+fn free_for_us(o: &OfferObs, held: &BTreeMap<i64, EpochMs>) -> bool {
+    held.get(&o.machine_id)
+        .is_none_or(|&rented_ms| !o.rented && o.seen_ms > rented_ms)
+}
+
 /// An observed offer as the planner takes it.
 fn plan_offer(o: &OfferObs) -> crate::planner::PlanOffer {
     crate::planner::PlanOffer {
@@ -1427,6 +1448,7 @@ fn plan_offer(o: &OfferObs) -> crate::planner::PlanOffer {
         reliability: o.reliability,
         boot_estimate_s: 0,
         preempt_per_h: f64::NAN,
+        rented: o.rented,
     }
 }
 

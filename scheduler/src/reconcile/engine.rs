@@ -651,7 +651,10 @@ impl Engine {
             limit: self.cfg.offer_limit,
         };
         match self.market.search(&q).await {
-            Ok(o) => {
+            Ok(mut o) => {
+                for x in &mut o {
+                    x.seen_ms = now;
+                }
                 self.offers = o;
                 self.offers_at = Some(now);
             }

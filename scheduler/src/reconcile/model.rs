@@ -360,6 +360,14 @@ pub struct OfferObs {
     pub disk_space_gb: f64,
     pub dlperf: f64,
     pub reliability: f64,
+    /// Vast `rented`: not all of its GPUs are free (renting it would take GPUs from
+    /// interruptible renters, possibly ours).
+    #[serde(default)]
+    pub rented: bool,
+    /// When the search that returned it ran (0: unknown). An offer on a machine where we rented
+    /// since then may no longer have the GPUs it lists.
+    #[serde(default)]
+    pub seen_ms: EpochMs,
 }
 
 /// How an attempt reports itself (the newest heartbeat the collector holds for it).

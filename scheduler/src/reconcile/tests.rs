@@ -41,6 +41,8 @@ fn offer(id: i64, gpus: u32, dph: Decimal) -> OfferObs {
         // Vast's dlperf is for the whole offer: `gpus` reference GPUs (dlperf 100 each).
         dlperf: 100.0 * f64::from(gpus),
         reliability: 0.99,
+        rented: false,
+        seen_ms: 0,
     }
 }
 
@@ -1246,4 +1248,43 @@ fn an_interruptible_idle_instance_is_not_reused_for_an_on_demand_job() {
     w.jobs.get_mut(&1).unwrap().req.interruptible = true;
     let acts = reconcile(&w, &obs, 1_000, &cfg());
     assert!(acts.contains(&Action::Place { job: 1, key: 1 }), "{acts:?}");
+}
+
+/// Where job 2 goes when we hold busy instance 1 on machine 10 (rented at 1 s) and machine 10
+/// also lists `on_ours` (cheap) beside offer 2 on machine 20 (dearer).
+fn provisioned_beside_our_instance(on_ours: OfferObs) -> Vec<i64> {
+    let mut w = running_world();
+    w.instances.get_mut(&1).unwrap().created_ms = 1_000;
+    w.jobs.insert(2, job(2, "e"));
+    let obs = Observations {
+        market: Some(vec![listed(100, 1, "running")]),
+        offers: vec![on_ours, offer(2, 1, dec!(0.6))],
+        heartbeats: vec![hb(1, 7, 2, 2_000, AgentPhase::Running)],
+        ..Default::default()
+    };
+    reconcile(&w, &obs, 2_000, &cfg())
+        .iter()
+        .filter_map(|a| match a {
+            Action::Provision { offer, .. } => Some(offer.offer_id),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn free_gpus_on_a_machine_we_hold_are_rented_from_a_fresh_search() {
+    let mut o = offer(5, 1, dec!(0.3));
+    o.machine_id = 10; // instance 1's machine
+    o.seen_ms = 1_500;
+    assert_eq!(provisioned_beside_our_instance(o.clone()), vec![5]);
+    // A search from before our rental there may list the GPUs we took since.
+    o.seen_ms = 1_000;
+    assert_eq!(provisioned_beside_our_instance(o.clone()), vec![2]);
+    // Not all of its GPUs are free: renting it could take our own instance's.
+    o.seen_ms = 1_500;
+    o.rented = true;
+    assert_eq!(provisioned_beside_our_instance(o.clone()), vec![2]);
+    // On a machine we do not hold, a rented offer is fair game (it outbids other renters).
+    o.machine_id = 30;
+    assert_eq!(provisioned_beside_our_instance(o), vec![5]);
 }
