@@ -748,6 +748,18 @@ fn gpus_on_77(p: &Plan, offers: &[PlanOffer]) -> u32 {
         .sum()
 }
 
+/// Machine 77 with four GPUs free (its 4, 2 and 1-GPU splits at 30¢ a GPU) and an 8-GPU split
+/// at 20¢ a GPU that is rented (others' bids hold four GPUs), and offer 9 elsewhere at 90¢.
+fn half_free_77() -> Vec<PlanOffer> {
+    let mut offers = splits_of_77(&[4, 2, 1], 1, 30);
+    let mut eight = offer(4, "g", 8, 8 * 20, 240.0);
+    eight.machine_id = 77;
+    eight.rented = true;
+    offers.push(eight);
+    offers.push(offer(9, "g", 1, 90, 30.0));
+    offers
+}
+
 #[test]
 fn the_splits_of_a_machine_share_its_gpus() {
     // Vast lists an 8-GPU machine as 8, 4, 2 and 1-GPU offers: views of the same GPUs.
@@ -769,16 +781,10 @@ fn the_splits_of_a_machine_share_its_gpus() {
 
 #[test]
 fn the_free_gpus_left_on_a_machine_are_rented_too() {
-    // Four GPUs of machine 77 are free (its 4, 2 and 1-GPU splits); its 8-GPU split would take
-    // GPUs from interruptible renters. Three jobs with different images cannot share an
-    // instance: the cheap machine takes two of them (1 GPU, then the 2-GPU split, at 60¢ <
-    // 90¢), and neither the 8-GPU split nor more GPUs than are free.
-    let mut offers = splits_of_77(&[4, 2, 1], 1, 30);
-    let mut eight = offer(4, "g", 8, 8 * 20, 240.0);
-    eight.machine_id = 77;
-    eight.rented = true;
-    offers.push(eight);
-    offers.push(offer(9, "g", 1, 90, 30.0));
+    // Three 1-GPU jobs with different images cannot share an instance: the cheap machine takes
+    // two of them (1 GPU, then the 2-GPU split, at 60¢ < 90¢), and neither the 8-GPU split nor
+    // more GPUs than are free.
+    let offers = half_free_77();
     let jobs = (1..=3)
         .map(|i| {
             let mut j = job(i, 1);
@@ -800,15 +806,10 @@ fn the_free_gpus_left_on_a_machine_are_rented_too() {
 
 #[test]
 fn after_taking_a_rented_split_nothing_else_goes_on_its_machine() {
-    // The 8-GPU split of machine 77 is the cheapest for an 8-GPU job but rented (others' bids
-    // hold GPUs there): the job takes it, outbidding them, and uses every GPU. The 1-GPU job
-    // then goes elsewhere although machine 77 still lists cheap 1-GPU splits.
-    let mut offers = splits_of_77(&[4, 2, 1], 1, 30);
-    let mut eight = offer(4, "g", 8, 8 * 20, 240.0);
-    eight.machine_id = 77;
-    eight.rented = true;
-    offers.push(eight);
-    offers.push(offer(9, "g", 1, 90, 30.0));
+    // The rented 8-GPU split of machine 77 is the cheapest for an 8-GPU job: the job takes it,
+    // outbidding the others, and uses every GPU. The 1-GPU job then goes elsewhere although
+    // machine 77 still lists cheap 1-GPU splits.
+    let mut offers = half_free_77();
     offers.push(offer(10, "g", 8, 8 * 50, 240.0));
     let mut big = job(1, 1);
     big.gpus = 8;
