@@ -919,8 +919,7 @@ impl Pass<'_> {
                     }),
             });
         }
-        // 2. offers per class; an offer we already hold is not offered again, and on a machine
-        // we hold only what is free for us (see `free_for_us`).
+        // 2. offers per class, only those still free for us (see `Holdings::allows`).
         let live: Vec<&InstanceView> = self
             .w
             .instances
@@ -929,8 +928,7 @@ impl Pass<'_> {
             .collect();
         let live_count = live.len();
         let total_dph: Decimal = live.iter().map(|i| i.offer.price()).sum();
-        let claimed_offers: BTreeSet<i64> = live.iter().map(|i| i.offer.offer_id).collect();
-        let held = self.held_machines();
+        let held = self.holdings();
         let mut plan_offers: Vec<pl::PlanOffer> = Vec::new();
         let mut offer_obs: Vec<&OfferObs> = Vec::new();
         let mut index: BTreeMap<i64, usize> = BTreeMap::new();
@@ -938,10 +936,7 @@ impl Pass<'_> {
         for (class, rep) in &classes {
             let mut idx = Vec::new();
             for o in offers {
-                if claimed_offers.contains(&o.offer_id)
-                    || !free_for_us(o, &held)
-                    || !offer_matches(rep, o)
-                {
+                if !held.allows(o) || !offer_matches(rep, o) {
                     continue;
                 }
                 let i = match index.get(&o.offer_id) {
@@ -1270,12 +1265,16 @@ impl Pass<'_> {
         }
     }
 
-    /// Machines where we hold a live instance, and when we last rented on each.
-    fn held_machines(&self) -> BTreeMap<i64, EpochMs> {
-        let mut held: BTreeMap<i64, EpochMs> = BTreeMap::new();
+    /// The offers and machines of our live instances.
+    fn holdings(&self) -> Holdings {
+        let mut held = Holdings::default();
         for i in self.w.instances.values() {
             if i.state != InstState::Gone {
-                let t = held.entry(i.offer.machine_id).or_insert(i.created_ms);
+                held.offers.insert(i.offer.offer_id);
+                let t = held
+                    .machines
+                    .entry(i.offer.machine_id)
+                    .or_insert(i.created_ms);
                 *t = (*t).max(i.created_ms);
             }
         }
@@ -1285,19 +1284,10 @@ impl Pass<'_> {
     /// The cheapest unclaimed offer for this class of jobs, and how many of them it takes.
     fn best_offer(&self, class: &[JobView], offers: &[OfferObs]) -> Option<(OfferChoice, usize)> {
         let j = class.first()?;
-        let claimed: BTreeSet<i64> = self
-            .w
-            .instances
-            .values()
-            .filter(|i| i.state != InstState::Gone)
-            .map(|i| i.offer.offer_id)
-            .collect();
-        let held = self.held_machines();
+        let held = self.holdings();
         offers
             .iter()
-            .filter(|o| {
-                !claimed.contains(&o.offer_id) && free_for_us(o, &held) && self.offer_fits(j, o)
-            })
+            .filter(|o| held.allows(o) && self.offer_fits(j, o))
             .filter_map(|o| self.rank_offer(j, o, class.len()))
             .min_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)))
             .map(|(_, _, k, c)| (c, k))
@@ -1415,13 +1405,26 @@ fn offer_matches(j: &JobView, o: &OfferObs) -> bool {
         && j.req.min_gpu_ram_gb.is_none_or(|r| o.gpu_ram_gb >= r)
 }
 
-/// Whether an offer's GPUs are free for us to rent. On a machine where we hold an instance the
-/// offer must list only free GPUs (not `rented`: taking GPUs from interruptible renters could
-/// take ours, the lowest bid there), and come from a search after our latest rental there (an
-/// older one may list the GPUs we took since). `held`: machine → when we last rented there.
-fn free_for_us(o: &OfferObs, held: &BTreeMap<i64, EpochMs>) -> bool {
-    held.get(&o.machine_id)
-        .is_none_or(|&rented_ms| !o.rented && o.seen_ms > rented_ms)
+/// What our live instances were rented from: which offers are still free for us.
+#[derive(Default)]
+struct Holdings {
+    offers: BTreeSet<i64>,
+    /// Machine → when we last rented there.
+    machines: BTreeMap<i64, EpochMs>,
+}
+
+impl Holdings {
+    /// An offer we hold is not rented again. On a machine where we hold an instance the offer
+    /// must list only free GPUs (not `rented`: taking GPUs from interruptible renters could take
+    /// ours, the lowest bid there), and come from a search after our latest rental there (an
+    /// older one may list the GPUs we took since).
+    fn allows(&self, o: &OfferObs) -> bool {
+        !self.offers.contains(&o.offer_id)
+            && self
+                .machines
+                .get(&o.machine_id)
+                .is_none_or(|&rented_ms| !o.rented && o.seen_ms > rented_ms)
+    }
 }
 
 /// An observed offer as the planner takes it.
