@@ -451,6 +451,12 @@ pub async fn run_ours(seed: u64, jobs: &[BenchJob], deadline_h: Option<f64>) -> 
         max_instances: 200,
         deadline_ms: deadline_h
             .map(|h| vast::sim::DEFAULT_START_MS + (h * 3_600_000.0).round() as i64),
+        // VASTICLAUDE_BENCH_MARGIN=0.1: the most margin a bid may carry over `min_bid` (a
+        // diagnostic; the planner adds it only where it pays).
+        bid_margin: std::env::var("VASTICLAUDE_BENCH_MARGIN")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(ReconcileConfig::default().bid_margin),
         ..ReconcileConfig::default()
     };
     cfg.offer_limit = 400;

@@ -134,8 +134,19 @@ pub fn bid_for(
     num_gpus: u32,
     cfg: &PlanConfig,
 ) -> Option<NanoPerHour> {
+    bid_at(min_bid, dph_base, num_gpus, cfg.bid_margin_pct, cfg)
+}
+
+/// The bid for an offer `margin_pct` percent over `min_bid`, capped and rounded as [`bid_for`].
+pub fn bid_at(
+    min_bid: Option<NanoPerHour>,
+    dph_base: NanoPerHour,
+    num_gpus: u32,
+    margin_pct: u32,
+    cfg: &PlanConfig,
+) -> Option<NanoPerHour> {
     let min_bid = min_bid.filter(|b| *b > 0)?;
-    let target = mul_div_ceil(min_bid, 100 + i64::from(cfg.bid_margin_pct), 100);
+    let target = mul_div_ceil(min_bid, 100 + i64::from(margin_pct), 100);
     let cap = (dph_base as i128 * i128::from(cfg.bid_cap_pct_of_on_demand) / 100) as i64;
     let abs_cap = cfg
         .bid_cap_per_gpu

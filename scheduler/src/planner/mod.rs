@@ -10,9 +10,10 @@
 //! earlier attempts on that GPU model), so a faster GPU at a higher hourly price wins when it
 //! finishes the job for less; a multi-GPU offer is priced per GPU slot and packed with several
 //! jobs when that is cheaper; warm idle instances are reused before anything is rented;
-//! interruptible offers are used only for jobs that may be interrupted, bid at `min_bid` plus a
-//! margin, with expected lost work (preemptions × (work since the last checkpoint + restart
-//! overhead)) added to their cost. Budgets are reservations of the worst case, so the planner
+//! interruptible offers are used only for jobs that may be interrupted, with expected lost work
+//! (preemptions × (work since the last checkpoint + restart overhead)) added to their cost, and
+//! bid at `min_bid`, or `min_bid` plus a margin where the preemptions it saves are worth more
+//! than it costs (long checkpoint intervals on often-taken machines). Budgets are reservations of the worst case, so the planner
 //! never starts work that could overrun what an experiment has left.
 //!
 //! Entry points:

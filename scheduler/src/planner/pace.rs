@@ -138,7 +138,7 @@ pub(crate) fn cutoffs(input: &PlanInput, info: &[OfferInfo]) -> Pacing {
         }
         let od = rate(o.dph_base, o.num_gpus, inf.speed_ppm);
         let bid = inf
-            .bid
+            .lowest_bid()
             .map_or(od, |b| rate(b, o.num_gpus, inf.speed_ppm).min(od));
         for (p, r) in [(0, od), (1, bid)] {
             best[p] = best[p].min(r);

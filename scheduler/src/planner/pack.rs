@@ -101,8 +101,25 @@ pub(crate) struct OfferInfo {
     pub usable: Usable,
     pub speed_ppm: i64,
     pub boot_s: i64,
+    /// The bids we may place: exactly `min_bid`, with the offer's own preemption rate, and
+    /// `min_bid` plus the margin, which fewer renters beat. Each group takes the one that costs
+    /// its jobs less in expectation (the margin pays only where lost work is dear: long
+    /// checkpoint intervals on machines that are often taken).
+    pub bids: [Option<BidLevel>; 2],
+}
+
+impl OfferInfo {
+    /// The lowest bid we may place on the offer.
+    pub(crate) fn lowest_bid(&self) -> Option<NanoPerHour> {
+        self.bids.iter().flatten().map(|l| l.bid).min()
+    }
+}
+
+/// A bid and the preemption rate (per hour, in millionths) expected at it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct BidLevel {
+    pub bid: NanoPerHour,
     pub rate_ppm: i64,
-    pub bid: Option<NanoPerHour>,
 }
 
 pub(crate) fn offer_info(input: &PlanInput, o: &PlanOffer) -> OfferInfo {
@@ -121,14 +138,26 @@ pub(crate) fn offer_info(input: &PlanInput, o: &PlanOffer) -> OfferInfo {
         usable,
         speed_ppm: speed_of(input, &o.gpu_name, o.dlperf, o.num_gpus),
         boot_s: boot_of(cfg, o.boot_estimate_s),
-        // The offer's rate is for a bid of exactly `min_bid`; our margin buys a lower one.
-        rate_ppm: cost::mul_div_ceil(
-            cost::rate_ppm(o.preempt_per_h, cfg.default_preempt_per_h),
-            i64::from(cfg.margin_preempt_pct),
-            100,
-        ),
-        bid: cost::bid_for(o.min_bid, o.dph_base, o.num_gpus, cfg),
+        bids: bid_levels(o, cfg),
     }
+}
+
+/// The bid levels of an offer ([`OfferInfo::bids`]); the margin level only when the caps leave
+/// it above the plain bid.
+fn bid_levels(o: &PlanOffer, cfg: &PlanConfig) -> [Option<BidLevel>; 2] {
+    // The offer's rate is for a bid of exactly `min_bid`; our margin buys a lower one.
+    let rate = cost::rate_ppm(o.preempt_per_h, cfg.default_preempt_per_h);
+    let plain = cost::bid_at(o.min_bid, o.dph_base, o.num_gpus, 0, cfg).map(|bid| BidLevel {
+        bid,
+        rate_ppm: rate,
+    });
+    let margin = cost::bid_for(o.min_bid, o.dph_base, o.num_gpus, cfg)
+        .filter(|b| plain.is_none_or(|p| *b > p.bid))
+        .map(|bid| BidLevel {
+            bid,
+            rate_ppm: cost::mul_div_ceil(rate, i64::from(cfg.margin_preempt_pct), 100),
+        });
+    [plain, margin]
 }
 
 pub(crate) fn speed_of(input: &PlanInput, gpu_name: &str, dlperf: f64, num_gpus: u32) -> i64 {
@@ -255,6 +284,8 @@ struct Cand {
     rank: i64,
     /// The offer's id (the tie-break), kept here so sorting does not chase `input.offers`.
     id: i64,
+    /// Interruptible: the bid level chosen for this group (on demand: none).
+    level: Option<BidLevel>,
 }
 
 struct SlotList {
@@ -513,18 +544,32 @@ impl<'a> Planner<'a> {
                     price,
                     rank,
                     id: o.id,
+                    level: None,
                 });
-                if want_interruptible && let Some(bid) = inf.bid {
-                    let price = price_of(o, Some(bid), disk);
-                    let wall = expected_wall(cfg, &rep, inf.speed_ppm, true, inf.rate_ppm);
-                    let rank =
-                        cost::charge(price, inf.boot_s.saturating_add(wall)) / i64::from(slots);
+                if !want_interruptible {
+                    continue;
+                }
+                // The cheaper bid level for the group's mean job (the plain bid on a tie).
+                let best = inf
+                    .bids
+                    .iter()
+                    .flatten()
+                    .map(|&l| {
+                        let price = price_of(o, Some(l.bid), disk);
+                        let wall = expected_wall(cfg, &rep, inf.speed_ppm, true, l.rate_ppm);
+                        let rank =
+                            cost::charge(price, inf.boot_s.saturating_add(wall)) / i64::from(slots);
+                        (rank, price, l)
+                    })
+                    .min_by_key(|&(rank, price, _)| (rank, price));
+                if let Some((rank, price, l)) = best {
                     by_key.entry((true, slots)).or_default().push(Cand {
                         offer: oi as u32,
                         slots,
                         price,
                         rank,
                         id: o.id,
+                        level: Some(l),
                     });
                 }
             }
@@ -960,7 +1005,8 @@ impl<'a> Planner<'a> {
                     continue;
                 }
                 let inf = &self.info[c.offer as usize];
-                let run = run_of(cfg, job, inf.speed_ppm, list.interruptible, inf.rate_ppm);
+                let rate = c.level.map_or(0, |l| l.rate_ppm);
+                let run = run_of(cfg, job, inf.speed_ppm, list.interruptible, rate);
                 // Paced: 0 for an offer on which the job finishes by the deadline, else when it
                 // would finish (only an urgent job looks at those, and prefers the earliest).
                 let mut late_until = 0;
@@ -1043,12 +1089,9 @@ impl<'a> Planner<'a> {
         }
         self.used[ch.cand.offer as usize] = true;
         self.new_dph = self.new_dph.saturating_add(ch.cand.price);
-        let kind = if list.interruptible {
-            RentalKind::Interruptible {
-                bid: inf.bid.unwrap_or(o.dph_base),
-            }
-        } else {
-            RentalKind::OnDemand
+        let kind = match ch.cand.level {
+            Some(l) if list.interruptible => RentalKind::Interruptible { bid: l.bid },
+            _ => RentalKind::OnDemand,
         };
         let share = cost::mul_div_ceil(ch.cand.price, 1, i64::from(ch.cand.slots));
         let mut b = Building {
@@ -1085,7 +1128,7 @@ impl<'a> Planner<'a> {
             free_slots: ch.cand.slots - 1,
             speed_ppm: inf.speed_ppm,
             boot_s: inf.boot_s,
-            rate_ppm: inf.rate_ppm,
+            rate_ppm: ch.cand.level.map_or(0, |l| l.rate_ppm),
             opener_experiment: exp,
             max_expected_s: ch.run.expected_s,
             max_worst_s: ch.run.worst_s,

@@ -216,7 +216,10 @@ impl Blacklist {
 pub struct PlanConfig {
     /// Jobs with this many attempts behind them are no longer put on interruptible instances.
     pub interruptible_max_attempts: u32,
-    /// Bid this many percent above `min_bid`.
+    /// A bid may carry this many percent over `min_bid`: for each group of jobs the planner
+    /// prices both bids (the margin one with `margin_preempt_pct` of the preemptions) and takes
+    /// the one with the lower expected cost, so the margin is bought only where lost work is dear.
+    /// 0: always `min_bid`.
     pub bid_margin_pct: u32,
     /// Preemption rate when bidding with the margin, as a percentage of the offer's
     /// `preempt_per_h` (which is the rate at exactly `min_bid`). An assumption until the

@@ -47,7 +47,8 @@ pub struct ReconcileConfig {
     pub backoff_max_ms: i64,
     /// A job interrupted this many times is failed.
     pub max_interruptions: u32,
-    /// Bid = min_bid × (1 + margin).
+    /// The margin a bid may carry over `min_bid`: bid = min_bid × (1 + margin) where that costs
+    /// less than the work it saves from preemption, else `min_bid` (see `PlanConfig::bid_margin_pct`).
     pub bid_margin: Decimal,
     /// Longest wait for an outbid instance that holds unpulled work.
     pub outbid_max_wait_ms: i64,
@@ -1224,8 +1225,10 @@ impl Pass<'_> {
     ) -> Option<(Decimal, i64, usize, OfferChoice)> {
         let slots = (o.num_gpus / j.req.gpus.max(1)) as usize;
         let k = slots.min(n).max(1);
+        // At `min_bid`, as the planner bids unless a margin pays for itself (rare: see
+        // `planner::pack::bid_levels`); the penalty stands for the expected lost work.
         let bid = if j.req.interruptible {
-            let b = price_up(o.min_bid * (Decimal::ONE + self.cfg.bid_margin));
+            let b = price_up(o.min_bid);
             (b < o.dph_total).then_some(b)
         } else {
             None
