@@ -395,10 +395,15 @@ fn print_offers(m: &vast::sim::Market) {
             .map(|o| {
                 let (n, speed, rate) = gpus_speed_rate(o);
                 let line = format!(
-                    "offer bid={bid} m{} {n}x {} speed {speed:.2} rate {rate:.4} dph {:.4}",
+                    "offer bid={bid} m{} {n}x {} speed {speed:.2} rate {rate:.4} dph {:.4} \
+                     reliability {:.3} verified {} rented {} disk {:.0}",
                     o.get("machine_id").and_then(Value::as_u64).unwrap_or(0),
                     o.get("gpu_name").and_then(Value::as_str).unwrap_or(""),
-                    num(o, "dph_total")
+                    num(o, "dph_total"),
+                    num(o, "reliability2"),
+                    o.get("verification").and_then(Value::as_str) == Some("verified"),
+                    o.get("rented").and_then(Value::as_bool).unwrap_or(false),
+                    num(o, "disk_space"),
                 );
                 (rate, line)
             })

@@ -14,7 +14,10 @@
 //! Two pools share the machines: jobs that must run on demand, and jobs that may be interrupted
 //! (whose rate is the cheaper of the bid and on-demand prices). Machines are handed out in one
 //! pass over both pools by rate relative to each pool's cheapest, so the cheap machines that
-//! both want are not counted twice. A job always may take an offer within
+//! both want are not counted twice. A machine both pools could use goes to the pool that gains
+//! more from it, judged against each pool's marginal rate for all its work (what we hold counted
+//! at its own rate): jobs that must run on demand leave the cheapest bid machines to the
+//! checkpointing work unless they are urgent ([`Pacing::bid_side`]). A job always may take an offer within
 //! `PlanConfig::pace_slack_pct` of the cheapest rate it can get at all, and a job that would miss
 //! the deadline unless it starts now is not held back: it takes the cheapest offer that still
 //! finishes in time, whatever the cutoff (see [`Pacing::slowest`]).
@@ -88,7 +91,7 @@ impl Pacing {
 }
 
 /// What pacing allows in one plan, per pool.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Pacing {
     /// The cutoff rate (slack included); `None`: no pacing for that pool (no deadline, the
     /// deadline is too close, or even the whole market cannot meet it).
@@ -102,6 +105,16 @@ pub(crate) struct Pacing {
     /// that finishes in time instead. Without this a slow, dear offer on which a job is late
     /// anyway looked like the only one pacing let it take.
     pub slowest: [i64; 2],
+    /// Machines both pools could use under their cutoffs that gain the interruptible pool more
+    /// (its cutoff less the machine's bid rate) than the on-demand pool (its cutoff less the
+    /// on-demand rate): jobs that must run on demand leave them alone unless urgent. Otherwise
+    /// the most constrained jobs, which choose first, take the cheapest bid machines on demand
+    /// for a few cents less than elsewhere, and the checkpointing work pays far more than that
+    /// on dearer bids.
+    /// With each, what the interruptible pool gains from it (its cutoff less the machine's bid
+    /// rate, nano$ per reference GPU-hour): what an urgent on-demand job that takes it anyway is
+    /// charged on top of its price when it chooses.
+    pub bid_side: BTreeMap<i64, NanoPerHour>,
 }
 
 /// The cutoffs and the capacity still needed, per pool.
@@ -152,25 +165,78 @@ pub(crate) fn cutoffs(input: &PlanInput, info: &[OfferInfo]) -> Pacing {
     }
     // Reference GPUs still needed beyond what we hold, in millionths.
     let left = i128::from(left_s);
-    let need0 = [0, 1].map(|p| (work[p] as i128 * i128::from(PPM) + left - 1) / left - held[p]);
-    let mut need = need0;
+    let total = [0, 1].map(|p| (work[p] as i128 * i128::from(PPM) + left - 1) / left);
+    let need0 = [0, 1].map(|p| total[p] - held[p]);
+    let rates: BTreeMap<(i64, usize), NanoPerHour> =
+        machines.iter().map(|(k, v)| (*k, v.1)).collect();
+    let relative =
+        |p: usize, r: NanoPerHour| i128::from(r) * i128::from(PPM) / i128::from(best[p].max(1));
+    let mut entries: Vec<Entry> = machines
+        .into_iter()
+        .filter(|((_, p), _)| best[*p] != NanoPerHour::MAX)
+        .map(|((m, p), (gpus, r, speed))| (relative(p, r), m, p, gpus, speed, r))
+        .collect();
+    entries.sort_unstable();
+    let (cut, slowest_offered) = fill(&entries, need0, best);
+    for p in 0..2 {
+        slowest[p] = slowest[p].min(slowest_offered[p]);
+    }
+    // What each pool's capacity is worth at the margin, with what we hold counted at its own
+    // rate rather than as already paid for: the cutoff of all its work over the held and listed
+    // capacity together. A machine both pools can use under these goes to the one that gains more
+    // from it. (With `cut` alone, once the interruptible pool held enough its cutoff fell to its
+    // best rate, and the next pass gave the rest of the cheapest bid machine to on-demand jobs.)
+    let mut all = entries;
+    for (i, h) in pace.held.iter().enumerate() {
+        let p = usize::from(h.interruptible);
+        let (speed, r) = held_rate(input, h);
+        if best[p] != NanoPerHour::MAX {
+            all.push((relative(p, r), -1 - i as i64, p, h.num_gpus, speed, r));
+        }
+    }
+    all.sort_unstable();
+    let (value, _) = fill(&all, total, best);
+    let mut bid_side = BTreeMap::new();
+    if let [Some(c0), Some(c1)] = value.map(|c| c.map(|c| with_slack(cfg, c))) {
+        for (&(m, p), &r1) in &rates {
+            if p != 1 || r1 > c1 {
+                continue;
+            }
+            let r0 = rates.get(&(m, 0)).copied().unwrap_or(NanoPerHour::MAX);
+            if r1 < r0 && c1 - r1 > c0.saturating_sub(r0) {
+                bid_side.insert(m, c1 - r1);
+            }
+        }
+    }
+    Pacing {
+        bid_side,
+        cut: cut.map(|c| c.map(|c| with_slack(cfg, c))),
+        need: need0,
+        slowest: slowest.map(|s| if s == i64::MAX { PPM } else { s }),
+    }
+}
+
+/// A machine (or an instance we hold) as pacing counts it: (rate relative to its pool's best,
+/// machine id, pool, GPUs, per-GPU speed, rate).
+type Entry = (i128, i64, usize, u32, i64, NanoPerHour);
+
+/// Takes `entries` (sorted) from the cheapest relative rate up, each machine for one pool, until
+/// each pool's `need` is met: the cutoff rate where it was met (a pool that needs nothing: its
+/// `best`), and the slowest per-GPU speed taken, per pool.
+fn fill(
+    entries: &[Entry],
+    mut need: [i128; 2],
+    best: [NanoPerHour; 2],
+) -> ([Option<NanoPerHour>; 2], [i64; 2]) {
     let mut cut = [None; 2];
+    let mut slowest = [i64::MAX; 2];
     for p in 0..2 {
         if need[p] <= 0 && best[p] != NanoPerHour::MAX {
             cut[p] = Some(best[p]);
         }
     }
-    let mut entries: Vec<(i128, i64, usize, u32, i64, NanoPerHour)> = machines
-        .into_iter()
-        .filter(|((_, p), _)| best[*p] != NanoPerHour::MAX)
-        .map(|((m, p), (gpus, r, speed))| {
-            let relative = i128::from(r) * i128::from(PPM) / i128::from(best[p].max(1));
-            (relative, m, p, gpus, speed, r)
-        })
-        .collect();
-    entries.sort_unstable();
     let mut taken = BTreeSet::new();
-    for (_, m, p, gpus, speed, r) in entries {
+    for &(_, m, p, gpus, speed, r) in entries {
         if cut[p].is_some() || !taken.insert(m) {
             continue;
         }
@@ -180,9 +246,5 @@ pub(crate) fn cutoffs(input: &PlanInput, info: &[OfferInfo]) -> Pacing {
             cut[p] = Some(r);
         }
     }
-    Pacing {
-        cut: cut.map(|c| c.map(|c| with_slack(cfg, c))),
-        need: need0,
-        slowest: slowest.map(|s| if s == i64::MAX { PPM } else { s }),
-    }
+    (cut, slowest)
 }

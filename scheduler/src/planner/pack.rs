@@ -989,6 +989,28 @@ impl<'a> Planner<'a> {
                     }
                 }
                 examined += 1;
+                // A machine pacing keeps for checkpointing work: only an urgent job may take it,
+                // charged what the checkpointing work would have gained from it.
+                let kept = if pool == 0
+                    && let Some(limit) = pace_limit
+                    && let Some(&gain) = self
+                        .pacing
+                        .bid_side
+                        .get(&input.offers[c.offer as usize].machine_id)
+                {
+                    let speed = self.info[c.offer as usize].speed_ppm;
+                    if !urgent {
+                        notes.paced(
+                            limit,
+                            pace::rate(c.price, k.saturating_mul(job.gpus), speed),
+                        );
+                        all_over = false;
+                        continue;
+                    }
+                    cost::mul_div_ceil(gain, i64::from(job.gpus).saturating_mul(speed), cost::PPM)
+                } else {
+                    0
+                };
                 let share = cost::mul_div_ceil(c.price, 1, i64::from(k));
                 if let Some(cap) = job.max_dph
                     && share > cap
@@ -1042,8 +1064,10 @@ impl<'a> Planner<'a> {
                 if late_until == 0 {
                     good += 1;
                 }
-                let total = cost::charge(c.price, inf.boot_s.saturating_add(run.expected_s));
-                let per_job = cost::mul_div_ceil(total, 1, i64::from(k));
+                let secs = inf.boot_s.saturating_add(run.expected_s);
+                let total = cost::charge(c.price, secs);
+                let per_job = cost::mul_div_ceil(total, 1, i64::from(k))
+                    .saturating_add(cost::charge(kept, secs));
                 let better = best.as_ref().is_none_or(|b| {
                     (late_until, per_job, input.offers[c.offer as usize].id)
                         < (b.late_until, b.cost, input.offers[b.cand.offer as usize].id)

@@ -752,6 +752,65 @@ fn pacing_counts_capacity_we_already_hold() {
     assert_eq!(rented_offers(&plan(&inp)), vec![2]);
 }
 
+#[test]
+fn pacing_keeps_the_cheapest_bid_machine_for_checkpointing_work() {
+    // Machine A is the cheapest on demand ($0.70) and, far more so, at its bid ($0.25). B is
+    // on demand only at $0.72; C bids at $0.40. One job must run on demand, one checkpoints.
+    let mut a = offer(1, "g", 1, 70, 30.0);
+    a.min_bid = Some(25 * D / 100);
+    let b = offer(2, "g", 1, 72, 30.0);
+    let mut c = offer(3, "g", 1, 100, 30.0);
+    c.min_bid = Some(40 * D / 100);
+    let mut ck = job(2, 10);
+    ck.interruptible = InterruptiblePolicy::Auto;
+    ck.checkpoints = true;
+    let mut inp = input(vec![job(1, 10), ck], vec![a, b, c]);
+    let on = |p: &Plan, job_id: i64| {
+        p.rent
+            .iter()
+            .find(|r| r.jobs.iter().any(|j| j.job_id == job_id))
+            .map(|r| (r.offer_id, r.kind))
+    };
+    // Unpaced, the on-demand job (the more constrained, so it chooses first) takes A for 2¢ an
+    // hour less than B, and the checkpointing job pays 15¢ an hour more on C.
+    let p = plan(&inp);
+    assert_eq!(on(&p, 1), Some((1, RentalKind::OnDemand)));
+    assert_eq!(on(&p, 2).map(|x| x.0), Some(3));
+    // Paced, A gains the interruptible pool more (40¢ cutoff − 25¢) than the on-demand pool
+    // (70¢ cutoff − 70¢): the on-demand job goes to B, the checkpointing job bids on A.
+    inp.pace = Some(Pace {
+        deadline_ms: inp.now_ms + 48 * 3_600_000,
+        held: Vec::new(),
+    });
+    let p = plan(&inp);
+    assert_eq!(on(&p, 1), Some((2, RentalKind::OnDemand)), "{p:?}");
+    assert_eq!(
+        on(&p, 2),
+        Some((1, RentalKind::Interruptible { bid: 25 * D / 100 }))
+    );
+    // Without B the on-demand job waits: C is over its cutoff, and A is kept.
+    inp.offers.remove(1);
+    inp.offers_by_class.insert("c".into(), vec![0, 1]);
+    let p = plan(&inp);
+    assert_eq!(on(&p, 1), None);
+    assert!(
+        matches!(p.deferred[0].reason, DeferReason::Paced { .. }),
+        "{p:?}"
+    );
+    // Unless it is urgent (it must start now to finish in time): then it may take A, charged
+    // what the checkpointing work gains there (42¢ cutoff with slack − 25¢): 87¢ against C's $1.
+    if let Some(pace) = &mut inp.pace {
+        pace.deadline_ms = inp.now_ms + 10 * 3_600_000 + 300_000;
+    }
+    let p = plan(&inp);
+    assert_eq!(on(&p, 1), Some((1, RentalKind::OnDemand)), "{p:?}");
+    // With C at 80¢ the urgent job takes C, and A stays for the checkpointing job.
+    inp.offers[1].dph_base = 80 * D / 100;
+    let p = plan(&inp);
+    assert_eq!(on(&p, 1), Some((3, RentalKind::OnDemand)), "{p:?}");
+    assert_eq!(on(&p, 2).map(|x| x.0), Some(1));
+}
+
 /// Offers on machine 77, one per split size, at `cents_per_gpu` each GPU.
 fn splits_of_77(sizes: &[u32], first_id: i64, cents_per_gpu: i64) -> Vec<PlanOffer> {
     sizes
