@@ -17,10 +17,10 @@
 //! both want are not counted twice. A machine both pools could use goes to the pool that gains
 //! more from it, judged against each pool's marginal rate for all its work (what we hold counted
 //! at its own rate): jobs that must run on demand leave the cheapest bid machines to the
-//! checkpointing work unless they are urgent ([`Pacing::bid_side`]). A job always may take an offer within
-//! `PlanConfig::pace_slack_pct` of the cheapest rate it can get at all, and a job that would miss
-//! the deadline unless it starts now is not held back: it takes the cheapest offer that still
-//! finishes in time, whatever the cutoff (see [`Pacing::slowest`]).
+//! checkpointing work unless they are urgent ([`Pacing::bid_side`]). A job always may take an
+//! offer within `PlanConfig::pace_slack_pct` of the cheapest rate it can get at all, and a job
+//! that would miss the deadline unless it starts now is not held back: it takes the cheapest
+//! offer that still finishes in time, whatever the cutoff (see [`Pacing::slowest`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
