@@ -195,9 +195,27 @@ pub(crate) fn cutoffs(input: &PlanInput, info: &[OfferInfo]) -> Pacing {
         }
     }
     all.sort_unstable();
-    let (value, _) = fill(&all, total, best);
+    // Only work that can start counts here: a queued job whose experiment cannot afford it even
+    // at its pool's best rate would keep machines for nobody.
+    let mut can_start = [0u128; 2];
+    let mut blocked = [0u128; 2];
+    for j in &input.jobs {
+        let p = pool(j, cfg);
+        let ref_gpu_s = u128::from(j.gpus) * u128::from(j.est_runtime_s);
+        let least = u128::try_from(best[p].max(0)).unwrap_or(0) * ref_gpu_s / 3600;
+        let budget = input.budgets.get(&j.experiment).copied();
+        if budget.is_none_or(|b| u128::try_from(b.max(0)).unwrap_or(0) >= least) {
+            can_start[p] += ref_gpu_s;
+        } else {
+            blocked[p] += ref_gpu_s;
+        }
+    }
+    let startable = [0, 1].map(|p| total[p] - blocked[p] as i128 * i128::from(PPM) / left);
+    let (value, _) = fill(&all, startable, best);
     let mut bid_side = BTreeMap::new();
-    if let [Some(c0), Some(c1)] = value.map(|c| c.map(|c| with_slack(cfg, c))) {
+    if can_start[1] > 0
+        && let [Some(c0), Some(c1)] = value.map(|c| c.map(|c| with_slack(cfg, c)))
+    {
         for (&(m, p), &r1) in &rates {
             if p != 1 || r1 > c1 {
                 continue;

@@ -788,6 +788,13 @@ fn pacing_keeps_the_cheapest_bid_machine_for_checkpointing_work() {
         on(&p, 2),
         Some((1, RentalKind::Interruptible { bid: 25 * D / 100 }))
     );
+    // Nothing is kept for checkpointing work that its budget cannot start.
+    let mut broke = inp.clone();
+    broke.jobs[1].experiment = "broke".into();
+    broke.budgets.insert("broke".into(), 1);
+    let p = plan(&broke);
+    assert_eq!(on(&p, 1), Some((1, RentalKind::OnDemand)), "{p:?}");
+    assert_eq!(on(&p, 2), None);
     // Without B the on-demand job waits: C is over its cutoff, and A is kept.
     inp.offers.remove(1);
     inp.offers_by_class.insert("c".into(), vec![0, 1]);
