@@ -464,6 +464,10 @@ pub async fn run_ours(seed: u64, jobs: &[BenchJob], deadline_h: Option<f64>) -> 
             .unwrap_or(ReconcileConfig::default().bid_margin),
         ..ReconcileConfig::default()
     };
+    // The sweep takes any machine, as the lower bound and the naive baseline do (the default
+    // query would leave out unverified machines and those under 0.9 reliability, among them some
+    // of the market's cheapest), so all three draw from the same market.
+    cfg.offer_query = "verified=any num_gpus>=1".into();
     cfg.offer_limit = 400;
     cfg.offer_ttl_ms = 60_000;
     let runner = Arc::new(SimRunner::new(agents.clone(), gate.clone()));
