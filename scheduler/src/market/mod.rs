@@ -153,6 +153,22 @@ pub fn market_instance(i: &vast::types::Instance) -> MarketInstance {
     }
 }
 
+/// The search for `q`, best value first (`dlperf_per_dphtotal` descending): the planner ranks
+/// offers by cost per unit of work, and a limited page of a cheapest-first search holds only the
+/// smallest, slowest offers (on the real market, mostly single old GPUs).
+pub(crate) fn search_request(q: &OfferSearch) -> vast::query::SearchRequest {
+    let mut req = vast::query::SearchRequest::new(q.query.clone());
+    req.kind = if q.interruptible {
+        vast::query::OfferType::Bid
+    } else {
+        vast::query::OfferType::OnDemand
+    };
+    req.order = "dlperf_per_dphtotal-".into();
+    req.limit = Some(q.limit);
+    req.storage_gb = q.disk_gb;
+    req
+}
+
 pub(crate) fn create_request(spec: &CreateSpec) -> vast::types::CreateInstanceRequest {
     let mut env = std::collections::BTreeMap::new();
     if let Some(k) = &spec.ssh_public_key {
@@ -198,15 +214,7 @@ impl Market for VastMarket {
     }
 
     fn search(&self, q: &OfferSearch) -> BoxFuture<'_, Result<Vec<OfferObs>, MarketError>> {
-        let mut req = vast::query::SearchRequest::new(q.query.clone());
-        req.kind = if q.interruptible {
-            vast::query::OfferType::Bid
-        } else {
-            vast::query::OfferType::OnDemand
-        };
-        req.order = "dph_total".into();
-        req.limit = Some(q.limit);
-        req.storage_gb = q.disk_gb;
+        let req = search_request(q);
         Box::pin(async move {
             let offers =
                 self.client

@@ -11,7 +11,7 @@ use rust_decimal::Decimal;
 
 use super::{
     CreateSpec, Endpoint, Market, MarketError, OfferSearch, create_request, market_instance,
-    offer_obs,
+    offer_obs, search_request,
 };
 use crate::clock::EpochMs;
 use crate::reconcile::{MarketInstance, OfferObs, VastId};
@@ -89,15 +89,7 @@ impl Market for SimMarket {
     }
 
     fn search(&self, q: &OfferSearch) -> BoxFuture<'_, Result<Vec<OfferObs>, MarketError>> {
-        let mut req = vast::query::SearchRequest::new(q.query.clone());
-        req.kind = if q.interruptible {
-            vast::query::OfferType::Bid
-        } else {
-            vast::query::OfferType::OnDemand
-        };
-        req.order = "dph_total".into();
-        req.limit = Some(q.limit);
-        req.storage_gb = q.disk_gb;
+        let req = search_request(q);
         let res = (|| {
             let body = req.to_body().map_err(|e| MarketError::Other {
                 op: "search",
