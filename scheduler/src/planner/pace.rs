@@ -105,15 +105,14 @@ pub(crate) struct Pacing {
     /// that finishes in time instead. Without this a slow, dear offer on which a job is late
     /// anyway looked like the only one pacing let it take.
     pub slowest: [i64; 2],
-    /// Machines both pools could use under their cutoffs that gain the interruptible pool more
-    /// (its cutoff less the machine's bid rate) than the on-demand pool (its cutoff less the
-    /// on-demand rate): jobs that must run on demand leave them alone unless urgent. Otherwise
-    /// the most constrained jobs, which choose first, take the cheapest bid machines on demand
-    /// for a few cents less than elsewhere, and the checkpointing work pays far more than that
-    /// on dearer bids.
-    /// With each, what the interruptible pool gains from it (its cutoff less the machine's bid
-    /// rate, nano$ per reference GPU-hour): what an urgent on-demand job that takes it anyway is
-    /// charged on top of its price when it chooses.
+    /// Machines kept for checkpointing work: their bid rate is under the interruptible pool's
+    /// marginal rate, and they gain that pool more (its marginal rate less the bid rate) than
+    /// they gain the on-demand pool (its marginal rate less the on-demand rate, negative when
+    /// over it). Jobs that must run on demand leave them alone unless urgent. Otherwise the most
+    /// constrained jobs, which choose first, take the cheapest bid machines on demand for a few
+    /// cents less than elsewhere, and the checkpointing work pays far more than that on dearer
+    /// bids. With each, that gain (nano$ per reference GPU-hour): what an urgent on-demand job
+    /// that takes the machine anyway is charged on top of its price when it chooses.
     pub bid_side: BTreeMap<i64, NanoPerHour>,
 }
 
