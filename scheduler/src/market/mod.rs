@@ -316,3 +316,25 @@ impl Market for VastMarket {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_search_page_holds_the_best_value_offers_first() {
+        let q = OfferSearch {
+            query: "num_gpus>=1".into(),
+            interruptible: false,
+            disk_gb: 10.0,
+            limit: 64,
+        };
+        let body = search_request(&q).to_body().expect("a valid query");
+        assert_eq!(
+            body["order"],
+            serde_json::json!([["dlperf_per_dphtotal", "desc"]])
+        );
+        assert_eq!(body["limit"], 64);
+        assert_eq!(body["type"], "on-demand");
+    }
+}
