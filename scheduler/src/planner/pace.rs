@@ -187,32 +187,31 @@ pub(crate) fn cutoffs(input: &PlanInput, info: &[OfferInfo]) -> Pacing {
     // best rate, and the next pass gave the rest of the cheapest bid machine to on-demand jobs.)
     let mut all = entries;
     for (i, h) in pace.held.iter().enumerate() {
+        // (Its own rate already lowered its pool's best: `best[p]` is finite.)
         let p = usize::from(h.interruptible);
         let (speed, r) = held_rate(input, h);
-        if best[p] != NanoPerHour::MAX {
-            all.push((relative(p, r), -1 - i as i64, p, h.num_gpus, speed, r));
-        }
+        all.push((relative(p, r), -1 - i as i64, p, h.num_gpus, speed, r));
     }
     all.sort_unstable();
     // Only work that can start counts here: a queued job whose experiment cannot afford it even
     // at its pool's best rate would keep machines for nobody.
-    let mut can_start = [0u128; 2];
+    let mut can_start = [false; 2];
     let mut blocked = [0u128; 2];
     for j in &input.jobs {
         let p = pool(j, cfg);
-        let ref_gpu_s = u128::from(j.gpus) * u128::from(j.est_runtime_s);
-        let least = u128::try_from(best[p].max(0)).unwrap_or(0) * ref_gpu_s / 3600;
-        let budget = input.budgets.get(&j.experiment).copied();
-        if budget.is_none_or(|b| u128::try_from(b.max(0)).unwrap_or(0) >= least) {
-            can_start[p] += ref_gpu_s;
+        let ref_gpu_s = u64::from(j.gpus).saturating_mul(j.est_runtime_s);
+        let least =
+            cost::mul_div_floor(best[p], i64::try_from(ref_gpu_s).unwrap_or(i64::MAX), 3600);
+        if input.budgets.get(&j.experiment).is_none_or(|&b| b >= least) {
+            can_start[p] = true;
         } else {
-            blocked[p] += ref_gpu_s;
+            blocked[p] += u128::from(ref_gpu_s);
         }
     }
     let startable = [0, 1].map(|p| total[p] - blocked[p] as i128 * i128::from(PPM) / left);
     let (value, _) = fill(&all, startable, best);
     let mut bid_side = BTreeMap::new();
-    if can_start[1] > 0
+    if can_start[1]
         && let [Some(c0), Some(c1)] = value.map(|c| c.map(|c| with_slack(cfg, c)))
     {
         for (&(m, p), &r1) in &rates {

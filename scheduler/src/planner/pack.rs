@@ -989,28 +989,6 @@ impl<'a> Planner<'a> {
                     }
                 }
                 examined += 1;
-                // A machine pacing keeps for checkpointing work: only an urgent job may take it,
-                // charged what the checkpointing work would have gained from it.
-                let kept = if pool == 0
-                    && let Some(limit) = pace_limit
-                    && let Some(&gain) = self
-                        .pacing
-                        .bid_side
-                        .get(&input.offers[c.offer as usize].machine_id)
-                {
-                    let speed = self.info[c.offer as usize].speed_ppm;
-                    if !urgent {
-                        notes.paced(
-                            limit,
-                            pace::rate(c.price, k.saturating_mul(job.gpus), speed),
-                        );
-                        all_over = false;
-                        continue;
-                    }
-                    cost::mul_div_ceil(gain, i64::from(job.gpus).saturating_mul(speed), cost::PPM)
-                } else {
-                    0
-                };
                 let share = cost::mul_div_ceil(c.price, 1, i64::from(k));
                 if let Some(cap) = job.max_dph
                     && share > cap
@@ -1032,6 +1010,9 @@ impl<'a> Planner<'a> {
                 // Paced: 0 for an offer on which the job finishes by the deadline, else when it
                 // would finish (only an urgent job looks at those, and prefers the earliest).
                 let mut late_until = 0;
+                // Paced, on a machine kept for checkpointing work (`pace::Pacing::bid_side`): what
+                // an urgent on-demand job is charged on top of the price for taking it.
+                let mut kept = 0;
                 if let Some(limit) = pace_limit {
                     let r = pace::rate(c.price, k.saturating_mul(job.gpus), inf.speed_ppm);
                     let done_by = input.now_ms.saturating_add(
@@ -1045,12 +1026,27 @@ impl<'a> Planner<'a> {
                     } else {
                         all_over = false;
                     }
+                    let gain = if pool == 0 {
+                        self.pacing
+                            .bid_side
+                            .get(&input.offers[c.offer as usize].machine_id)
+                    } else {
+                        None
+                    };
                     // Not urgent: only offers under the cutoff on which it finishes in time (a
-                    // slower one would make it late; it can wait for a better slot). Urgent:
-                    // any offer, those that finish in time first.
-                    if !urgent && (r > limit || late) {
+                    // slower one would make it late; it can wait for a better slot), and not on
+                    // a machine kept for checkpointing work. Urgent: any offer, those that
+                    // finish in time first.
+                    if !urgent && (r > limit || late || gain.is_some()) {
                         notes.paced(limit, r);
                         continue;
+                    }
+                    if let Some(&gain) = gain {
+                        kept = cost::mul_div_ceil(
+                            gain,
+                            i64::from(job.gpus).saturating_mul(inf.speed_ppm),
+                            cost::PPM,
+                        );
                     }
                     if late {
                         late_until = done_by;
