@@ -22,6 +22,7 @@ fn job(id: i64, exp: &str) -> JobView {
             image: "img".into(),
             max_dph: None,
             interruptible: id % 3 == 0,
+            checkpoints: id % 3 == 0,
             est_runtime_s: 3600,
         },
     )

@@ -477,7 +477,16 @@ pub async fn run_ours(seed: u64, jobs: &[BenchJob], deadline_h: Option<f64>) -> 
     engine
         .add_jobs(
             jobs.iter()
-                .map(|j| job_view(j.id, "sweep", j.gpus, j.work_s, j.checkpoints))
+                .map(|j| {
+                    job_view(
+                        j.id,
+                        "sweep",
+                        j.gpus,
+                        j.work_s,
+                        j.checkpoints,
+                        j.checkpoints,
+                    )
+                })
                 .collect(),
         )
         .await

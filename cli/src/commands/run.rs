@@ -79,6 +79,7 @@ fn convert(j: &scheduler::store::entity::job::Model, experiment: &str) -> JobVie
             max_dph: j.max_dph_nusd.map(scheduler::store::decimal_from_nusd),
             interruptible: j.interruptible != "never"
                 && (j.interruptible == "always" || j.checkpoint_dir.is_some()),
+            checkpoints: j.checkpoint_dir.is_some(),
             est_runtime_s: u64::try_from(j.est_runtime_ms.unwrap_or(3_600_000) / 1000)
                 .unwrap_or(3600),
         },

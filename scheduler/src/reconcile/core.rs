@@ -904,7 +904,7 @@ impl Pass<'_> {
                 } else {
                     pl::InterruptiblePolicy::Never
                 },
-                checkpoints: j.checkpoint_reported_ms.is_some() || j.checkpoint_pulled_ms.is_some(),
+                checkpoints: j.resumes(),
                 checkpoint_interval_s: 0,
                 est_runtime_s: j.req.est_runtime_s,
                 max_runtime_s: None,

@@ -83,6 +83,11 @@ pub struct JobReq {
     pub max_dph: Option<Decimal>,
     /// Interruptible (bid) rentals allowed: only for jobs that checkpoint, or when the user says so.
     pub interruptible: bool,
+    /// The job declares a checkpoint folder: it is expected to write checkpoints and resume from
+    /// them, so an interruption is priced as losing the work since the last one, even before
+    /// the first is seen (see [`JobView::resumes`]).
+    #[serde(default)]
+    pub checkpoints: bool,
     /// Estimated runtime on a reference GPU (dlperf 100), seconds.
     pub est_runtime_s: u64,
 }
@@ -172,6 +177,16 @@ impl JobView {
             budget_held: false,
             reason: None,
         }
+    }
+
+    /// Whether an interruption costs only the work since the last checkpoint: the job has
+    /// written one, or it declares a checkpoint folder and no interruption has yet found it
+    /// without one. (Planning a declared job as losing everything until its first checkpoint
+    /// would price every fresh job's bid rental as if it could not resume.)
+    pub fn resumes(&self) -> bool {
+        self.checkpoint_reported_ms.is_some()
+            || self.checkpoint_pulled_ms.is_some()
+            || (self.req.checkpoints && self.interruptions == 0)
     }
 
     /// Disk the next attempt asks for.

@@ -113,6 +113,7 @@ pub fn demo_jobs(experiment: &str, n: usize, first_id: JobId, steps: u32) -> Vec
                     image: "vastai/base-image:demo".into(),
                     max_dph: None,
                     interruptible: true,
+                    checkpoints: true,
                     est_runtime_s: 120,
                 },
             );

@@ -18,6 +18,7 @@ fn req() -> JobReq {
         image: "img".into(),
         max_dph: None,
         interruptible: false,
+        checkpoints: false,
         est_runtime_s: 3600,
     }
 }
@@ -297,6 +298,41 @@ fn interruptible_jobs_bid_min_bid_when_preemption_is_rare() {
     });
     // The default rate (0.05/h) loses less than the 10 % margin would cost.
     assert_eq!(bid, Some(dec!(0.2)));
+}
+
+#[test]
+fn a_job_that_declares_checkpoints_is_priced_as_resuming_before_its_first_one() {
+    // What the one offer is rented at for the job: its bid, or None for on demand.
+    let rented_at = |j: &JobView| {
+        let mut w = world();
+        w.jobs.insert(1, j.clone());
+        let acts = reconcile(&w, &offering(vec![offer(1, 1, dec!(0.4))]), 0, &cfg());
+        let bids: Vec<Option<Decimal>> = acts
+            .iter()
+            .filter_map(|a| match a {
+                Action::Provision { offer, .. } => Some(offer.bid),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(bids.len(), 1, "{acts:?}");
+        bids[0]
+    };
+    let mut j = job(1, "e");
+    j.req.interruptible = true;
+    j.req.est_runtime_s = 40 * 3600;
+    // Allowed on bids but unable to resume: over a run this long a preemption is likely and
+    // loses everything done, so the 10 % margin (fewer preemptions) pays.
+    assert_eq!(rented_at(&j), Some(dec!(0.22)));
+    // Declared: priced as losing only the work since a checkpoint, before any is seen.
+    j.req.checkpoints = true;
+    assert_eq!(rented_at(&j), Some(dec!(0.2)));
+    // An interruption that found no checkpoint to resume from ends the benefit of the doubt.
+    j.interruptions = 1;
+    assert_eq!(rented_at(&j), Some(dec!(0.22)));
+    // A checkpoint seen counts, declared or not.
+    j.req.checkpoints = false;
+    j.checkpoint_pulled_ms = Some(1);
+    assert_eq!(rented_at(&j), Some(dec!(0.2)));
 }
 
 #[test]

@@ -105,6 +105,7 @@ pub fn job_view(
     gpus: u32,
     est_runtime_s: u64,
     interruptible: bool,
+    checkpoints: bool,
 ) -> JobView {
     JobView::queued(
         id,
@@ -119,6 +120,7 @@ pub fn job_view(
             image: "vastai/base-image:dst".into(),
             max_dph: None,
             interruptible,
+            checkpoints,
             est_runtime_s,
         },
     )
@@ -184,7 +186,7 @@ impl Scenario {
                 _ => FailMode::Never,
             };
             jobs.push((
-                job_view(i + 1, exp, gpus, est, interruptible),
+                job_view(i + 1, exp, gpus, est, interruptible, ckpt),
                 JobTruth {
                     work_ms,
                     ckpt_every_ms,
