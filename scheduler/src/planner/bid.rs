@@ -7,10 +7,8 @@
 //! * **move** to another offer — it pays a boot and redoes the work since the latest checkpoint we
 //!   pulled off the instance (a paused instance cannot be reached to pull a newer one).
 //!
-//! Waiting keeps the machine we chose as the cheapest and costs storage only, so while moving
-//! costs more to finish the job than resuming here would, we wait (up to `outbid_max_wait_s`);
-//! we move at once only when moving costs no more and throws away no more work. A stale pulled
-//! checkpoint makes moving expensive, so we wait longer before moving.
+//! A stale pulled checkpoint makes moving expensive, so we wait longer before moving; a fresh one
+//! makes moving cheap.
 
 use serde::{Deserialize, Serialize};
 
@@ -164,8 +162,7 @@ pub fn bid_decision(s: &Outbid, cfg: &PlanConfig) -> BidDecision {
     let extra_loss = (redo_move - redo_here).max(0);
     let base = i64::from(cfg.outbid_max_wait_s);
     let limit = base.saturating_add(extra_loss).min(base.saturating_mul(4));
-    let stay = stay_cost(s.our_bid);
-    if paused_s >= limit || (redo_move <= redo_here && mv <= stay) {
+    if paused_s >= limit || redo_move <= redo_here {
         BidDecision {
             action: BidAction::Move,
             why: format!(
@@ -180,10 +177,8 @@ pub fn bid_decision(s: &Outbid, cfg: &PlanConfig) -> BidDecision {
                 recheck_after_s: cfg.outbid_recheck_s.min(left).max(1),
             },
             why: format!(
-                "{why_stuck}; paused {paused_s} s of {limit} s allowed, because moving would cost {} and redo \
-                 {redo_move} s of work against {} and {redo_here} s here",
-                d(mv),
-                d(stay)
+                "{why_stuck}; paused {paused_s} s of {limit} s allowed, because moving would redo {redo_move} s of \
+                 work against {redo_here} s here"
             ),
         }
     }
@@ -257,32 +252,14 @@ mod tests {
             bid_decision(&s, &PlanConfig::default()).action,
             BidAction::Move
         );
-        // A freshly pulled checkpoint makes moving free of extra loss, but the alternative
-        // (on demand at $0.25/h) costs more to finish than resuming at our $0.10/h bid: wait for
-        // the base limit only, then move.
+        // A freshly pulled checkpoint makes moving free of extra loss: move at once.
         let mut s = base();
         s.winning_bid = DOLLAR * 24 / 100;
         s.pulled_checkpoint_age_s = Some(300);
-        let d = bid_decision(&s, &PlanConfig::default());
-        assert!(matches!(d.action, BidAction::Wait { .. }), "{d:?}");
-        assert!(d.why.contains("of 900 s allowed"), "{}", d.why);
-        s.paused_since_ms = s.now_ms - 900_000;
         assert_eq!(
             bid_decision(&s, &PlanConfig::default()).action,
             BidAction::Move
         );
-        // An alternative that costs no more to finish (as cheap, and no slower once its boot is
-        // paid): nothing to wait for, move at once.
-        let mut s = base();
-        s.winning_bid = DOLLAR * 24 / 100;
-        s.pulled_checkpoint_age_s = Some(300);
-        s.alternative = Some(Alternative {
-            dph: DOLLAR / 10,
-            boot_s: 120,
-            relative_speed_ppm: 11 * PPM / 10,
-        });
-        let d = bid_decision(&s, &PlanConfig::default());
-        assert_eq!(d.action, BidAction::Move, "{}", d.why);
     }
 
     #[test]
@@ -306,16 +283,7 @@ mod tests {
         s.checkpoints = false;
         s.done_s = 10 * 3600;
         s.winning_bid = DOLLAR * 24 / 100;
-        // Both staying and moving redo everything, so waiting saves no work, but redoing it here
-        // at our bid is cheaper than at the dearer alternative: wait.
-        let d = bid_decision(&s, &PlanConfig::default());
-        assert!(matches!(d.action, BidAction::Wait { .. }), "{d:?}");
-        // With an alternative as cheap and faster, move at once.
-        s.alternative = Some(Alternative {
-            dph: DOLLAR / 10,
-            boot_s: 300,
-            relative_speed_ppm: 2 * PPM,
-        });
+        // Both staying and moving redo everything; nothing to gain by waiting on work: move.
         assert_eq!(
             bid_decision(&s, &PlanConfig::default()).action,
             BidAction::Move
