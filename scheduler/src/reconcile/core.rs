@@ -50,8 +50,7 @@ pub struct ReconcileConfig {
     /// The margin a bid may carry over `min_bid`: bid = min_bid × (1 + margin) where that costs
     /// less than the work it saves from preemption, else `min_bid` (see `PlanConfig::bid_margin_pct`).
     pub bid_margin: Decimal,
-    /// Longest wait for an outbid instance to resume before its jobs move elsewhere (waited only
-    /// while moving would cost more to finish or redo more work; lengthened by that extra work).
+    /// Longest wait for an outbid instance that holds unpulled work.
     pub outbid_max_wait_ms: i64,
     pub accrual_interval_ms: i64,
     /// Worst-case cost reserved per job = share price × estimated hours × this.
