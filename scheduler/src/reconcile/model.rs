@@ -180,13 +180,15 @@ impl JobView {
     }
 
     /// Whether an interruption costs only the work since the last checkpoint: the job has
-    /// written one, or it declares a checkpoint folder and no interruption has yet found it
-    /// without one. (Planning a declared job as losing everything until its first checkpoint
-    /// would price every fresh job's bid rental as if it could not resume.)
+    /// written one, or it declares a checkpoint folder. (Planning a declared job as losing
+    /// everything until its first checkpoint would price every fresh job's bid rental as if it
+    /// could not resume.) A declared job that never writes one is bounded elsewhere: without a
+    /// pulled checkpoint each interruption counts as a whole attempt, and after
+    /// `PlanConfig::interruptible_max_attempts` it runs on demand.
     pub fn resumes(&self) -> bool {
         self.checkpoint_reported_ms.is_some()
             || self.checkpoint_pulled_ms.is_some()
-            || (self.req.checkpoints && self.interruptions == 0)
+            || self.req.checkpoints
     }
 
     /// Disk the next attempt asks for.

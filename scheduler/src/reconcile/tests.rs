@@ -326,9 +326,13 @@ fn a_job_that_declares_checkpoints_is_priced_as_resuming_before_its_first_one() 
     // Declared: priced as losing only the work since a checkpoint, before any is seen.
     j.req.checkpoints = true;
     assert_eq!(rented_at(&j), Some(dec!(0.2)));
-    // An interruption that found no checkpoint to resume from ends the benefit of the doubt.
+    // Interrupted before its first checkpoint was due: still planned as resuming.
     j.interruptions = 1;
-    assert_eq!(rented_at(&j), Some(dec!(0.22)));
+    assert_eq!(rented_at(&j), Some(dec!(0.2)));
+    // Three interruptions and still no checkpoint pulled: three attempts, so on demand.
+    j.interruptions = 3;
+    assert_eq!(rented_at(&j), None);
+    j.interruptions = 0;
     // A checkpoint seen counts, declared or not.
     j.req.checkpoints = false;
     j.checkpoint_pulled_ms = Some(1);
