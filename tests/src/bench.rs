@@ -139,6 +139,8 @@ pub struct Figures {
 pub struct MarketResult {
     pub seed: u64,
     pub wall_s: f64,
+    /// The deadline ours was paced to, hours from the start (`None`: unpaced).
+    pub ours_deadline_h: Option<f64>,
     pub ours: Figures,
     pub naive: Figures,
     pub lower_bound: f64,
@@ -764,14 +766,32 @@ pub fn run_naive(seed: u64, jobs: &[BenchJob]) -> Figures {
 }
 
 /// One market: ours, naive, lower bound.
-pub fn run_market(seed: u64, n_jobs: usize, deadline_h: Option<f64>) -> MarketResult {
+/// When ours must finish.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Deadline {
+    /// No deadline: every queued job is rented for at once.
+    Unpaced,
+    /// Paced to finish within this many hours of the start.
+    Hours(f64),
+    /// Paced to finish within the naive baseline's makespan on the same market: cost compared at
+    /// equal makespan (the target allows no later finish than the baseline's).
+    NaiveMakespan,
+}
+
+pub fn run_market(seed: u64, n_jobs: usize, deadline: Deadline) -> MarketResult {
     let started = std::time::Instant::now();
     let jobs = sweep(seed, n_jobs);
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("a current-thread runtime builds");
-    let (ours, lb) = rt.block_on(run_ours(seed, &jobs, deadline_h));
     let naive = run_naive(seed, &jobs);
+    let deadline_h = match deadline {
+        Deadline::Unpaced => None,
+        Deadline::Hours(h) => Some(h),
+        Deadline::NaiveMakespan => Some(naive.makespan_h),
+    };
+    let (ours, lb) = rt.block_on(run_ours(seed, &jobs, deadline_h));
     let dir = scratch_dir();
     let at_start = vast::sim::Market::new(market_config(seed, &dir.path().join("sim")));
     let by_pool = capacity_bound_by_pool(&jobs, &at_start, ours.makespan_h);
@@ -780,6 +800,7 @@ pub fn run_market(seed: u64, n_jobs: usize, deadline_h: Option<f64>) -> MarketRe
     MarketResult {
         seed,
         wall_s: started.elapsed().as_secs_f64(),
+        ours_deadline_h: deadline_h,
         ours_over_lower_bound: ours.cost / lb,
         capacity_bound_at_our_makespan: cb,
         ours_over_capacity_bound: ours.cost / cb,
@@ -865,5 +886,14 @@ mod tests {
         // Given all the time in the world it comes down to the lower bound (each class on its
         // cheapest machine), except that one machine's time is shared by its classes.
         assert!(at(1e6) <= lb * (1.0 + 1e-6), "{} {lb}", at(1e6));
+    }
+
+    #[test]
+    fn paced_to_the_naive_makespan_ours_finishes_no_later_than_naive() {
+        let r = run_market(3, 4, Deadline::NaiveMakespan);
+        assert_eq!(r.ours_deadline_h, Some(r.naive.makespan_h));
+        assert_eq!(r.ours.jobs_done, 4, "{r:?}");
+        assert!(r.ours.makespan_h <= r.naive.makespan_h, "{r:?}");
+        assert!(r.ours.cost > 0.0, "{r:?}");
     }
 }

@@ -1,12 +1,14 @@
-//! `cargo run --release -p tests --bin market-bench -- [--json] [--markets N | --market SEED] [--jobs N] [--deadline-h H]`
+//! `cargo run --release -p tests --bin market-bench -- [--json] [--markets N | --market SEED] [--jobs N] [--deadline-h H|naive]`
 //!
 //! Runs our scheduler, the naive baseline and the lower bound on N seeded `vast::sim` markets
 //! (default 10) with a sweep of 200 jobs, and prints a table (or JSON) with the median. Ours is
 //! paced to finish within 40 hours (`vasticlaude run --finish-within 40h`), as a user who wants
-//! a sweep done cheaply by a set time runs it; `--deadline-h 0` runs it unpaced.
+//! a sweep done cheaply by a set time runs it; `--deadline-h 0` runs it unpaced, and
+//! `--deadline-h naive` paces it, market by market, to the naive baseline's own makespan there
+//! (the two compared at equal makespan).
 
 use anyhow::{Context, bail};
-use tests::bench::{MarketResult, median, run_market};
+use tests::bench::{Deadline, MarketResult, median, run_market};
 
 /// Ours runs paced to finish within this many hours unless `--deadline-h` says otherwise (0: no
 /// deadline, every queued job rented for at once).
@@ -16,7 +18,7 @@ struct Args {
     json: bool,
     markets: u64,
     jobs: usize,
-    deadline_h: Option<f64>,
+    deadline: Deadline,
     only: Option<u64>,
 }
 
@@ -37,7 +39,7 @@ fn parse() -> anyhow::Result<Args> {
         json: false,
         markets: 10,
         jobs: 200,
-        deadline_h: Some(DEFAULT_DEADLINE_H),
+        deadline: Deadline::Hours(DEFAULT_DEADLINE_H),
         only: None,
     };
     let mut it = std::env::args().skip(1);
@@ -48,21 +50,26 @@ fn parse() -> anyhow::Result<Args> {
             "--jobs" => a.jobs = value(&mut it, "--jobs", "a positive integer")?,
             "--market" => a.only = Some(value(&mut it, "--market", "a market seed")?),
             "--deadline-h" => {
-                let what = "a non-negative number of hours";
-                let h: f64 = value(&mut it, "--deadline-h", what)?;
-                if !(h.is_finite() && h >= 0.0) {
-                    bail!("--deadline-h must be {what}, got {h}");
-                }
-                a.deadline_h = (h > 0.0).then_some(h);
+                let what = "a non-negative number of hours or \"naive\"";
+                let v: String = value(&mut it, "--deadline-h", what)?;
+                a.deadline = if v == "naive" {
+                    Deadline::NaiveMakespan
+                } else {
+                    match v.parse::<f64>() {
+                        Ok(h) if h.is_finite() && h > 0.0 => Deadline::Hours(h),
+                        Ok(0.0) => Deadline::Unpaced,
+                        _ => bail!("--deadline-h must be {what}, got {v:?}"),
+                    }
+                };
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: market-bench [--json] [--markets N | --market SEED] [--jobs N] [--deadline-h H]"
+                    "usage: market-bench [--json] [--markets N | --market SEED] [--jobs N] [--deadline-h H|naive]"
                 );
                 std::process::exit(0);
             }
             other => bail!(
-                "unknown argument {other:?} (expected --json, --markets N, --market SEED, --jobs N, --deadline-h H)"
+                "unknown argument {other:?} (expected --json, --markets N, --market SEED, --jobs N, --deadline-h H|naive)"
             ),
         }
     }
@@ -91,7 +98,7 @@ fn main() -> anyhow::Result<()> {
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let Some(&seed) = seeds.get(i) else { break };
-                    let r = run_market(seed, args.jobs, args.deadline_h);
+                    let r = run_market(seed, args.jobs, args.deadline);
                     if !args.json {
                         eprintln!("market {seed} done");
                     }
@@ -106,7 +113,7 @@ fn main() -> anyhow::Result<()> {
     let summary = serde_json::json!({
         "markets": results.len(),
         "jobs_per_market": args.jobs,
-        "ours_deadline_h": args.deadline_h,
+        "ours_deadline": args.deadline,
         "median": {
             "ours_cost": med(&|r| r.ours.cost),
             "naive_cost": med(&|r| r.naive.cost),
