@@ -14,6 +14,8 @@ use rust_decimal::prelude::ToPrimitive;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::EpochMs;
+use crate::planner::Blacklist;
+use crate::planner::reputation::{self, FailureKind};
 
 use super::model::*;
 use super::transition::{Outcome, apply};
@@ -58,6 +60,9 @@ pub struct ReconcileConfig {
     /// Interruptible cost penalty for expected lost work (0.1 = +10 %).
     pub interruptible_penalty: Decimal,
     pub min_reliability: f64,
+    /// When a machine that failed us is banned, and for how long (`planner::reputation`).
+    #[serde(default)]
+    pub reputation: crate::planner::reputation::ReputationConfig,
     /// Finish the queue by this time on the cheapest capacity that can, instead of renting
     /// for every queued job at once (see `planner::pace`). `None`: no deadline.
     #[serde(default)]
@@ -88,6 +93,7 @@ impl Default for ReconcileConfig {
             reservation_factor: Decimal::new(15, 1),
             interruptible_penalty: Decimal::new(10, 2),
             min_reliability: 0.0,
+            reputation: Default::default(),
             deadline_ms: None,
         }
     }
@@ -246,12 +252,25 @@ struct Pass<'a> {
     offers: Vec<OfferObs>,
     /// Some job is held (interrupted) for its instance: only then look for them per instance.
     held_somewhere: bool,
+    /// Machines banned now, from `w.machine_failures`.
+    banned: Blacklist,
     out: Vec<Action>,
+}
+
+/// The machines banned at `now` for the failures in `w` (per machine only: the listing does not
+/// tell us hosts).
+fn banned(w: &WorldView, now: EpochMs, cfg: &ReconcileConfig) -> Blacklist {
+    let mut b = reputation::blacklist(&w.machine_failures, now, &cfg.reputation);
+    b.hosts.clear();
+    b
 }
 
 impl Pass<'_> {
     fn emit(&mut self, a: Action) {
         apply(&mut self.w, &a, &Outcome::Planned, self.now);
+        if matches!(a, Action::MachineFailed { .. }) {
+            self.banned = banned(&self.w, self.now, self.cfg);
+        }
         self.out.push(a);
     }
 
@@ -291,9 +310,10 @@ impl Pass<'_> {
             state: InstState::Failed,
             reason: Some(reason.clone()),
         });
-        if blacklist && !self.w.blacklist.contains(&machine_id) {
-            self.emit(Action::Blacklist {
+        if blacklist {
+            self.emit(Action::MachineFailed {
                 machine_id,
+                kind: FailureKind::BootFailure,
                 reason: reason.clone(),
             });
         }
@@ -1004,16 +1024,7 @@ impl Pass<'_> {
                 (exp.clone(), nano(left.max(Decimal::ZERO)))
             })
             .collect();
-        let mut blacklist = pl::Blacklist::default();
-        for m in &self.w.blacklist {
-            blacklist.machines.insert(
-                *m,
-                pl::Ban {
-                    until_ms: EpochMs::MAX,
-                    reason: "failed us before".into(),
-                },
-            );
-        }
+        let blacklist = self.banned.clone();
         let headroom = self
             .cfg
             .max_instances
@@ -1204,7 +1215,7 @@ impl Pass<'_> {
 
     /// Whether an offer can host a job of this class at all.
     fn offer_fits(&self, j: &JobView, o: &OfferObs) -> bool {
-        !(self.w.blacklist.contains(&o.machine_id)
+        !(self.banned.blocks(o.machine_id, 0, self.now)
             || o.reliability < self.cfg.min_reliability
             || o.num_gpus < j.req.gpus
             || o.disk_space_gb < j.disk_gb()
@@ -1488,6 +1499,7 @@ pub fn reconcile(
             .jobs
             .values()
             .any(|j| j.state == JobState::Interrupted),
+        banned: banned(world, now, cfg),
         out: Vec::new(),
     };
     if let Some(listing) = &obs.market {

@@ -1139,7 +1139,7 @@ impl Engine {
             Action::Heartbeat(_)
             | Action::Adopt { .. }
             | Action::Place { .. }
-            | Action::Blacklist { .. } => self.record(a, &Outcome::Done, now).await.map_err(j),
+            | Action::MachineFailed { .. } => self.record(a, &Outcome::Done, now).await.map_err(j),
         }
     }
 

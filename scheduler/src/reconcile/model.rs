@@ -300,8 +300,11 @@ pub struct WorldView {
     pub jobs: BTreeMap<JobId, JobView>,
     pub instances: BTreeMap<InstanceKey, InstanceView>,
     pub budgets: BTreeMap<String, BudgetView>,
-    /// Machines that failed us (boot failures, OCI errors).
-    pub blacklist: BTreeSet<i64>,
+    /// Failures of machines we rented (boot failures, OCI errors), newest last: the machines
+    /// banned now follow from them by the rules of `planner::reputation` (one slow boot does not
+    /// lose a machine for good; repeated failures ban it for longer and longer).
+    #[serde(default)]
+    pub machine_failures: Vec<crate::planner::reputation::FailureEvent>,
     /// Experiments whose final report was already produced.
     pub reported: BTreeSet<String>,
     pub last_accrual_ms: Option<EpochMs>,
@@ -474,15 +477,9 @@ pub enum Action {
         experiment: String,
     },
     /// The listing shows a purchase whose answer we lost: record its Vast id.
-    Adopt {
-        key: InstanceKey,
-        vast_id: VastId,
-    },
+    Adopt { key: InstanceKey, vast_id: VastId },
     /// An instance with our prefix we have no live record of (or a second buy): destroy it.
-    DestroyOrphan {
-        vast_id: VastId,
-        label: String,
-    },
+    DestroyOrphan { vast_id: VastId, label: String },
     /// An instance changed state (booting, ready, paused, failed, gone).
     MarkInstance {
         key: InstanceKey,
@@ -490,9 +487,7 @@ pub enum Action {
         reason: Option<String>,
     },
     /// SSH key, agent, code.
-    Setup {
-        key: InstanceKey,
-    },
+    Setup { key: InstanceKey },
     ChangeBid {
         key: InstanceKey,
         vast_id: VastId,
@@ -504,15 +499,14 @@ pub enum Action {
         vast_id: Option<VastId>,
         reason: String,
     },
-    Blacklist {
+    /// A machine failed us: recorded for its reputation (see `WorldView::machine_failures`).
+    MachineFailed {
         machine_id: i64,
+        kind: crate::planner::reputation::FailureKind,
         reason: String,
     },
     /// Put a queued job on an instance (existing, or being provisioned).
-    Place {
-        job: JobId,
-        key: InstanceKey,
-    },
+    Place { job: JobId, key: InstanceKey },
     /// Claim the job (new fencing token), send its spec (and the last pulled checkpoint) and start it.
     StartAttempt {
         job: JobId,
@@ -553,14 +547,9 @@ pub enum Action {
         limit: Decimal,
     },
     /// Why a queued job is not placed (shown by `status`).
-    Note {
-        job: JobId,
-        reason: String,
-    },
+    Note { job: JobId, reason: String },
     /// Accrue the ledger up to now.
     Accrue,
     /// Every job of the experiment is terminal: print (and mail) its final cost report.
-    FinalReport {
-        experiment: String,
-    },
+    FinalReport { experiment: String },
 }

@@ -6,6 +6,8 @@ use rust_decimal::Decimal;
 use rust_decimal_macros::dec;
 
 use super::*;
+use crate::clock::EpochMs;
+use crate::planner::reputation::{FailureEvent, FailureKind};
 
 const WS: &str = "t";
 
@@ -362,7 +364,7 @@ fn a_warm_idle_instance_is_reused_before_renting() {
 }
 
 #[test]
-fn boot_timeout_fails_blacklists_destroys_and_requeues() {
+fn boot_timeout_fails_records_the_machine_destroys_and_requeues() {
     let mut w = world();
     w.instances
         .insert(1, instance(1, Some(100), InstState::Booting));
@@ -383,7 +385,7 @@ fn boot_timeout_fails_blacklists_destroys_and_requeues() {
     let acts = reconcile(&w, &obs, c.boot_timeout_ms, &c);
     assert!(
         acts.iter()
-            .any(|a| matches!(a, Action::Blacklist { machine_id: 10, .. }))
+            .any(|a| matches!(a, Action::MachineFailed { machine_id: 10, .. }))
     );
     assert!(acts.iter().any(|a| matches!(
         a,
@@ -1237,7 +1239,15 @@ fn deferred_jobs_say_why_they_wait() {
     j.req.max_dph = Some(dec!(0.1));
     w.jobs.insert(1, j);
     w.jobs.insert(2, job(2, "e"));
-    w.blacklist.insert(10); // the machine of offer 1
+    // The machine of offer 1 failed twice within the reputation window: banned for a while.
+    for at in [-2_000, -1_000] {
+        w.machine_failures.push(FailureEvent {
+            at_ms: at,
+            machine_id: 10,
+            host_id: 0,
+            kind: FailureKind::BootFailure,
+        });
+    }
     let obs = offering(vec![offer(1, 1, dec!(0.3))]);
     let acts = reconcile(&w, &obs, 0, &cfg());
     assert_eq!(count(&acts, |a| matches!(a, Action::Provision { .. })), 0);
@@ -1328,4 +1338,45 @@ fn free_gpus_on_a_machine_we_hold_are_rented_from_a_fresh_search() {
     // On a machine we do not hold, a rented offer is fair game (it outbids other renters).
     o.machine_id = 30;
     assert_eq!(provisioned_beside_our_instance(o), vec![5]);
+}
+
+#[test]
+fn one_failed_boot_does_not_lose_a_machine_and_repeated_ones_ban_it_for_a_while() {
+    // Before, one boot failure (often only a slow image pull) banned the machine for good: on a
+    // benchmark market that was the market's cheapest interruptible machine, unused for 55 h.
+    let c = cfg();
+    let rules = &c.reputation;
+    let obs = offering(vec![offer(1, 1, dec!(0.3))]);
+    let rents = |w: &WorldView, now: EpochMs| {
+        count(&reconcile(w, &obs, now, &c), |a| {
+            matches!(a, Action::Provision { .. })
+        }) == 1
+    };
+    let mut w = world();
+    w.jobs.insert(1, job(1, "e"));
+    let fail = |w: &mut WorldView, at: EpochMs| {
+        run(
+            w,
+            &[Action::MachineFailed {
+                machine_id: 10,
+                kind: FailureKind::BootFailure,
+                reason: "did not boot".into(),
+            }],
+            at,
+        );
+    };
+    fail(&mut w, 0);
+    assert!(rents(&w, 1_000), "one failure: the machine is still rented");
+    fail(&mut w, 60_000);
+    assert!(!rents(&w, 61_000), "two failures within the window: banned");
+    let until = 60_000 + rules.boot_ban_ms;
+    assert!(!rents(&w, until - 1));
+    assert!(rents(&w, until), "the ban runs out");
+    // A third failure within the window bans it for twice as long.
+    fail(&mut w, until);
+    assert!(!rents(&w, until + 2 * rules.boot_ban_ms - 1));
+    assert!(rents(&w, until + 2 * rules.boot_ban_ms));
+    // What the rules no longer look at is forgotten.
+    fail(&mut w, 30 * 24 * 3_600_000);
+    assert_eq!(w.machine_failures.len(), 1, "{:?}", w.machine_failures);
 }
