@@ -62,6 +62,20 @@ pub struct ReputationConfig {
 
 const HOUR: i64 = 3_600_000;
 
+impl ReputationConfig {
+    /// How long an event can still matter: the longest look-back of a rule plus the longest ban
+    /// it can start. Dropping older events changes no ban.
+    pub fn memory_ms(&self) -> i64 {
+        let look_back = self.window_ms.max(self.preempt_window_ms);
+        let ban = self
+            .max_ban_ms
+            .max(self.cuda_ban_ms)
+            .max(self.preempt_ban_ms)
+            .max(self.slow_ban_ms);
+        look_back.saturating_add(ban)
+    }
+}
+
 impl Default for ReputationConfig {
     fn default() -> Self {
         Self {
@@ -298,6 +312,20 @@ mod tests {
             for b in a.machines.values() {
                 prop_assert!(b.until_ms > 40 * HOUR);
             }
+        }
+
+        #[test]
+        fn events_older_than_the_memory_change_no_ban(
+            raw in prop::collection::vec((0i64..400, 0i64..3, 0u8..5), 0..40),
+            now_h in 0i64..400,
+        ) {
+            let kinds = [FailureKind::BootFailure, FailureKind::Unreachable, FailureKind::CudaMismatch,
+                         FailureKind::Preempted, FailureKind::SlowNetwork];
+            let evs: Vec<_> = raw.iter().map(|&(h, m, k)| ev(h, m, m, kinds[k as usize])).collect();
+            let cfg = ReputationConfig::default();
+            let now = now_h * HOUR;
+            let kept: Vec<_> = evs.iter().filter(|e| now - e.at_ms < cfg.memory_ms()).cloned().collect();
+            prop_assert_eq!(blacklist(&evs, now, &cfg), blacklist(&kept, now, &cfg));
         }
     }
 }

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::EpochMs;
 use crate::planner::Blacklist;
-use crate::planner::reputation::{self, FailureKind};
+use crate::planner::reputation::{self, FailureKind, ReputationConfig};
 
 use super::model::*;
 use super::transition::{Outcome, apply};
@@ -60,9 +60,6 @@ pub struct ReconcileConfig {
     /// Interruptible cost penalty for expected lost work (0.1 = +10 %).
     pub interruptible_penalty: Decimal,
     pub min_reliability: f64,
-    /// When a machine that failed us is banned, and for how long (`planner::reputation`).
-    #[serde(default)]
-    pub reputation: crate::planner::reputation::ReputationConfig,
     /// Finish the queue by this time on the cheapest capacity that can, instead of renting
     /// for every queued job at once (see `planner::pace`). `None`: no deadline.
     #[serde(default)]
@@ -93,7 +90,6 @@ impl Default for ReconcileConfig {
             reservation_factor: Decimal::new(15, 1),
             interruptible_penalty: Decimal::new(10, 2),
             min_reliability: 0.0,
-            reputation: Default::default(),
             deadline_ms: None,
         }
     }
@@ -257,10 +253,11 @@ struct Pass<'a> {
     out: Vec<Action>,
 }
 
-/// The machines banned at `now` for the failures in `w` (per machine only: the listing does not
-/// tell us hosts).
-fn banned(w: &WorldView, now: EpochMs, cfg: &ReconcileConfig) -> Blacklist {
-    let mut b = reputation::blacklist(&w.machine_failures, now, &cfg.reputation);
+/// The machines banned at `now` for the failures in `w`, by the default rules of
+/// `planner::reputation` (the same rules decide how long `apply` keeps a failure). Per machine
+/// only: the listing does not tell us hosts.
+fn banned(w: &WorldView, now: EpochMs) -> Blacklist {
+    let mut b = reputation::blacklist(&w.machine_failures, now, &ReputationConfig::default());
     b.hosts.clear();
     b
 }
@@ -269,7 +266,7 @@ impl Pass<'_> {
     fn emit(&mut self, a: Action) {
         apply(&mut self.w, &a, &Outcome::Planned, self.now);
         if matches!(a, Action::MachineFailed { .. }) {
-            self.banned = banned(&self.w, self.now, self.cfg);
+            self.banned = banned(&self.w, self.now);
         }
         self.out.push(a);
     }
@@ -1499,7 +1496,7 @@ pub fn reconcile(
             .jobs
             .values()
             .any(|j| j.state == JobState::Interrupted),
-        banned: banned(world, now, cfg),
+        banned: banned(world, now),
         out: Vec::new(),
     };
     if let Some(listing) = &obs.market {

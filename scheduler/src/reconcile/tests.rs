@@ -1345,7 +1345,7 @@ fn one_failed_boot_does_not_lose_a_machine_and_repeated_ones_ban_it_for_a_while(
     // Before, one boot failure (often only a slow image pull) banned the machine for good: on a
     // benchmark market that was the market's cheapest interruptible machine, unused for 55 h.
     let c = cfg();
-    let rules = &c.reputation;
+    let rules = crate::planner::reputation::ReputationConfig::default();
     let obs = offering(vec![offer(1, 1, dec!(0.3))]);
     let rents = |w: &WorldView, now: EpochMs| {
         count(&reconcile(w, &obs, now, &c), |a| {

@@ -6,12 +6,9 @@
 //! - The deterministic simulation does the same with the simulated market's answers.
 
 use crate::clock::EpochMs;
+use crate::planner::reputation::{FailureEvent, ReputationConfig};
 
 use super::model::*;
-
-/// How long a machine's failure is remembered: longer than the default reputation rules look
-/// back (24 h) plus their longest ban (7 days), so forgetting it changes no ban.
-pub const MACHINE_FAILURE_MEMORY_MS: i64 = 8 * 24 * 3_600_000;
 
 /// What executing an action produced.
 #[derive(Debug, Clone, PartialEq)]
@@ -135,16 +132,15 @@ pub fn apply(w: &mut WorldView, action: &Action, outcome: &Outcome, now: EpochMs
         Action::MachineFailed {
             machine_id, kind, ..
         } => {
-            // Older failures than any rule looks back to are dropped.
-            let keep = MACHINE_FAILURE_MEMORY_MS;
+            // Failures too old to change any ban are dropped.
+            let keep = ReputationConfig::default().memory_ms();
             w.machine_failures.retain(|e| now - e.at_ms < keep);
-            w.machine_failures
-                .push(crate::planner::reputation::FailureEvent {
-                    at_ms: now,
-                    machine_id: *machine_id,
-                    host_id: 0,
-                    kind: *kind,
-                });
+            w.machine_failures.push(FailureEvent {
+                at_ms: now,
+                machine_id: *machine_id,
+                host_id: 0,
+                kind: *kind,
+            });
         }
         Action::Place { job, key } => {
             if let Some(j) = w.jobs.get_mut(job) {
