@@ -216,6 +216,14 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    const KINDS: [FailureKind; 5] = [
+        FailureKind::BootFailure,
+        FailureKind::Unreachable,
+        FailureKind::CudaMismatch,
+        FailureKind::Preempted,
+        FailureKind::SlowNetwork,
+    ];
+
     fn ev(at_h: i64, machine: i64, host: i64, kind: FailureKind) -> FailureEvent {
         FailureEvent {
             at_ms: at_h * HOUR,
@@ -297,9 +305,7 @@ mod tests {
             raw in prop::collection::vec((0i64..48, 0i64..4, 0u8..5), 0..40),
             rot in 0usize..40,
         ) {
-            let kinds = [FailureKind::BootFailure, FailureKind::Unreachable, FailureKind::CudaMismatch,
-                         FailureKind::Preempted, FailureKind::SlowNetwork];
-            let evs: Vec<_> = raw.iter().map(|&(h, m, k)| ev(h, m, m / 2, kinds[k as usize])).collect();
+            let evs: Vec<_> = raw.iter().map(|&(h, m, k)| ev(h, m, m / 2, KINDS[k as usize])).collect();
             let mut shuffled = evs.clone();
             if !shuffled.is_empty() {
                 let r = rot % shuffled.len();
@@ -319,9 +325,7 @@ mod tests {
             raw in prop::collection::vec((0i64..400, 0i64..3, 0u8..5), 0..40),
             now_h in 0i64..400,
         ) {
-            let kinds = [FailureKind::BootFailure, FailureKind::Unreachable, FailureKind::CudaMismatch,
-                         FailureKind::Preempted, FailureKind::SlowNetwork];
-            let evs: Vec<_> = raw.iter().map(|&(h, m, k)| ev(h, m, m, kinds[k as usize])).collect();
+            let evs: Vec<_> = raw.iter().map(|&(h, m, k)| ev(h, m, m, KINDS[k as usize])).collect();
             let cfg = ReputationConfig::default();
             let now = now_h * HOUR;
             let kept: Vec<_> = evs.iter().filter(|e| now - e.at_ms < cfg.memory_ms()).cloned().collect();
